@@ -1,0 +1,35 @@
+# `make test` and `make demo` each set themselves up: they create .venv when it is missing and
+# install hgpose with its extras. torch is installed first, pinned to the CPU build that lies on this
+# machine's disk, unless the environment can already import a torch (a user's own GPU build stays).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH_CPU ?= torch==2.13.0
+STAMP  := $(VENV)/.hgpose-installed
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_CPU)"
+	$(PY) -m pip install --quiet -e ".[dev,export]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m hgpose.demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/evaluate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from hgpose.cli import main
+
+raise SystemExit(main())
