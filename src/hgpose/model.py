@@ -40,7 +40,7 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.features % 2:
-            raise ValueError(f"ModelConfig.features must be even (residuals use features/2), got {self.features}")
+            raise ValueError(f"ModelConfig.features must be even (residuals halve it), got {self.features}")
         if self.bottleneck_residuals < 2 * self.residuals_per_level + 1:
             raise ValueError(
                 "ModelConfig.bottleneck_residuals must be >= 2 * residuals_per_level + 1 (the residuals "
@@ -48,7 +48,8 @@ class ModelConfig:
                 f"got {self.bottleneck_residuals} with residuals_per_level={self.residuals_per_level}"
             )
         if self.input_size % 4:
-            raise ValueError(f"ModelConfig.input_size must be divisible by 4 (stem downsamples x4), got {self.input_size}")
+            raise ValueError(f"ModelConfig.input_size must be divisible by 4 (the stem downsamples x4), "
+                             f"got {self.input_size}")
         if self.heatmap_size % (2**self.depth):
             raise ValueError(
                 f"ModelConfig.input_size={self.input_size} gives {self.heatmap_size}x{self.heatmap_size} heatmaps, "
@@ -208,6 +209,11 @@ def build_model(config: ModelConfig | None = None, seed: int = 0) -> HourglassNe
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return HourglassNet(config)
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB images (N, 3, H, W) to the network's input: float in [0, 1], no mean/std shift."""
+    return images.float().div_(255.0)
 
 
 def count_parameters(model: nn.Module) -> int:

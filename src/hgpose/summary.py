@@ -47,7 +47,9 @@ def model_summary(config: ModelConfig | None = None) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    rows = [(s["name"], "x".join(map(str, s["output_shape"] or ["-"])), f"{s['parameters']:,}") for s in summary["stages"]]
+    rows = [
+        (s["name"], "x".join(map(str, s["output_shape"] or ["-"])), f"{s['parameters']:,}") for s in summary["stages"]
+    ]
     widths = [max(len(r[i]) for r in rows + [("stage", "output shape", "parameters")]) for i in range(3)]
     line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
     out = [line(("stage", "output shape", "parameters")), "-" * (sum(widths) + 4)]

@@ -24,10 +24,12 @@ MODEL_HELP = {
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (defaults: the seed's single hourglass)")
-    group.add_argument("--model-config", type=Path, metavar="YAML", help="YAML file of model fields; flags override it")
+    group.add_argument("--model-config", type=Path, metavar="YAML",
+                       help="YAML file of model fields; flags override it")
     for f in fields(ModelConfig):
         flag = "--" + f.name.replace("_", "-")
-        group.add_argument(flag, type=int, default=None, metavar="N", help=f"{MODEL_HELP[f.name]} (default {f.default})")
+        text = f"{MODEL_HELP[f.name]} (default {f.default})"
+        group.add_argument(flag, type=int, default=None, metavar="N", help=text)
 
 
 def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
@@ -53,7 +55,8 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1")
 
 
 def resolve_device(name: str):

@@ -1,0 +1,110 @@
+"""Training-step throughput: a plain eager NCHW fp32 reference step against hgpose's step.
+
+Prints images/s and achieved GFLOP/s (forward + backward, counted by torch's FLOP counter) for each
+variant, side by side, in one run on the current device. Usage:
+
+    python benchmarks/train_step.py [--batch-size 16] [--steps 3] [--device auto] [--input-size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hgpose.cli.common import resolve_device
+from hgpose.data.targets import heatmap_loss, render_heatmaps
+from hgpose.model import ModelConfig, build_model
+from hgpose.train import train_step
+
+
+def make_batch(batch_size: int, config: ModelConfig) -> dict:
+    g = torch.Generator().manual_seed(0)
+    size, hm = config.input_size, config.heatmap_size
+    return {
+        "image": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=g),
+        "keypoints": torch.rand(batch_size, config.num_keypoints, 2, generator=g) * (hm - 1),
+        "visibility": torch.full((batch_size, config.num_keypoints), 2),
+        "valid": torch.ones(batch_size, dtype=torch.bool),
+    }
+
+
+def reference_step(model, optimizer, batch, device, heatmap_size):
+    """What a straightforward training loop does: NCHW fp32, loss read back every step."""
+    images = batch["image"].to(device).float() / 255
+    targets, _ = render_heatmaps(batch["keypoints"].to(device), batch["visibility"].to(device), heatmap_size)
+    loss = heatmap_loss(model(images), targets)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_flops(config: ModelConfig, batch: dict, device) -> float:
+    model = build_model(config).to(device)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
+    with FlopCounterMode(display=False) as counter:
+        reference_step(model, optimizer, batch, device, config.heatmap_size)
+    return counter.get_total_flops()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(name, step, steps, batch_size, flops, device):
+    step()  # warm-up (allocations, oneDNN primitive caches, autotuning)
+    step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    return {"variant": name, "img_s": batch_size / seconds, "gflop_s": flops / seconds / 1e9}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--features", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    config = ModelConfig(input_size=args.input_size, features=args.features)
+    batch = make_batch(args.batch_size, config)
+    flops = step_flops(config, batch, device)
+    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}, input {args.input_size}, "
+          f"features {args.features}: {flops / args.batch_size / 1e9:.1f} GFLOP per image per training step")
+
+    results = []
+    model = build_model(config).to(device)
+    opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
+    results.append(measure("reference eager NCHW fp32",
+                           lambda: reference_step(model, opt, batch, device, config.heatmap_size),
+                           args.steps, args.batch_size, flops, device))
+    variants = [("fp32", False), ("bf16", False)] + ([("bf16", True)] if args.compile else [])
+    for precision, compiled in variants:
+        model = build_model(config).to(device).to(memory_format=torch.channels_last)
+        opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
+        runner = torch.compile(model) if compiled else model
+        name = f"hgpose channels-last {precision}" + (" compiled" if compiled else "")
+        def step(r=runner, o=opt, p=precision):
+            return train_step(r, o, batch, device, p, config.heatmap_size)
+
+        results.append(measure(name, step, args.steps, args.batch_size, flops, device))
+
+    base = results[0]["img_s"]
+    print(f"{'variant':34s} {'img/s':>9s} {'GFLOP/s':>9s} {'speed-up':>9s}")
+    for r in results:
+        print(f"{r['variant']:34s} {r['img_s']:9.2f} {r['gflop_s']:9.1f} {r['img_s'] / base:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

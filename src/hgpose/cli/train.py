@@ -1,0 +1,85 @@
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from hgpose.cli.common import add_model_arguments, model_config_from_args
+from hgpose.fileio import UserError
+from hgpose.model import ModelConfig
+
+HELP = "train with the seed's protocol (batch 16, MSE, RMSProp 2.5e-4, one PCK-plateau LR drop)"
+DESCRIPTION = (
+    HELP + ". After every epoch: train loss, val loss and val PCK go to metrics.csv and a checkpoint is "
+    "saved. Multi-GPU: `torchrun --nproc-per-node N -m hgpose train ...`."
+)
+
+# (flag, type, default, help); defaults are applied after parsing so that --resume can tell which
+# options were given explicitly
+OPTIONS = [
+    ("epochs", int, 100, "epochs to train (no automatic early stopping)"),
+    ("batch_size", int, 16, "images per optimisation step, over all processes"),
+    ("lr", float, 2.5e-4, "initial RMSProp learning rate"),
+    ("lr_patience", int, 5, "epochs without a new best val PCK before the one LR drop"),
+    ("lr_factor", float, 0.2, "factor of the one LR drop"),
+    ("seed", int, 0, "seed for init, data order and the held-out split"),
+    ("precision", str, "fp32", "fp32, or bf16 autocast (loss in fp32)"),
+    ("device", str, "auto", "auto (cuda when available), cpu, cuda, cuda:N"),
+    ("workers", int, 2, "data loader worker processes"),
+    ("subset", int, None, "use a seeded random N training (and at most N validation) instances"),
+    ("train_split", str, "train2017", "training split name"),
+    ("val_split", str, None, "separate validation split (default: a held-out part of the training split)"),
+    ("val_fraction", float, 0.05, "fraction of training images held out for validation"),
+    ("cache", str, "auto", "auto (use a current `hgpose prepare` cache when present) or off"),
+]
+
+
+def add_arguments(parser):
+    parser.add_argument("--data", type=Path, help="COCO-style root with annotations/ and image folders")
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/train, runs/train2, ...)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    for name, kind, default, text in OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"{text} (default: {default})")
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA only)")
+    parser.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="no progress bar (one line per epoch only)")
+    parser.add_argument("--no-report", action="store_true", help="skip writing Figure 2 and Table 1 at the end")
+    add_model_arguments(parser)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _given(args) -> dict:
+    names = [o[0] for o in OPTIONS] + ["compile", "sync_bn", "progress"]
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.data is not None:
+        given["data"] = str(args.data)
+    return given
+
+
+def run(args):
+    from hgpose.train import TrainConfig, resume_config, train
+
+    given = _given(args)
+    model_given = args.model_config or any(getattr(args, f.name) is not None for f in fields(ModelConfig))
+    if args.resume:
+        if model_given:
+            saved = resume_config(args.resume, {}).model
+            if model_config_from_args(args) != saved:
+                raise UserError(f"{args.resume}: --resume with a model config that differs from the run's")
+        config = resume_config(args.resume, given)
+    else:
+        if args.data is None:
+            raise UserError("--data DIR is required (or --resume RUN_DIR)")
+        config = TrainConfig(**given, out=str(args.out) if args.out else None, model=model_config_from_args(args))
+    run_dir = train(config, resume=args.resume)
+    if not args.no_report and _is_main_process() and (run_dir / "metrics.csv").is_file():
+        from hgpose.report import write_report
+
+        outputs = write_report(run_dir)
+        print("report: " + ", ".join(str(p) for p in outputs.values()))
+    return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,59 @@
+"""COCO person-keypoint constants, exactly as in the official person_keypoints_*.json files."""
+
+from __future__ import annotations
+
+KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
+
+NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+
+# 1-based keypoint index pairs, in the order of the official person category.
+SKELETON: tuple[tuple[int, int], ...] = (
+    (16, 14),
+    (14, 12),
+    (17, 15),
+    (15, 13),
+    (12, 13),
+    (6, 12),
+    (7, 13),
+    (6, 7),
+    (6, 8),
+    (7, 9),
+    (8, 10),
+    (9, 11),
+    (2, 3),
+    (1, 2),
+    (1, 3),
+    (2, 4),
+    (3, 5),
+    (4, 6),
+    (5, 7),
+)
+
+# 0-based (left, right) index pairs: horizontal flipping swaps these.
+FLIP_PAIRS: tuple[tuple[int, int], ...] = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+
+PERSON_CATEGORY: dict = {
+    "supercategory": "person",
+    "id": 1,
+    "name": "person",
+    "keypoints": list(KEYPOINT_NAMES),
+    "skeleton": [list(pair) for pair in SKELETON],
+}

@@ -1,0 +1,211 @@
+"""Training: run directory, per-epoch files, learning, exact resume after SIGKILL, torchrun, faults."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hgpose.train as train_module
+from hgpose.cli import main
+from hgpose.fileio import UserError
+from hgpose.model import ModelConfig, load_model
+from hgpose.train import TrainConfig, train
+
+TINY = ModelConfig(depth=2, features=32, input_size=64)
+TINY_FLAGS = ["--depth", "2", "--features", "32", "--input-size", "64"]
+
+
+def quick_config(data, out, **overrides) -> TrainConfig:
+    options = dict(data=str(data), out=str(out), epochs=2, batch_size=8, workers=0, progress=False,
+                   cache="off", model=TINY)
+    return TrainConfig(**(options | overrides))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def subprocess_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def test_run_directory_has_config_metrics_and_a_checkpoint_per_epoch(synth_dataset, tmp_path):
+    run_dir = train(quick_config(synth_dataset, tmp_path / "run", epochs=2))
+    rows = read_metrics(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"epoch", "lr", "train_loss", "val_loss", "val_pck", "epoch_seconds"}
+    assert all(float(r["train_loss"]) > 0 and 0 <= float(r["val_pck"]) <= 1 for r in rows)
+    for epoch in (1, 2):
+        model = load_model(run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors")
+        assert model.config == TINY
+    assert (run_dir / "best.safetensors").is_file() and (run_dir / "last.safetensors").is_file()
+    assert (run_dir / "config.yaml").is_file() and "epoch   2" in (run_dir / "train.log").read_text()
+    assert not list(run_dir.rglob("*.tmp")), "a temporary file was left behind"
+    # best = the epoch with the highest val PCK
+    best_epoch = max(rows, key=lambda r: float(r["val_pck"]))["epoch"]
+    best = load_file(str(run_dir / "best.safetensors"))
+    chosen = load_file(str(run_dir / "checkpoints" / f"epoch_{int(best_epoch):03d}.safetensors"))
+    assert all(torch.equal(best[k], chosen[k]) for k in chosen)
+
+
+def test_default_run_names_increment(synth_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = train(quick_config(synth_dataset, None, epochs=1, subset=16))
+    second = train(quick_config(synth_dataset, None, epochs=1, subset=16))
+    assert (first.name, second.name) == ("train", "train2")
+
+
+def test_lr_drops_once_in_a_real_run(synth_dataset, tmp_path):
+    # patience 1: the first epoch without a new best PCK triggers the one drop
+    run_dir = train(quick_config(synth_dataset, tmp_path / "run", epochs=6, lr_patience=1, subset=32))
+    lrs = [float(r["lr"]) for r in read_metrics(run_dir)]
+    changes = [i for i in range(1, len(lrs)) if lrs[i] != lrs[i - 1]]
+    assert len(changes) <= 1
+    if changes:
+        assert lrs[changes[0]] == pytest.approx(lrs[0] * 0.2)
+        assert "learning rate x0.2" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_short_cpu_training_lowers_the_loss_and_reaches_a_useful_pck(synth_learnable, tmp_path):
+    config = quick_config(synth_learnable, tmp_path / "run", epochs=8, batch_size=16, lr=1e-3,
+                          model=ModelConfig(depth=3, features=64, input_size=128), precision="bf16")
+    run_dir = train(config)
+    rows = read_metrics(run_dir)
+    losses = [float(r["train_loss"]) for r in rows]
+    pcks = [float(r["val_pck"]) for r in rows]
+    assert losses[-1] < 0.7 * losses[0]
+    assert max(pcks) > 0.5, pcks
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(synth_dataset, tmp_path):
+    args = ["--data", str(synth_dataset), "--epochs", "3", "--batch-size", "8", "--workers", "0",
+            "--cache", "off", "--no-progress", "--no-report", *TINY_FLAGS]
+    cmd = [sys.executable, "-m", "hgpose", "train"]
+    reference = tmp_path / "reference"
+    subprocess.run([*cmd, *args, "--out", str(reference)], check=True, env=subprocess_env(),
+                   capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, *args, "--out", str(killed)], env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "epoch_001.safetensors").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(read_metrics(killed)) < 3
+
+    resumed = subprocess.run([*cmd, "--resume", str(killed), "--no-report"], env=subprocess_env(),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(str(reference / "last.safetensors")), load_file(str(killed / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(reference)) == strip(read_metrics(killed))
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_matches(synth_dataset, tmp_path):
+    args = ["--data", str(synth_dataset), "--epochs", "2", "--batch-size", "4", "--workers", "0",
+            "--cache", "off", "--no-progress", "--no-report", *TINY_FLAGS]
+    cmd = [sys.executable, "-m", "hgpose", "train"]
+    reference = tmp_path / "reference"
+    subprocess.run([*cmd, *args, "--out", str(reference)], check=True, env=subprocess_env(), capture_output=True)
+
+    interrupted = tmp_path / "interrupted"
+    proc = subprocess.Popen([*cmd, *args, "--out", str(interrupted)], env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (interrupted / "config.yaml").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "hgpose train --resume" in output
+    resumed = subprocess.run([*cmd, "--resume", str(interrupted), "--no-report"], env=subprocess_env(),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(str(reference / "last.safetensors")), load_file(str(interrupted / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng"))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(reference)) == strip(read_metrics(interrupted))
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_one_epoch(synth_dataset, tmp_path):
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "hgpose", "train", "--data", str(synth_dataset), "--out", str(run_dir), "--epochs", "1",
+           "--batch-size", "8", "--workers", "0", "--cache", "off", "--no-progress", "--no-report", *TINY_FLAGS]
+    result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(run_dir)
+    assert len(rows) == 1 and float(rows[0]["train_loss"]) > 0
+    assert (run_dir / "checkpoints" / "epoch_001.safetensors").is_file()
+    assert "2 process(es)" in (run_dir / "train.log").read_text()
+    assert (run_dir / "train.log").read_text().count("epoch   1") == 1  # only rank 0 writes
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_earlier_checkpoints(synth_dataset, tmp_path, monkeypatch):
+    real_loss, calls = train_module.heatmap_loss, {"n": 0}
+    steps_per_epoch = None
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > steps_per_epoch else loss
+
+    config = quick_config(synth_dataset, tmp_path / "run", epochs=3)
+    from hgpose.data.coco import build_splits
+
+    n_train = len(build_splits(str(synth_dataset), seed=0)["train"])
+    steps_per_epoch = -(-n_train // config.batch_size)
+    monkeypatch.setattr(train_module, "heatmap_loss", poisoned)
+    with pytest.raises(UserError, match="NaN or infinite in epoch 2"):
+        train(config)
+    run_dir = tmp_path / "run"
+    assert len(read_metrics(run_dir)) == 1
+    assert load_model(run_dir / "checkpoints" / "epoch_001.safetensors").config == TINY
+    assert not (run_dir / "checkpoints" / "epoch_002.safetensors").exists()
+
+
+def test_bad_resume_paths_and_conflicts_are_one_line_errors(synth_dataset, tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
+    assert "not an hgpose run directory" in capsys.readouterr().err
+    run_dir = train(quick_config(synth_dataset, tmp_path / "run", epochs=1, subset=16))
+    assert main(["train", "--resume", str(run_dir), "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "conflict" in err and "lr" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--resume", str(run_dir), "--features", "64"]) == 2
+    assert "model config" in capsys.readouterr().err
+    assert main(["train", "--data", str(synth_dataset), "--out", str(run_dir)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def synth_learnable(tmp_path_factory):
+    """A generated dataset large enough to learn from in a short CPU run."""
+    from hgpose.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("learnable")
+    generate_dataset(out, train_images=200, val_images=30, image_size=(192, 144), seed=1, progress=False)
+    return out
