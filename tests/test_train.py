@@ -23,7 +23,7 @@ TINY_FLAGS = ["--depth", "2", "--features", "32", "--input-size", "64"]
 
 
 def quick_config(data, out, **overrides) -> TrainConfig:
-    options = dict(data=str(data), out=str(out), epochs=2, batch_size=8, workers=0, progress=False,
+    options = dict(data=str(data), out=str(out) if out else None, epochs=2, batch_size=8, workers=0, progress=False,
                    cache="off", model=TINY)
     return TrainConfig(**(options | overrides))
 
@@ -192,6 +192,7 @@ def test_bad_resume_paths_and_conflicts_are_one_line_errors(synth_dataset, tmp_p
     assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
     assert "not an hgpose run directory" in capsys.readouterr().err
     run_dir = train(quick_config(synth_dataset, tmp_path / "run", epochs=1, subset=16))
+    capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "--lr", "0.1"]) == 2
     err = capsys.readouterr().err
     assert "conflict" in err and "lr" in err and len(err.strip().splitlines()) == 1

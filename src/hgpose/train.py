@@ -244,6 +244,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     if len(train_set) == 0 or len(val_set) == 0:
         raise UserError(f"{config.data}: empty training or validation set ({len(train_set)} / {len(val_set)})")
 
+    torch.manual_seed(config.seed)  # any random op of the run is reproducible; --resume restores the state
     model = build_model(config.model, seed=config.seed).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr)
     schedule = PlateauDrop(config.lr_patience, config.lr_factor)

@@ -1,0 +1,46 @@
+from pathlib import Path
+
+from hgpose.cli.common import add_device_argument
+
+HELP = "evaluate a checkpoint on a split: PCK (overall, v=2 / v=1, per joint) and COCO keypoint AP"
+DESCRIPTION = (
+    HELP + ". PCK is the seed's: a labelled keypoint (v=1,2) is correct when its distance to the truth is "
+    "under 0.5 x (heatmap size / 10) heatmap pixels. --out FILE.json also writes the predictions as a COCO "
+    "keypoint results file, FILE_keypoints.json. --split train or val evaluates the held-out split of the "
+    "checkpoint's training run."
+)
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", type=Path, required=True, help="model weights (.safetensors)")
+    parser.add_argument("--data", type=Path, required=True, help="COCO-style data root")
+    parser.add_argument("--split", default="val2017",
+                        help="split name (annotations/person_keypoints_<split>.json), or train/val")
+    parser.add_argument("--out", type=Path, metavar="FILE.json", help="metrics JSON (results beside)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    add_device_argument(parser)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast")
+    parser.add_argument("--workers", type=int, default=2, help="data loader worker processes")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="expected model input size; an error when the checkpoint's differs")
+    parser.add_argument("--pck-style", choices=("seed", "bearpaw"), default="seed",
+                        help="seed: pooled over keypoints against the true positions; bearpaw: also "
+                             "bearpaw/pytorch-pose's accuracy() (argmax targets, batch means of joint means)")
+    parser.add_argument("--pck-curve", action="store_true", help="PCK at r = 0.05, 0.1, ..., 1")
+    parser.add_argument("--cache", default="auto", help="auto (use a current prepared cache) or off")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(args):
+    from hgpose.evaluate import DEFAULT_CURVE_THRESHOLDS, evaluate_checkpoint, format_evaluation
+
+    result = evaluate_checkpoint(
+        args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
+        precision=args.precision, workers=args.workers, out=args.out,
+        thresholds=DEFAULT_CURVE_THRESHOLDS if args.pck_curve else None, pck_style=args.pck_style,
+        input_size=args.input_size, progress=args.progress, cache=args.cache,
+    )
+    print(format_evaluation(result))
+    if args.out:
+        print(f"metrics: {args.out}\nCOCO results: {result['results_file']}")
+    return 0

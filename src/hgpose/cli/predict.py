@@ -1,0 +1,57 @@
+import sys
+from pathlib import Path
+
+from hgpose.cli.common import add_device_argument, resolve_device
+from hgpose.fileio import UserError
+
+HELP = "predict keypoints on images or folders: COCO results JSON and skeleton overlays"
+DESCRIPTION = (
+    HELP + ". Each person is a box (from --boxes, --box, or the whole image); writes OUT/keypoints.json "
+    "(COCO keypoint results, all 17 keypoints with their confidence) and OUT/<stem>_pose.jpg per image "
+    "(left limbs orange, right limbs blue; keypoints under --min-confidence hidden)."
+)
+
+
+def add_arguments(parser):
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or image folders")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="model weights (.safetensors)")
+    boxes = parser.add_mutually_exclusive_group()
+    boxes.add_argument("--boxes", type=Path, metavar="COCO_JSON",
+                       help="COCO annotation file whose person boxes to use (images matched by file name; "
+                            "its image ids are used in the results)")
+    boxes.add_argument("--box", metavar="X,Y,W,H", help="one person box used for every image")
+    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    parser.add_argument("--min-confidence", type=float, default=0.2,
+                        help="keypoints below this heatmap peak are not drawn (the JSON keeps them all)")
+    parser.add_argument("--batch-size", type=int, default=32, help="person crops per forward pass")
+    parser.add_argument("--no-overlays", action="store_true", help="write only keypoints.json")
+    add_device_argument(parser)
+
+
+def parse_box(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or values[2] <= 0 or values[3] <= 0:
+        raise UserError(f"--box {text}: expected four numbers x,y,w,h with w and h > 0")
+    return values
+
+
+def run(args):
+    from hgpose.predict import predict_paths
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    summary = predict_paths(
+        args.checkpoint, args.paths, boxes_json=args.boxes, box=parse_box(args.box) if args.box else None,
+        out=args.out, min_confidence=args.min_confidence, batch_size=args.batch_size,
+        device=resolve_device(args.device), overlays=not args.no_overlays,
+    )
+    print(f"{summary.people} people in {summary.images} images -> {summary.results}"
+          + (f" and {len(summary.overlays)} overlays in {args.out}" if summary.overlays else ""))
+    if summary.skipped:
+        print(f"skipped {len(summary.skipped)} image(s):", file=sys.stderr)
+        for path, reason in summary.skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    return 1 if summary.images == 0 else 0

@@ -1,0 +1,360 @@
+"""The COCO person-keypoint index: which instances a split holds, as flat numpy arrays.
+
+A person_keypoints_*.json file is parsed once with json.load and turned column by column into
+numpy arrays; the parsed JSON is dropped before returning, so memory afterwards is proportional to
+the kept instances (the official train2017 file: 262k annotations, about 150k kept). numpy arrays
+also share between DataLoader worker processes by fork copy-on-write, unlike lists of dicts.
+
+Dataset-level problems (missing files, malformed JSON, wrong schema, no person category) raise a
+one-line UserError naming the file. Sample-level problems drop the instance and are counted by reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+
+from hgpose.coco_names import NUM_KEYPOINTS
+from hgpose.data.transforms import CROP_PADDING, crop_box_from_bbox
+from hgpose.fileio import UserError, read_json
+
+# Larger images are refused rather than decoded (decompression bombs; COCO's largest is 0.4 MP).
+MAX_IMAGE_PIXELS = 100_000_000
+# Bump when the rules that decide which instances are kept change: caches are keyed on it.
+INDEX_VERSION = 1
+
+# The order here is the order of precedence: an instance is counted under its first reason.
+DROP_REASONS = (
+    "not person",
+    "crowd",
+    "no keypoints",
+    "unknown image id",
+    "unsafe file name",
+    "image too large",
+    "bad image size",
+    "bad bbox",
+    "bad keypoints",
+)
+
+
+@dataclass
+class PersonIndex:
+    """Kept person instances of one annotation file (or a subset of them), one array row each."""
+
+    annotation_file: Path
+    image_dir: Path
+    split: str
+    rows: np.ndarray  # (N,) int64: row in the full file's kept-instance table (shares one cache)
+    image_ids: np.ndarray  # (N,) int64
+    ann_ids: np.ndarray  # (N,) int64
+    image_index: np.ndarray  # (N,) int32 into file_names / image_sizes
+    file_names: list[str]  # one per image holding kept instances, relative to image_dir
+    image_sizes: np.ndarray  # (M, 2) int64 width, height
+    bboxes: np.ndarray  # (N, 4) float32 COCO x, y, w, h clipped to the image
+    keypoints: np.ndarray  # (N, 17, 3) float32 image x, y and COCO visibility v
+    drops: dict[str, int] = field(default_factory=dict)  # reason -> instances dropped (whole file)
+    ignored_keypoints: int = 0  # labelled keypoints outside their image, set to v=0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, positions) -> PersonIndex:
+        """The instances at `positions` (indices or a boolean mask); image tables are shared."""
+        positions = np.asarray(positions)
+        if positions.dtype != bool:
+            positions = positions.astype(np.int64)
+        return replace(
+            self,
+            rows=self.rows[positions],
+            image_ids=self.image_ids[positions],
+            ann_ids=self.ann_ids[positions],
+            image_index=self.image_index[positions],
+            bboxes=self.bboxes[positions],
+            keypoints=self.keypoints[positions],
+        )
+
+    def crop_boxes(self, padding: float = CROP_PADDING) -> np.ndarray:
+        """(N, 3) square crop boxes (x0, y0, side) in image coordinates, float64."""
+        return crop_box_from_bbox(self.bboxes.reshape(-1, 4), padding)
+
+    def image_path(self, position: int) -> Path:
+        return self.image_dir / self.file_names[self.image_index[position]]
+
+    def describe(self) -> str:
+        """One line: kept instances and images, and dropped instances by reason."""
+        images = len(np.unique(self.image_index))
+        line = f"{self.split}: kept {len(self)} instances in {images} images"
+        dropped = {reason: n for reason, n in self.drops.items() if n}
+        if dropped:
+            details = ", ".join(f"{reason} {n}" for reason, n in dropped.items())
+            line += f"; dropped {sum(dropped.values())}: {details}"
+        else:
+            line += "; dropped none"
+        if self.ignored_keypoints:
+            line += f"; {self.ignored_keypoints} labelled keypoints outside their image ignored"
+        return line
+
+
+def annotation_path(root: str | Path, split: str) -> Path:
+    return Path(root) / "annotations" / f"person_keypoints_{split}.json"
+
+
+def load_split(root: str | Path, split: str, verbose: bool = False) -> PersonIndex:
+    """Index of root/annotations/person_keypoints_<split>.json with images in root/<split>/."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: data root not found (expected annotations/ and image folders in it)")
+    return load_annotation_file(annotation_path(root, split), root / split, split, verbose)
+
+
+def load_annotation_file(annotation_file: str | Path, image_dir: str | Path, split: str,
+                         verbose: bool = False) -> PersonIndex:
+    annotation_file = Path(annotation_file)
+    if not annotation_file.is_file():
+        raise UserError(f"{annotation_file}: annotation file not found")
+    data = read_json(annotation_file, "annotation file")
+    index = parse_annotations(data, annotation_file, Path(image_dir), split)
+    del data
+    if verbose:
+        print(index.describe(), file=sys.stderr)
+    return index
+
+
+def build_splits(
+    root: str | Path,
+    train_split: str = "train2017",
+    test_split: str = "val2017",
+    val_split: str | None = None,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    verbose: bool = True,
+) -> dict[str, PersonIndex]:
+    """{"train", "val", "test"} indexes. Without val_split the validation set is a seeded,
+    image-level held-out part of train_split (no image's people straddle train and val)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--val-fraction {val_fraction}: expected a number in [0, 1)")
+    full = load_split(root, train_split, verbose)
+    test = load_split(root, test_split, verbose)
+    if val_split is not None:
+        return {"train": full, "val": load_split(root, val_split, verbose), "test": test}
+    in_val = held_out_mask(full.image_ids, val_fraction, seed)
+    train, val = full.subset(~in_val), full.subset(in_val)
+    if verbose:
+        print(
+            f"validation: {len(np.unique(val.image_ids))} images ({len(val)} instances) held out of "
+            f"{train_split} (val_fraction {val_fraction}, seed {seed}); training on {len(train)} instances",
+            file=sys.stderr,
+        )
+    return {"train": train, "val": val, "test": test}
+
+
+def held_out_mask(image_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Per instance: whether its image is among the `fraction` of distinct images held out.
+
+    Images are ranked by a seeded integer hash of their id, so the choice depends only on the seed
+    and the ids (not on numpy's random stream, file order or instance counts) and is reproducible.
+    """
+    images = np.unique(image_ids)
+    n_val = int(round(fraction * len(images)))
+    if fraction > 0 and n_val == 0 and len(images) > 1:
+        n_val = 1
+    ranked = images[np.argsort(_splitmix64(images.astype(np.uint64) ^ np.uint64(seed * 0x9E3779B1)), kind="stable")]
+    return np.isin(image_ids, ranked[:n_val])
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+
+
+def parse_annotations(data, annotation_file: Path, image_dir: Path, split: str) -> PersonIndex:
+    """Vectorised filter of a parsed COCO keypoint file into a PersonIndex."""
+
+    def wrong_schema(problem: str) -> UserError:
+        return UserError(f"{annotation_file}: wrong schema: {problem}")
+
+    if not isinstance(data, dict):
+        raise wrong_schema("the top level is not an object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise wrong_schema(f"no '{key}' list")
+    person_ids = [c.get("id") for c in data["categories"] if isinstance(c, dict) and c.get("name") == "person"]
+    if not person_ids:
+        raise UserError(f"{annotation_file}: no person category among its {len(data['categories'])} categories")
+
+    images = _image_table(data["images"], wrong_schema)
+    anns = data["annotations"]
+    try:
+        category = np.array([a["category_id"] for a in anns], dtype=np.int64)
+    except (KeyError, TypeError, ValueError):
+        raise wrong_schema(_first_problem(anns, "annotation", ANNOTATION_FIELDS[:1])) from None
+    persons = [a for a, is_person in zip(anns, category == person_ids[0]) if is_person]
+    table = _annotation_table(persons, wrong_schema)
+    return _filter(table, images, len(anns) - len(persons), annotation_file, image_dir, split)
+
+
+def _is_number(x) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def _is_numbers(n: int):
+    return lambda x: isinstance(x, list) and len(x) == n and all(_is_number(v) for v in x)
+
+
+IMAGE_FIELDS = (
+    ("id", lambda x: isinstance(x, int), "an integer"),
+    ("file_name", lambda x: isinstance(x, str), "a string"),
+    ("width", _is_number, "a number"),
+    ("height", _is_number, "a number"),
+)
+ANNOTATION_FIELDS = (
+    ("category_id", lambda x: isinstance(x, int), "an integer"),
+    ("id", lambda x: isinstance(x, int), "an integer"),
+    ("image_id", lambda x: isinstance(x, int), "an integer"),
+    ("bbox", _is_numbers(4), "a list of 4 numbers"),
+    ("keypoints", _is_numbers(3 * NUM_KEYPOINTS), f"a list of {3 * NUM_KEYPOINTS} numbers"),
+)
+
+
+def _first_problem(items: list, what: str, fields) -> str:
+    """The slow path, run only after the vectorised one failed: name the first offending entry."""
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            return f"{what} #{i} is not an object"
+        label = f"{what} #{i}" + (f" (id {item['id']})" if "id" in item else "")
+        for name, check, expected in fields:
+            if name not in item:
+                return f"{label} has no '{name}'"
+            if not check(item[name]):
+                shown = repr(item[name])
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                if isinstance(item[name], list):
+                    shown = f"a list of {len(item[name])} items"
+                return f"{label}: '{name}' is {shown}, expected {expected}"
+    return f"unreadable {what} entries"
+
+
+def _image_table(images: list, wrong_schema) -> dict:
+    try:
+        ids = np.array([im["id"] for im in images], dtype=np.int64)
+        width = np.array([im["width"] for im in images], dtype=np.float64)
+        height = np.array([im["height"] for im in images], dtype=np.float64)
+        names = [im["file_name"] for im in images]
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        raise wrong_schema(_first_problem(images, "image", IMAGE_FIELDS)) from None
+    order = np.argsort(ids, kind="stable")
+    repeated = ids[order][1:][np.diff(ids[order]) == 0]
+    if len(repeated):
+        raise wrong_schema(f"image id {repeated[0]} appears more than once")
+    return {"ids": ids, "order": order, "width": width, "height": height, "names": names}
+
+
+def _annotation_table(anns: list, wrong_schema) -> dict:
+    n = len(anns)
+    try:
+        table = {
+            "id": np.array([a["id"] for a in anns], dtype=np.int64),
+            "image_id": np.array([a["image_id"] for a in anns], dtype=np.int64),
+            "crowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+            "num_keypoints": np.array([a.get("num_keypoints", -1) for a in anns], dtype=np.float64),
+            "bbox": np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(n, -1),
+            "keypoints": np.array([a["keypoints"] for a in anns], dtype=np.float64).reshape(n, -1),
+        }
+        if table["bbox"].shape[1] != 4 or table["keypoints"].shape[1] != 3 * NUM_KEYPOINTS:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise wrong_schema(_first_problem(anns, "annotation", ANNOTATION_FIELDS[1:])) from None
+    table["keypoints"] = table["keypoints"].reshape(n, NUM_KEYPOINTS, 3)
+    return table
+
+
+def is_safe_file_name(name: str) -> bool:
+    """A relative path that stays inside the image folder: no absolute path, drive or `..` part."""
+    if not name or "\0" in name or "\\" in name:
+        return False
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
+        return False
+    return ".." not in posix.parts
+
+
+def _filter(table: dict, images: dict, not_person: int, annotation_file: Path, image_dir: Path, split: str):
+    n = len(table["id"])
+    reason = np.zeros(n, dtype=np.int8)  # 0 = kept, else 1 + position in DROP_REASONS
+
+    def drop(name: str, mask: np.ndarray) -> None:
+        reason[(reason == 0) & mask] = DROP_REASONS.index(name) + 1
+
+    kps = table["keypoints"]
+    x, y, v = kps[..., 0], kps[..., 1], kps[..., 2]
+    labelled = v > 0  # NaN compares False
+    drop("crowd", table["crowd"])
+    drop("no keypoints", (table["num_keypoints"] == 0) | ~labelled.any(axis=1))
+
+    # each annotation's image, by binary search in the sorted image ids; -1 (unknown) picks a sentinel
+    sorted_ids = images["ids"][images["order"]]
+    at = np.searchsorted(sorted_ids, table["image_id"])
+    found = at < len(sorted_ids)
+    found[found] = sorted_ids[at[found]] == table["image_id"][found]
+    image_pos = np.full(n, -1, dtype=np.int64)
+    image_pos[found] = images["order"][at[found]]
+    drop("unknown image id", ~found)
+
+    width, height = np.append(images["width"], np.nan), np.append(images["height"], np.nan)
+    unsafe = np.array([not is_safe_file_name(name) for name in images["names"]] + [False], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        too_large = width * height > MAX_IMAGE_PIXELS
+        bad_size = ~(np.isfinite(width) & np.isfinite(height) & (width > 0) & (height > 0))
+    drop("unsafe file name", unsafe[image_pos])
+    drop("image too large", too_large[image_pos])
+    drop("bad image size", bad_size[image_pos])
+    W, H = width[image_pos], height[image_pos]
+
+    bx, by, bw, bh = table["bbox"].T
+    with np.errstate(invalid="ignore"):
+        x0, y0 = np.clip(bx, 0, W), np.clip(by, 0, H)
+        x1, y1 = np.clip(bx + bw, 0, W), np.clip(by + bh, 0, H)
+        bad_bbox = ~np.isfinite(table["bbox"]).all(axis=1) | (bw < 0) | (bh < 0) | ~(x1 > x0) | ~(y1 > y0)
+    drop("bad bbox", bad_bbox)
+
+    bad_values = ~np.isin(v, (0, 1, 2)) | (labelled & ~(np.isfinite(x) & np.isfinite(y)))
+    with np.errstate(invalid="ignore"):
+        outside = labelled & ((x < 0) | (x > W[:, None]) | (y < 0) | (y > H[:, None]))
+    # a labelled keypoint outside its image is ignored (v = 0); with none left the instance goes
+    drop("bad keypoints", bad_values.any(axis=1) | ~(labelled & ~outside).any(axis=1))
+
+    keep = reason == 0
+    kept_kps = kps[keep].astype(np.float32)
+    kept_outside = outside[keep]
+    kept_kps[..., 2][kept_outside] = 0
+    kept_kps[kept_kps[..., 2] == 0] = 0  # unlabelled: (0, 0, 0), never NaN, so targets stay finite
+
+    used_images, image_index = np.unique(image_pos[keep], return_inverse=True)
+    counts = np.bincount(reason, minlength=len(DROP_REASONS) + 1)
+    drops = {"not person": not_person}
+    drops.update({name: int(counts[i + 1]) for i, name in enumerate(DROP_REASONS) if name != "not person"})
+    return PersonIndex(
+        annotation_file=annotation_file,
+        image_dir=image_dir,
+        split=split,
+        rows=np.arange(int(keep.sum()), dtype=np.int64),
+        image_ids=table["image_id"][keep],
+        ann_ids=table["id"][keep],
+        image_index=image_index.astype(np.int32).reshape(-1),
+        file_names=[images["names"][i] for i in used_images],
+        image_sizes=np.stack([width[used_images], height[used_images]], axis=1).astype(np.int64).reshape(-1, 2),
+        bboxes=np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)[keep].astype(np.float32).reshape(-1, 4),
+        keypoints=kept_kps.reshape(-1, NUM_KEYPOINTS, 3),
+        drops=drops,
+        ignored_keypoints=int(kept_outside.sum()),
+    )

@@ -1,0 +1,95 @@
+"""DataLoaders whose sample order is a function of (seed, epoch) alone, so a run can resume exactly."""
+
+from __future__ import annotations
+
+import random
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch)) % (1 << 63)
+
+
+class EpochSampler(Sampler[int]):
+    """One rank's indices for one epoch: a permutation fixed by (seed, epoch), or 0..N-1 in order.
+
+    With world_size > 1 the list is padded by wrapping around to a multiple of world_size (or cut to
+    one with drop_last) and dealt out rank::world_size, as DistributedSampler does, so every rank runs
+    the same number of steps; padded repeats can be recognised by the samples' "index". With
+    world_size 1 it is simply the whole permutation.
+    """
+
+    def __init__(self, length: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = False):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.length, self.shuffle, self.seed, self.epoch = length, shuffle, seed, epoch
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(self.length, generator=generator)
+        else:
+            order = torch.arange(self.length)
+        if self.world_size > 1:
+            if self.drop_last:
+                order = order[: self.length // self.world_size * self.world_size]
+            elif self.length:
+                pad = -self.length % self.world_size
+                order = torch.cat([order, order.repeat(pad // self.length + 1)[:pad]])
+            order = order[self.rank :: self.world_size]
+        return order.tolist()
+
+    def __iter__(self):
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return self.length
+        if self.drop_last:
+            return self.length // self.world_size
+        return -(-self.length // self.world_size)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random from torch's per-worker seed.
+
+    No cv2.setNumThreads here: in a forked child it can deadlock on the parent's OpenCV thread pool
+    (seen in practice); make_loader sets one OpenCV thread in the parent before the fork instead.
+    """
+    seed = torch.initial_seed() % (1 << 32)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def single_threaded_opencv() -> None:
+    """One OpenCV thread in this process and the workers it will fork: the worker processes are the
+    parallelism (more threads only oversubscribe the cores), and a forked child must not touch the
+    parent's OpenCV thread pool. Called in the parent, before forking; it stays set."""
+    cv2.setNumThreads(1)
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, workers: int = 0,
+                device="cpu", drop_last: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader for one epoch (make a new one per epoch; workers are not persistent)."""
+    if workers:
+        single_threaded_opencv()
+    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
+                           world_size=world_size, drop_last=drop_last)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+        drop_last=drop_last,
+        worker_init_fn=seed_worker if workers else None,
+        generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),  # worker seeds follow (seed, epoch)
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )

@@ -1,0 +1,219 @@
+"""The explore report's figures, each returned as PNG bytes (matplotlib Figure objects, no pyplot state).
+
+Crops are (3, S, S) uint8 RGB; points on them are input pixel-centre coordinates, so pixel j of the
+crop is drawn centred on coordinate j (imshow's default extent).
+"""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from matplotlib.figure import Figure
+
+from hgpose.coco_names import KEYPOINT_NAMES
+from hgpose.draw import POINT_COLOURS, draw_pose
+
+DPI = 80
+
+
+def short_name(name: str) -> str:
+    return name.replace("left_", "L ").replace("right_", "R ")
+
+
+SHORT_NAMES = [short_name(n) for n in KEYPOINT_NAMES]
+
+
+def to_png(fig: Figure, dpi: int = DPI) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)  # no bbox_inches="tight": it draws the figure twice
+    return buffer.getvalue()
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return data.tobytes()
+
+
+def hwc(crop) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(crop).transpose(1, 2, 0))
+
+
+def pose_on_crop(crop, coords, confidence=None, truth=None, visibility=None, scale: int = 2,
+                 min_confidence: float = 0.0) -> np.ndarray:
+    """The crop enlarged `scale` times (nearest) with the predicted skeleton (hgpose.draw colours) and,
+    given truth (K, 2) and visibility (K,), the labelled true keypoints as white rings.
+    Returns (S * scale, S * scale, 3) uint8."""
+    big = cv2.resize(hwc(crop), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    coords = np.asarray(coords, np.float64)
+    confidence = np.ones(len(coords)) if confidence is None else np.asarray(confidence, np.float64)
+    # input pixel-centre u -> image convention (u + 0.5), then enlarged
+    keypoints = np.concatenate([(coords + 0.5) * scale, confidence[:, None]], axis=1)
+    ring = None
+    if truth is not None:
+        ring = np.concatenate([(np.asarray(truth, np.float64) + 0.5) * scale,
+                               np.asarray(visibility, np.float64)[:, None]], axis=1)
+    return draw_pose(big, keypoints[None], min_confidence=min_confidence, thickness=max(1, scale),
+                     truth=None if ring is None else ring[None])
+
+
+def _axes_grid(rows: int, cols: int, cell: float = 1.25, title_space: float = 0.25):
+    fig = Figure(figsize=(cols * cell, rows * (cell + title_space)))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01, wspace=0.06, hspace=0.3)
+    return fig, axes
+
+
+def _extent(size: int):
+    return (-0.5, size - 0.5, size - 0.5, -0.5)
+
+
+def _grey(crop) -> np.ndarray:
+    return hwc(crop).mean(axis=2)
+
+
+def heatmap_figure(crop, predicted, target, coords, confidence, truth, visibility) -> bytes:
+    """Per joint the predicted heatmap and the target over the crop: 4 rows x 10 columns, the first column
+    the crop with the predicted skeleton (rows 1, 3) and the true keypoints (rows 2, 4)."""
+    size = crop.shape[-1]
+    k = len(predicted)
+    half = (k + 1) // 2
+    fig, axes = _axes_grid(4, half + 1)
+    grey, extent = _grey(crop), _extent(size)
+    truth_pose = pose_on_crop(crop, truth, np.where(np.asarray(visibility) > 0, 1.0, 0.0), min_confidence=0.5)
+    for block in range(2):
+        pred_row, target_row = axes[2 * block], axes[2 * block + 1]
+        pred_row[0].imshow(pose_on_crop(crop, coords, confidence), extent=extent)
+        pred_row[0].set_title("predicted", fontsize=9)
+        target_row[0].imshow(truth_pose, extent=extent)
+        target_row[0].set_title("true", fontsize=9)
+        for c, j in enumerate(range(block * half, min(k, (block + 1) * half)), start=1):
+            for ax, maps, label in ((pred_row[c], predicted, f"{SHORT_NAMES[j]} {confidence[j]:.2f}"),
+                                    (target_row[c], target, f"{SHORT_NAMES[j]} target")):
+                ax.imshow(grey, cmap="gray", extent=extent, vmin=0, vmax=255)
+                top = max(1.0, float(maps[j].max()))
+                ax.imshow(maps[j], cmap="magma", alpha=0.75, extent=extent, vmin=0, vmax=top)
+                ax.set_title(label, fontsize=8)
+            if visibility[j] > 0:
+                target_row[c].plot(*truth[j], "o", ms=5, mfc="none", mec="white", mew=1)
+            pred_row[c].plot(*coords[j], "x", ms=5, color="cyan", mew=1.2)
+    return to_png(fig)
+
+
+def activation_figure(crop, stages: dict, top: int = 7) -> bytes:
+    """One row per stage: the channel mean, then the `top` channels with the largest mean activation,
+    each normalised to its own range. stages: {name: (C, H, W)} for one sample."""
+    fig, axes = _axes_grid(len(stages), top + 2, cell=1.0, title_space=0.05)
+    axes[0, 0].imshow(hwc(crop))
+    axes[0, 0].set_title("input", fontsize=8)
+    for r, (name, maps) in enumerate(stages.items()):
+        maps = np.asarray(maps, np.float32)
+        axes[r, 1].imshow(maps.mean(axis=0), cmap="viridis")
+        axes[r, 1].set_title(f"{name} {maps.shape[1]}x{maps.shape[2]} mean", fontsize=7)
+        strongest = np.argsort(-maps.mean(axis=(1, 2)))[:top]
+        for c, channel in enumerate(strongest, start=2):
+            axes[r, c].imshow(maps[channel], cmap="viridis")
+            axes[r, c].set_title(f"ch {channel}", fontsize=7)
+    return to_png(fig)
+
+
+def branch_figure(contributions) -> bytes:
+    """Grouped bars of skip and low RMS per level, and the skip share."""
+    fig = Figure(figsize=(10, 3.4))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    n = len(contributions.skip)
+    x = np.arange(n)
+    labels = [f"level {i + 1}\n{r}x{r}" for i, r in enumerate(contributions.resolution)]
+    ax1.bar(x - 0.2, contributions.skip, 0.4, label="skip branch (same resolution)", color="#4c72b0")
+    ax1.bar(x + 0.2, contributions.low, 0.4, label="low branch (upsampled)", color="#dd8452")
+    ax1.set_xticks(x, labels, fontsize=9)
+    ax1.set_ylabel("mean RMS of the contribution")
+    ax1.legend(fontsize=9)
+    ax2.bar(x, contributions.skip_share, 0.6, color="#4c72b0")
+    ax2.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax2.set_ylim(0, 1)
+    ax2.set_xticks(x, labels, fontsize=9)
+    ax2.set_ylabel("skip / (skip + low)")
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def _joint_grid(crop, maps, coords, titles, cmap, signed: bool = False, extent=None) -> bytes:
+    """The crop and one map per joint (3 rows x 6 columns), maps over the greyed crop."""
+    size = crop.shape[-1]
+    k = len(maps)
+    cols = 6
+    rows = -(-(k + 1) // cols)
+    fig, axes = _axes_grid(rows, cols, cell=1.5)
+    axes[0, 0].imshow(hwc(crop), extent=_extent(size))
+    axes[0, 0].set_title("input", fontsize=9)
+    grey = _grey(crop)
+    limit = max(float(np.nanmax(np.abs(maps))), 1e-12)
+    for j in range(k):
+        ax = axes.flat[j + 1]
+        ax.imshow(grey, cmap="gray", extent=_extent(size), vmin=0, vmax=255)
+        norm = {"vmin": -limit, "vmax": limit} if signed else {"vmin": 0, "vmax": limit}
+        ax.imshow(maps[j], cmap=cmap, alpha=0.7, extent=extent or _extent(size), **norm)
+        ax.plot(*coords[j], "x", ms=6, color=np.array(POINT_COLOURS[j]) / 255, mew=1.5)
+        ax.set_title(titles[j], fontsize=8)
+        ax.set_xlim(-0.5, size - 0.5)
+        ax.set_ylim(size - 0.5, -0.5)
+    return to_png(fig)
+
+
+def saliency_figure(crop, maps, coords, shares) -> bytes:
+    """Saliency per joint (each map scaled to its own maximum), the predicted joint marked."""
+    scaled = np.stack([m / max(float(m.max()), 1e-12) for m in maps])
+    titles = [f"{SHORT_NAMES[j]} {100 * shares[j]:.0f}%" for j in range(len(maps))]
+    return _joint_grid(crop, scaled, coords, titles, "inferno")
+
+
+def occlusion_figure(crop, result, what: str) -> bytes:
+    """Occlusion maps of one sample: what = "confidence_drop" (red: falls) or "shift" (input pixels)."""
+    maps = getattr(result, what)
+    centres = result.centres
+    half = result.stride / 2
+    extent = (centres[0] - half, centres[-1] + half, centres[-1] + half, centres[0] - half)
+    if what == "confidence_drop":
+        titles = [f"{SHORT_NAMES[j]} max {maps[j].max():.2f}" for j in range(len(maps))]
+        return _joint_grid(crop, maps, result.coords, titles, "RdBu_r", signed=True, extent=extent)
+    titles = [f"{SHORT_NAMES[j]} max {maps[j].max():.0f}px" for j in range(len(maps))]
+    return _joint_grid(crop, maps, result.coords, titles, "Greens", extent=extent)
+
+
+def lesion_figure(study) -> bytes:
+    fig = Figure(figsize=(8, 0.35 * len(study.names) + 1))
+    ax = fig.subplots()
+    y = np.arange(len(study.names))
+    colours = ["#555555" if not b else "#4c72b0" if b == "skip" else "#dd8452" for b in study.branch]
+    ax.barh(y, study.overall, color=colours)
+    ax.axvline(study.overall[0], color="black", lw=0.8, ls="--")
+    ax.set_yticks(y, [n + (" zeroed" if b else "") for n, b in zip(study.names, study.branch)], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("PCK")
+    for yi, v in zip(y, study.overall):
+        ax.text(min(v, 0.9) + 0.01, yi, f"{v:.3f}", va="center", fontsize=8)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def per_joint_figure(per_joint, counted) -> bytes:
+    fig = Figure(figsize=(10, 3.2))
+    ax = fig.subplots()
+    x = np.arange(len(per_joint))
+    colours = [np.array(c) / 255 for c in POINT_COLOURS]
+    ax.bar(x, np.nan_to_num(per_joint), color=colours)
+    labels = [f"{n} ({c})" for n, c in zip(SHORT_NAMES, counted)]
+    ax.set_xticks(x, labels, fontsize=8, rotation=40, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("PCK")
+    ax.set_title("per-joint PCK (orange: left, blue: right, green: nose; labelled keypoints in brackets)",
+                 fontsize=9)
+    fig.tight_layout()
+    return to_png(fig)
