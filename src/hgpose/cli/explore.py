@@ -12,20 +12,23 @@ DESCRIPTION = (
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model weights (.safetensors)")
-    parser.add_argument("--data", type=Path, required=True, help="COCO-format data root")
+    parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
+                        help="model weights (.safetensors)")
+    parser.add_argument("--data", type=Path, required=True, metavar="DIR", help="COCO-format data root")
     parser.add_argument("--split", default="val2017",
                         help="annotation split (annotations/person_keypoints_<split>.json), or train/val: "
                              "the held-out parts of the checkpoint's training run")
-    parser.add_argument("--samples", type=int, default=64,
+    parser.add_argument("--samples", type=int, default=64, metavar="N",
                         help="seeded random person instances of the split to analyse (0: all of them)")
-    parser.add_argument("--show", type=int, default=4, help="samples drawn in the per-sample figures")
-    parser.add_argument("--occlusion-samples", type=int, default=2,
+    parser.add_argument("--show", type=int, default=4, metavar="K",
+                        help="samples drawn in the per-sample figures")
+    parser.add_argument("--occlusion-samples", type=int, default=2, metavar="K",
                         help="of the shown samples, how many get occlusion maps (each re-runs the network "
                              "about 225 times)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample choice")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, required=True, help="output folder (index.html, explore.json)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sample choice")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="crops per forward pass")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="output folder (index.html, explore.json)")
     add_device_argument(parser)
 
 

@@ -8,11 +8,12 @@ DESCRIPTION = (
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model weights (.safetensors)")
+    parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
+                        help="model weights (.safetensors)")
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
                         help="output file (default: the checkpoint's path with .onnx)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    parser.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset version")
 
 
 def run(args):

@@ -14,16 +14,17 @@ DESCRIPTION = (
 
 def add_arguments(parser):
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or image folders")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model weights (.safetensors)")
+    parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
+                        help="model weights (.safetensors)")
     boxes = parser.add_mutually_exclusive_group()
     boxes.add_argument("--boxes", type=Path, metavar="COCO_JSON",
                        help="COCO annotation file whose person boxes to use (images matched by file name; "
                             "its image ids are used in the results)")
     boxes.add_argument("--box", metavar="X,Y,W,H", help="one person box used for every image")
-    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
-    parser.add_argument("--min-confidence", type=float, default=0.2,
+    parser.add_argument("--out", type=Path, default=Path("predictions"), metavar="DIR", help="output folder")
+    parser.add_argument("--min-confidence", type=float, default=0.2, metavar="F",
                         help="keypoints below this heatmap peak are not drawn (the JSON keeps them all)")
-    parser.add_argument("--batch-size", type=int, default=32, help="person crops per forward pass")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="person crops per pass")
     parser.add_argument("--no-overlays", action="store_true", help="write only keypoints.json")
     add_device_argument(parser)
 

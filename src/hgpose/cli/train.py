@@ -24,9 +24,9 @@ OPTIONS = [
     ("precision", str, "fp32", "fp32, or bf16 autocast (loss in fp32)"),
     ("device", str, "auto", "auto (cuda when available), cpu, cuda, cuda:N"),
     ("workers", int, 2, "data loader worker processes"),
-    ("subset", int, None, "use a seeded random N training (and at most N validation) instances"),
+    ("subset", int, "all", "use a seeded random N training (and at most N validation) instances"),
     ("train_split", str, "train2017", "training split name"),
-    ("val_split", str, None, "separate validation split (default: a held-out part of the training split)"),
+    ("val_split", str, "a held-out part of the training split", "separate validation split, e.g. val2017"),
     ("val_fraction", float, 0.05, "fraction of training images held out for validation"),
     ("cache", str, "auto", "auto (use a current `hgpose prepare` cache when present) or off"),
 ]
@@ -37,7 +37,9 @@ def add_arguments(parser):
     parser.add_argument("--out", type=Path, help="run directory (default: runs/train, runs/train2, ...)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     for name, kind, default, text in OPTIONS:
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"{text} (default: {default})")
+        choices = {"precision": ["fp32", "bf16"], "cache": ["auto", "off"]}.get(name)
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices,
+                            help=f"{text} (default: {default})")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA only)")
     parser.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,

@@ -157,7 +157,7 @@ def _analyse_and_write(model, data_set: Samples, bar, checkpoint, data, split, s
 
     step("occlusion")
     occluded = [an.occlusion(model, crop, batch_size=batch_size) for crop in crops[:occlusion_samples]]
-    sections.append(_occlusion_section(crops[:occlusion_samples], occluded))
+    sections.append(_occlusion_section(crops[:occlusion_samples], occluded, config.input_size))
     bar.update()
 
     step("lesions")
@@ -284,14 +284,17 @@ def _saliency_section(crops, maps, coords, shares, uniform) -> Section:
         f"{mean / uniform:.1f} times the uniform share.", "note")])
 
 
-def _occlusion_section(crops, results) -> Section:
+def _occlusion_section(crops, results, input_size: int) -> Section:
     body = []
     for i, (crop, result) in enumerate(zip(crops, results)):
         body += [f"<h3>sample {i + 1}: confidence drop</h3>",
                  image(fg.occlusion_figure(crop.numpy(), result, "confidence_drop"), "confidence drop"),
                  f"<h3>sample {i + 1}: location shift (input pixels)</h3>",
                  image(fg.occlusion_figure(crop.numpy(), result, "shift"), "location shift")]
-    patch, stride = (results[0].patch, results[0].stride) if results else (0, 0)
+    if not results:
+        body.append(paragraph("No sample was chosen for occlusion maps (--occlusion-samples 0).", "note"))
+    patch = max(1, input_size // 8)  # the defaults of analyses.occlusion
+    stride = max(1, patch // 2)
     return Section("occlusion", SECTION_TITLES[4], (
         f"A grey square of {patch}x{patch} input pixels is slid over the crop in steps of {stride} "
         "pixels and the network is run again at every position. Each joint's first map shows how much its "
@@ -332,15 +335,20 @@ def _failures_section(result, data_set: Samples, coords, config, n: int) -> Sect
         scale = config.input_size / config.heatmap_size
         tiles.append((fg.encode_png(drawn), f"annotation {int(data_set.ann_ids[position])}: mean error "
                                             f"{result.errors[position] * scale:.1f} input px"))
-    order = np.argsort(np.nan_to_num(result.per_joint, nan=2.0))
-    hardest, easiest = KEYPOINT_NAMES[order[0]], KEYPOINT_NAMES[order[-1]]
+    measured = np.flatnonzero(~np.isnan(result.per_joint))
+    if len(measured):
+        ranked = measured[np.argsort(result.per_joint[measured], kind="stable")]
+        hardest, easiest = ranked[0], ranked[-1]
+        verdict = (f"Hardest joint: {KEYPOINT_NAMES[hardest]} ({_fmt(result.per_joint[hardest])}); easiest: "
+                   f"{KEYPOINT_NAMES[easiest]} ({_fmt(result.per_joint[easiest])}).")
+    else:
+        verdict = "None of these samples has a labelled keypoint on its heatmap."
     return Section("failures", SECTION_TITLES[6], (
         f"Per-joint PCK over the {n} samples (the seed's: a keypoint is correct within 0.5 c of the truth, "
         f"c = {config.heatmap_size / 10:g} heatmap pixels; bars coloured by side, the number of "
         "labelled keypoints under each name), then the samples with the largest mean distance between "
         "predicted and labelled keypoints: the predicted skeleton, and the labelled truth as white rings."), [
         image(fg.per_joint_figure(result.per_joint, result.counted), "per-joint PCK"),
-        paragraph(f"Hardest joint: {hardest} ({_fmt(np.nanmin(result.per_joint))}); easiest: {easiest} "
-                  f"({_fmt(np.nanmax(result.per_joint))}).", "note"),
+        paragraph(verdict, "note"),
         "<h3>worst samples</h3>", gallery(tiles),
     ])
