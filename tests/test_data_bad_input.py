@@ -41,11 +41,11 @@ def test_malformed_json(capsys, tiny_coco):
 
 @pytest.mark.parametrize("breakage, message", [
     (lambda d: d["annotations"][0].update(keypoints=[1.0] * 50),
-     "annotation #0 (id 1): 'keypoints' is a list of 50 items, expected a list of 51 numbers"),
+     "annotation id 1: 'keypoints' is a list of 50 items, expected a list of 51 numbers"),
     (lambda d: d["annotations"][1].update(keypoints=["x"] * 51),
-     "annotation #1 (id 2): 'keypoints' is a list of 51 items, expected a list of 51 numbers"),
-    (lambda d: d["annotations"][1].pop("bbox"), "annotation #1 (id 2) has no 'bbox'"),
-    (lambda d: d["images"][0].pop("file_name"), "image #0 (id 1) has no 'file_name'"),
+     "annotation id 2: 'keypoints' is a list of 51 items, expected a list of 51 numbers"),
+    (lambda d: d["annotations"][1].pop("bbox"), "annotation id 2 has no 'bbox'"),
+    (lambda d: d["images"][0].pop("file_name"), "image id 1 has no 'file_name'"),
     (lambda d: d.pop("images"), "no 'images' list"),
     (lambda d: d["annotations"].append("oops"), "annotation #2 is not an object"),
     (lambda d: d["images"].append(dict(d["images"][0])), "image id 1 appears more than once"),

@@ -141,3 +141,12 @@ def test_unreadable_images_are_invalid_rows_counted_in_the_cache(tiny_coco, tmp_
     assert [bool(dataset[i]["valid"]) for i in range(3)] == [True, False, False]
     assert dataset[1]["image"].sum() == 0 and dataset[1]["visibility"].sum() == 0
     assert os.stat(path / "meta.json").st_mode & 0o044  # readable by others, like the crops
+
+
+def test_a_split_with_no_kept_instance_prepares_an_empty_cache(tiny_coco, tmp_path):
+    tiny_coco.add_person(tiny_coco.add_image(), iscrowd=1)
+    root = tiny_coco.write()
+    path = _prepare(root, tmp_path)
+    assert read_cache_meta(path)["count"] == 0
+    dataset = PersonDataset(load_split(root, "train2017"), 64, cache_dir=tmp_path)
+    assert dataset.using_cache and len(dataset) == 0

@@ -119,3 +119,37 @@ def test_explicit_val_split_and_missing_split_file(synth_dataset):
     assert len(splits["train"]) == len(load_split(synth_dataset, "train2017"))
     with pytest.raises(UserError, match="person_keypoints_nosuch.json: annotation file not found"):
         build_splits(synth_dataset, val_split="nosuch", verbose=False)
+
+
+def test_segmentation_is_cut_from_the_text_without_touching_anything_else():
+    from hgpose.data.coco import _without_segmentation
+
+    data = {
+        "info": {"description": 'a string with "segmentation":[[1,2]] inside'},
+        "annotations": [
+            {"segmentation": [[1.5, 2, 3e2], [4, 5, 6]], "keypoints": [1, 2, 2], "id": 1},
+            {"segmentation": {"counts": "0a1b`c", "size": [480, 640]}, "id": 2},
+            {"segmentation": {"counts": [3, 4, 5], "size": [4, 3]}, "id": 3},
+            {"segmentation": [], "bbox": [1, 2, 3, 4], "id": 4},
+            {"id": 5, "segmentation": [[7, 8]]},
+        ],
+        "skeleton": [[16, 14], [14, 12]],
+    }
+    for text, cut in ((json.dumps(data), True), (json.dumps(data, separators=(",", ":")), True),
+                      (json.dumps(data, indent=1), False)):  # pretty-printed polygons are left in: still right
+        slim = json.loads(_without_segmentation(text.encode()))
+        assert [a.get("segmentation") == 0 for a in slim["annotations"]] == [cut, True, True, False, cut]
+        expected = json.loads(text)
+        for a in slim["annotations"] + expected["annotations"]:
+            a.pop("segmentation")
+        assert slim == expected
+
+
+def test_a_file_with_no_kept_instance_gives_an_empty_index(tiny_coco):
+    image = tiny_coco.add_image()
+    tiny_coco.add_person(image, iscrowd=1)
+    tiny_coco.add_person(image, keypoints=[0] * 51)
+    index = load_split(tiny_coco.write(), "train2017")
+    assert len(index) == 0 and index.keypoints.shape == (0, 17, 3) and index.file_names == []
+    assert index.drops["crowd"] == 1 and index.drops["no keypoints"] == 1
+    assert len(build_splits(tiny_coco.root, test_split="train2017", verbose=False)["val"]) == 0

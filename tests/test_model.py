@@ -200,3 +200,17 @@ def test_summary_command_prints_the_parameter_count(capsys):
     assert main(["summary", "--depth", "9"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "depth" in err
+
+
+def test_atomic_writes_leave_no_temp_file_and_normal_permissions(tmp_path):
+    import os
+
+    from hgpose.fileio import atomic_path, atomic_write_text
+
+    path = atomic_write_text(tmp_path / "a.txt", "hello")
+    assert path.read_text() == "hello" and os.stat(path).st_mode & 0o044  # readable by others, as open() makes
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == "hello" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]

@@ -223,7 +223,6 @@ def _build(index: PersonIndex, path: Path, size: int, key: dict, workers, progre
             "invalid": int(n - valid.sum()),
             "unreadable": [{"file_name": k, **v} for k, v in unreadable.items()],
         })
-        os.chmod(tmp / "meta.json", 0o644)  # readable like the other files (mkstemp made it 0600)
         _fsync_dir(tmp)
         _swap_into_place(tmp, path)
     except BaseException:
@@ -254,7 +253,8 @@ def _crop_all(index: PersonIndex, crops_file: Path, size: int, workers, progress
             cropper = _Cropper(crops_file, n, size)
             results = map(cropper, chunks)
             _collect(results, problems, bar)
-            cropper.out.flush()
+            if cropper.out is not None:
+                cropper.out.flush()
         else:
             single_threaded_opencv()  # before the fork: see hgpose.data.loader
             with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(crops_file, n, size)) as pool:

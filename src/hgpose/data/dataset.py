@@ -68,10 +68,10 @@ class PersonDataset(Dataset):
             )
             valid = problem is None
             image = crop[0] if valid else np.zeros((3, self.input_size, self.input_size), np.uint8)
-        visibility = self.visibility[i] if valid else np.zeros_like(self.visibility[i])
+        visibility = self.visibility[i].copy() if valid else np.zeros_like(self.visibility[i])
         return {
             "image": torch.from_numpy(image),
-            "keypoints": torch.from_numpy(self.keypoints[i]),
+            "keypoints": torch.from_numpy(self.keypoints[i].copy()),
             "visibility": torch.from_numpy(visibility),
             "index": torch.tensor(i, dtype=torch.int64),
             "valid": torch.tensor(valid),
@@ -85,6 +85,9 @@ class PersonDataset(Dataset):
         return self._cache
 
 
+_WARNED: set = set()
+
+
 def _resolve_cache(index: PersonIndex, input_size: int, cache, cache_dir) -> Path | None:
     """The prepared cache this dataset reads, or None for the raw-JPEG path."""
     from hgpose.data.cache import check_cache, check_cache_at
@@ -93,7 +96,8 @@ def _resolve_cache(index: PersonIndex, input_size: int, cache, cache_dir) -> Pat
         return None
     if isinstance(cache, str) and cache == "auto":
         status = check_cache(index.annotation_file, index.image_dir, input_size, cache_dir)
-        if status.state == "stale":
+        if status.state == "stale" and (status.path, status.reason) not in _WARNED:
+            _WARNED.add((status.path, status.reason))  # once per process, not once per dataset
             print(
                 f"cache for {index.split} is stale ({status.reason}); reading JPEGs instead. "
                 f"Run `hgpose prepare` to rebuild {status.path}",
