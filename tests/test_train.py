@@ -120,7 +120,7 @@ def test_resume_after_sigkill_is_bit_identical(synth_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_matches(synth_dataset, tmp_path):
-    args = ["--data", str(synth_dataset), "--epochs", "2", "--batch-size", "4", "--workers", "0",
+    args = ["--data", str(synth_dataset), "--epochs", "3", "--batch-size", "4", "--workers", "0",
             "--cache", "off", "--no-progress", "--no-report", *TINY_FLAGS]
     cmd = [sys.executable, "-m", "hgpose", "train"]
     reference = tmp_path / "reference"
@@ -130,11 +130,10 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_matches(synth_dataset, t
     proc = subprocess.Popen([*cmd, *args, "--out", str(interrupted)], env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while not (interrupted / "config.yaml").exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    while not (interrupted / "checkpoints" / "epoch_001.safetensors").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be interrupted"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # lands in epoch 2 (or its validation): both must resume exactly
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
     assert "hgpose train --resume" in output

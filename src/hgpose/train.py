@@ -39,7 +39,7 @@ from hgpose.model import ModelConfig, build_model, save_model, to_model_input
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_pck", "epoch_seconds"]
 # options that may differ on --resume without changing the run's result
-RESUMABLE_OVERRIDES = {"epochs", "device", "workers", "compile", "progress"}
+RESUMABLE_OVERRIDES = {"epochs", "device", "workers", "compile", "progress", "cache", "cache_dir"}
 
 
 @dataclass
@@ -62,6 +62,7 @@ class TrainConfig:
     val_split: str | None = None  # None: hold out val_fraction of train2017's images
     val_fraction: float = 0.05
     cache: str = "auto"
+    cache_dir: str | None = None  # where `hgpose prepare --cache-dir` put the caches
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -235,12 +236,13 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
 
     splits = build_splits(
         config.data, train_split=config.train_split, val_split=config.val_split,
-        val_fraction=config.val_fraction, seed=config.seed,
+        val_fraction=config.val_fraction, seed=config.seed, verbose=is_main,
     )
-    train_set = PersonDataset(_seeded_subset(splits["train"], config.subset, config.seed),
-                              config.model.input_size, cache=config.cache)
-    val_set = PersonDataset(_seeded_subset(splits["val"], config.subset, config.seed + 1),
-                            config.model.input_size, cache=config.cache)
+    train_set, val_set = (
+        PersonDataset(_seeded_subset(splits[name], config.subset, config.seed + offset), config.model.input_size,
+                      cache=config.cache, cache_dir=config.cache_dir)
+        for name, offset in (("train", 0), ("val", 1))
+    )
     if len(train_set) == 0 or len(val_set) == 0:
         raise UserError(f"{config.data}: empty training or validation set ({len(train_set)} / {len(val_set)})")
 
@@ -288,20 +290,21 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
+            skip = start_step if epoch == start_epoch else 0
             loader = make_loader(train_set, per_rank_batch, shuffle=True, seed=config.seed, epoch=epoch,
                                  workers=config.workers, device=device, drop_last=False,
-                                 rank=ctx.rank, world_size=ctx.world_size)
-            skip = start_step if epoch == start_epoch else 0
+                                 rank=ctx.rank, world_size=ctx.world_size, start=skip * per_rank_batch)
             loss_sum = torch.tensor(carried["loss_sum"] if skip else 0.0, dtype=torch.float64, device=device)
             samples = carried["samples"] if skip else 0
             seconds_before = carried["seconds"] if skip else 0.0
             started = time.perf_counter()
             train_model.train()
-            bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+            steps_in_epoch = skip + len(loader)
+            bar = tqdm(total=steps_in_epoch, initial=skip, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                        disable=not (is_main and config.progress), dynamic_ncols=True, leave=False)
             step = skip
             images_done = 0
-            for batch in _skip_batches(loader, skip):
+            for batch in loader:
                 loss = train_step(train_model, optimizer, batch, device, config.precision, heatmap_size)
                 n = int(batch["valid"].sum())
                 loss_sum += loss.double() * n
@@ -309,21 +312,21 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                 images_done += len(batch["valid"])
                 step += 1
                 bar.update(1)
-                if step % 20 == 0 or step == len(loader):  # a host sync every 20 steps, not every step
+                if step % 20 == 0 or step == steps_in_epoch:  # a host sync every 20 steps, not every step
                     running = loss_sum.item() / max(samples, 1)
                     if not math.isfinite(running):
                         _stop_on_nan(log, run_dir, epoch)
                     rate = images_done * ctx.world_size / (time.perf_counter() - started)
                     bar.set_postfix(loss=f"{running:.3e}", img_s=f"{rate:.1f}")
-                if stop.requested and step < len(loader):
+                if stop.requested and step < steps_in_epoch:
                     break
             bar.close()
-            if stop.requested and step < len(loader):
+            if stop.requested and step < steps_in_epoch:
                 partial = {"loss_sum": float(loss_sum.item()), "samples": samples,
                            "seconds": seconds_before + time.perf_counter() - started}
                 save_last(epoch, step, partial)
                 if is_main:
-                    log(f"interrupted at epoch {epoch}, step {step}/{len(loader)}; resume with:\n"
+                    log(f"interrupted at epoch {epoch}, step {step}/{steps_in_epoch}; resume with:\n"
                         f"  hgpose train --resume {run_dir}")
                 dist.cleanup()
                 return run_dir
@@ -368,14 +371,6 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             log(f"done: best val PCK {best['val_pck']:.4f} at epoch {best['epoch']} -> {run_dir / 'best.safetensors'}")
     dist.cleanup()
     return run_dir
-
-
-def _skip_batches(loader, skip: int):
-    """Iterate a loader from batch `skip` on (resume inside an epoch after Ctrl-C)."""
-    iterator = iter(loader)
-    for _ in range(skip):
-        next(iterator)
-    yield from iterator
 
 
 def _stop_on_nan(log: RunLog, run_dir: Path, epoch: int):

@@ -29,6 +29,7 @@ OPTIONS = [
     ("val_split", str, "a held-out part of the training split", "separate validation split, e.g. val2017"),
     ("val_fraction", float, 0.05, "fraction of training images held out for validation"),
     ("cache", str, "auto", "auto (use a current `hgpose prepare` cache when present) or off"),
+    ("cache_dir", str, "DATA/hgpose_cache", "where `hgpose prepare --cache-dir` wrote the caches"),
 ]
 
 

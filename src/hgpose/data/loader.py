@@ -24,11 +24,12 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(self, length: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False):
+                 world_size: int = 1, drop_last: bool = False, start: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.length, self.shuffle, self.seed, self.epoch = length, shuffle, seed, epoch
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.start = start  # skip this rank's first `start` indices (resuming inside an epoch)
 
     def indices(self) -> list[int]:
         if self.shuffle:
@@ -43,17 +44,19 @@ class EpochSampler(Sampler[int]):
                 pad = -self.length % self.world_size
                 order = torch.cat([order, order.repeat(pad // self.length + 1)[:pad]])
             order = order[self.rank :: self.world_size]
-        return order.tolist()
+        return order[self.start :].tolist()
 
     def __iter__(self):
         return iter(self.indices())
 
     def __len__(self) -> int:
         if self.world_size == 1:
-            return self.length
-        if self.drop_last:
-            return self.length // self.world_size
-        return -(-self.length // self.world_size)
+            full = self.length
+        elif self.drop_last:
+            full = self.length // self.world_size
+        else:
+            full = -(-self.length // self.world_size)
+        return max(full - self.start, 0)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -75,12 +78,16 @@ def single_threaded_opencv() -> None:
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, workers: int = 0,
-                device="cpu", drop_last: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """A DataLoader for one epoch (make a new one per epoch; workers are not persistent)."""
+                device="cpu", drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                start: int = 0) -> DataLoader:
+    """A DataLoader for one epoch (make a new one per epoch; workers are not persistent).
+
+    start: skip the first `start` samples of this rank's order (resuming inside an epoch).
+    """
     if workers:
         single_threaded_opencv()
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
-                           world_size=world_size, drop_last=drop_last)
+                           world_size=world_size, drop_last=drop_last, start=start)
     return DataLoader(
         dataset,
         batch_size=batch_size,
