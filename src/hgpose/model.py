@@ -89,9 +89,9 @@ class Residual(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x):
-        out = self.conv1(F.relu(self.bn1(x)))
-        out = self.conv2(F.relu(self.bn2(out)))
-        out = self.conv3(F.relu(self.bn3(out)))
+        out = self.conv1(F.relu(self.bn1(x), inplace=True))
+        out = self.conv2(F.relu(self.bn2(out), inplace=True))
+        out = self.conv3(F.relu(self.bn3(out), inplace=True))
         return out + (x if self.skip is None else self.skip(x))
 
 
@@ -145,7 +145,7 @@ class Head(nn.Module):
         self.out = nn.Conv2d(features, num_keypoints, 1)
 
     def forward(self, x):
-        features = F.relu(self.bn(self.conv(self.residual(x))))
+        features = F.relu(self.bn(self.conv(self.residual(x))), inplace=True)
         return features, self.out(features)
 
 
@@ -171,7 +171,7 @@ class HourglassNet(nn.Module):
         init_weights(self)
 
     def stem(self, x):
-        x = F.relu(self.stem_bn(self.stem_conv(x)))
+        x = F.relu(self.stem_bn(self.stem_conv(x)), inplace=True)
         x = self.stem_res1(x)
         x = F.max_pool2d(x, 2, 2)
         return self.stem_res3(self.stem_res2(x))
