@@ -41,3 +41,14 @@ def test_never_drops_twice_even_after_long_stalls():
 def test_patience_is_an_option(patience):
     epochs, _ = drops([0.3, 0.2, 0.2, 0.2, 0.2], patience=patience)
     assert epochs == [1 + patience]
+
+
+def test_precision_auto_resolves_to_a_concrete_choice_and_explicit_choices_pass_through():
+    import torch
+
+    from hgpose.train import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    expected = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    assert resolve_precision("auto", cpu) == expected

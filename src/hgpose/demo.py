@@ -4,7 +4,7 @@ generate the dataset (if absent) -> train with the seed's protocol on a reduced 
 best checkpoint on the test split -> Figure 2 and Table 1 -> predictions drawn on test images ->
 the explore report. Every step reuses what an earlier (possibly interrupted) demo left behind.
 
-    python -m hgpose.demo [--out demo-out] [--precision bf16] [--epochs N]
+    python -m hgpose.demo [--out demo-out] [--precision auto|fp32|bf16] [--epochs N]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ DEMO_TRAIN_IMAGES = 1200
 DEMO_VAL_IMAGES = 200
 
 
-def run_demo(out: Path, precision: str = "bf16", epochs: int = DEMO_EPOCHS, workers: int = 0) -> dict:
+def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, workers: int = 0) -> dict:
     from hgpose.data.cache import prepare_cache
     from hgpose.data.coco import annotation_path
     from hgpose.evaluate import evaluate_checkpoint, format_evaluation
@@ -33,9 +33,11 @@ def run_demo(out: Path, precision: str = "bf16", epochs: int = DEMO_EPOCHS, work
     from hgpose.predict import predict_paths
     from hgpose.report import write_report
     from hgpose.synth import generate_dataset
-    from hgpose.train import TrainConfig, load_run_config, train
+    from hgpose.cli.common import resolve_device
+    from hgpose.train import TrainConfig, load_run_config, resolve_precision, train
 
     started = time.perf_counter()
+    precision = resolve_precision(precision, resolve_device("auto"))
     data, run_dir = out / "data", out / "run"
     if not (data / "annotations" / "person_keypoints_val2017.json").is_file():
         print(f"[1/6] generating the COCO-format dataset in {data}")
@@ -94,7 +96,7 @@ def run_demo(out: Path, precision: str = "bf16", epochs: int = DEMO_EPOCHS, work
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
-    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()

@@ -52,7 +52,7 @@ class TrainConfig:
     lr_patience: int = 5
     lr_factor: float = 0.2
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the hardware has it (no accuracy cost on the demo), else fp32
     device: str = "auto"
     workers: int = 2
     compile: bool = False
@@ -69,8 +69,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UserError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         for name in ("epochs", "batch_size", "lr_patience"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -177,6 +177,24 @@ def _seeded_subset(index, n: int | None, seed: int):
     return index.subset(keep)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> bf16 when the device computes it natively (Ampere+ GPUs, CPUs with AVX512-BF16/AMX),
+    else fp32: on the demo bf16 reached the same PCK as fp32 (see the README) at less cost."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4 has no emulation flag
+            native = torch.cuda.is_bf16_supported()
+        return "bf16" if native else "fp32"
+    try:
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):  # a private op: absent in some builds
+        native = False
+    return "bf16" if native else "fp32"
+
+
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -228,6 +246,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     """Train (or resume) a run; returns the run directory."""
     ctx = dist.setup(config.device)
     device, is_main = ctx.device, ctx.rank == 0
+    precision = resolve_precision(config.precision, device)
     if config.batch_size % ctx.world_size:
         raise UserError(f"--batch-size {config.batch_size} is not divisible by {ctx.world_size} processes")
     run_dir = Path(resume) if resume else Path(config.out) if config.out else next_run_dir()
@@ -269,7 +288,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         log(f"training {run_dir}: {len(train_set)} train / {len(val_set)} val instances, "
             f"{'cache' if train_set.using_cache else 'raw JPEG'} data, device {device}, "
-            f"{ctx.world_size} process(es), precision {config.precision}")
+            f"{ctx.world_size} process(es), precision {precision}")
 
     if config.sync_bn and ctx.world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -305,7 +324,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             step = skip
             images_done = 0
             for batch in loader:
-                loss = train_step(train_model, optimizer, batch, device, config.precision, heatmap_size)
+                loss = train_step(train_model, optimizer, batch, device, precision, heatmap_size)
                 n = int(batch["valid"].sum())
                 loss_sum += loss.double() * n
                 samples += n
@@ -337,7 +356,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                 _stop_on_nan(log, run_dir, epoch)
             val_loader = make_loader(val_set, per_rank_batch * 2, shuffle=False, workers=config.workers,
                                      device=device, rank=ctx.rank, world_size=ctx.world_size)
-            result = infer(model, val_loader, device=device, precision=config.precision, progress=False)
+            result = infer(model, val_loader, device=device, precision=precision, progress=False)
             val_pck = pck(result.coords, result.gt, result.visibility, normalizer).overall
             row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": result.loss,
                    "val_pck": val_pck, "epoch_seconds": seconds_before + time.perf_counter() - started}

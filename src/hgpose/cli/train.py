@@ -21,7 +21,7 @@ OPTIONS = [
     ("lr_patience", int, 5, "epochs without a new best val PCK before the one LR drop"),
     ("lr_factor", float, 0.2, "factor of the one LR drop"),
     ("seed", int, 0, "seed for init, data order and the held-out split"),
-    ("precision", str, "fp32", "fp32, or bf16 autocast (loss in fp32)"),
+    ("precision", str, "auto", "bf16 autocast (loss in fp32), fp32, or auto: bf16 where the hardware has it"),
     ("device", str, "auto", "auto (cuda when available), cpu, cuda, cuda:N"),
     ("workers", int, 2, "data loader worker processes"),
     ("subset", int, "all", "use a seeded random N training (and at most N validation) instances"),
@@ -38,7 +38,7 @@ def add_arguments(parser):
     parser.add_argument("--out", type=Path, help="run directory (default: runs/train, runs/train2, ...)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     for name, kind, default, text in OPTIONS:
-        choices = {"precision": ["fp32", "bf16"], "cache": ["auto", "off"]}.get(name)
+        choices = {"precision": ["auto", "fp32", "bf16"], "cache": ["auto", "off"]}.get(name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices,
                             help=f"{text} (default: {default})")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA only)")
