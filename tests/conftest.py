@@ -14,6 +14,17 @@ SYNTH_VAL_IMAGES = 8
 SYNTH_IMAGE_SIZE = (160, 120)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models: a second thread costs more than it gains, badly so on a loaded machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory) -> Path:
     """A generated dataset (24 train, 8 val images of 160x120, seed 0), made once per session.

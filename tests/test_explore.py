@@ -70,13 +70,7 @@ def trained(synth_dataset, tmp_path_factory) -> Trained:
     return Trained(model, path, images, keypoints.numpy(), visibility.numpy())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: a second thread costs more than it gains, badly so on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- shapes ------------------------------------------------------------------------------------------

@@ -90,62 +90,57 @@ def test_short_cpu_training_lowers_the_loss_and_reaches_a_useful_pck(synth_learn
     assert max(pcks) > 0.2 and max(pcks) > 5 * pcks[0], pcks
 
 
+TRAIN_COMMAND = [sys.executable, "-m", "hgpose", "train"]
+
+
+def start_training(data, out: Path, batch_size: int, **popen) -> subprocess.Popen:
+    args = ["--data", str(data), "--out", str(out), "--epochs", "3", "--batch-size", str(batch_size),
+            "--workers", "0", "--cache", "off", "--no-progress", "--no-report", *TINY_FLAGS]
+    return subprocess.Popen([*TRAIN_COMMAND, *args], env=subprocess_env(), **popen)
+
+
+def wait_for_first_epoch(proc: subprocess.Popen, run_dir: Path) -> None:
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "epoch_001.safetensors").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be stopped"
+        time.sleep(0.02)
+
+
+def resume_and_compare(run_dir: Path, reference: Path) -> None:
+    """Resume run_dir to the end: weights, optimizer, RNG and metrics must equal the reference's."""
+    resumed = subprocess.run([*TRAIN_COMMAND, "--resume", str(run_dir), "--no-report"], env=subprocess_env(),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(str(reference / "last.safetensors")), load_file(str(run_dir / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(reference)) == strip(read_metrics(run_dir))
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(synth_dataset, tmp_path):
-    args = ["--data", str(synth_dataset), "--epochs", "3", "--batch-size", "8", "--workers", "0",
-            "--cache", "off", "--no-progress", "--no-report", *TINY_FLAGS]
-    cmd = [sys.executable, "-m", "hgpose", "train"]
-    reference = tmp_path / "reference"
-    subprocess.run([*cmd, *args, "--out", str(reference)], check=True, env=subprocess_env(),
-                   capture_output=True)
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, *args, "--out", str(killed)], env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "epoch_001.safetensors").exists():
-        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
-        time.sleep(0.05)
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert start_training(synth_dataset, reference, 8, stdout=subprocess.DEVNULL).wait() == 0
+    proc = start_training(synth_dataset, killed, 8, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_first_epoch(proc, killed)
     time.sleep(0.3)  # into epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(read_metrics(killed)) < 3
-
-    resumed = subprocess.run([*cmd, "--resume", str(killed), "--no-report"], env=subprocess_env(),
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = load_file(str(reference / "last.safetensors")), load_file(str(killed / "last.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(reference)) == strip(read_metrics(killed))
+    resume_and_compare(killed, reference)
 
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_matches(synth_dataset, tmp_path):
-    args = ["--data", str(synth_dataset), "--epochs", "3", "--batch-size", "4", "--workers", "0",
-            "--cache", "off", "--no-progress", "--no-report", *TINY_FLAGS]
-    cmd = [sys.executable, "-m", "hgpose", "train"]
-    reference = tmp_path / "reference"
-    subprocess.run([*cmd, *args, "--out", str(reference)], check=True, env=subprocess_env(), capture_output=True)
-
-    interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen([*cmd, *args, "--out", str(interrupted)], env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not (interrupted / "checkpoints" / "epoch_001.safetensors").exists():
-        assert proc.poll() is None and time.time() < deadline, "training ended before it could be interrupted"
-        time.sleep(0.02)
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    assert start_training(synth_dataset, reference, 4, stdout=subprocess.DEVNULL).wait() == 0
+    proc = start_training(synth_dataset, interrupted, 4, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_first_epoch(proc, interrupted)
     proc.send_signal(signal.SIGINT)  # lands in epoch 2 (or its validation): both must resume exactly
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
     assert "hgpose train --resume" in output
-    resumed = subprocess.run([*cmd, "--resume", str(interrupted), "--no-report"], env=subprocess_env(),
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = load_file(str(reference / "last.safetensors")), load_file(str(interrupted / "last.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng"))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(reference)) == strip(read_metrics(interrupted))
+    resume_and_compare(interrupted, reference)
 
 
 @pytest.mark.slow

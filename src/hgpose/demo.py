@@ -26,6 +26,7 @@ DEMO_VAL_IMAGES = 200
 
 
 def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, workers: int = 0) -> dict:
+    from hgpose.cli.common import resolve_device
     from hgpose.data.cache import prepare_cache
     from hgpose.data.coco import annotation_path
     from hgpose.evaluate import evaluate_checkpoint, format_evaluation
@@ -33,7 +34,6 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
     from hgpose.predict import predict_paths
     from hgpose.report import write_report
     from hgpose.synth import generate_dataset
-    from hgpose.cli.common import resolve_device
     from hgpose.train import TrainConfig, load_run_config, resolve_precision, train
 
     started = time.perf_counter()
