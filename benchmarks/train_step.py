@@ -74,7 +74,7 @@ def main():
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps (slow to compile)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     config = ModelConfig(input_size=args.input_size, features=args.features)
@@ -89,7 +89,7 @@ def main():
     results.append(measure("reference eager NCHW fp32",
                            lambda: reference_step(model, opt, batch, device, config.heatmap_size),
                            args.steps, args.batch_size, flops, device))
-    variants = [("fp32", False), ("bf16", False)] + ([("bf16", True)] if args.compile else [])
+    variants = [("fp32", False), ("bf16", False)] + ([("fp32", True), ("bf16", True)] if args.compile else [])
     for precision, compiled in variants:
         model = build_model(config).to(device).to(memory_format=torch.channels_last)
         opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)

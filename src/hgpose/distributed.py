@@ -35,6 +35,14 @@ class DistContext:
         total_sum, total_count = packed.tolist()
         return total_sum, int(total_count)
 
+    def any(self, flag: bool) -> bool:
+        """True on every process when `flag` is true on any of them (so that all stop together)."""
+        if self.world_size == 1:
+            return flag
+        packed = torch.tensor([float(flag)], device=self.device)
+        torch_dist.all_reduce(packed, op=torch_dist.ReduceOp.MAX)
+        return bool(packed.item())
+
 
 def setup(device_name: str = "auto") -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -41,7 +41,8 @@ def add_arguments(parser):
         choices = {"precision": ["auto", "fp32", "bf16"], "cache": ["auto", "off"]}.get(name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices,
                             help=f"{text} (default: {default})")
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA only)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the training step (compiles for a minute or more first)")
     parser.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar (one line per epoch only)")
