@@ -31,10 +31,11 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
     from hgpose.data.coco import annotation_path
     from hgpose.evaluate import evaluate_checkpoint, format_evaluation
     from hgpose.explore import write_explore_report
+    from hgpose.precision import resolve_precision
     from hgpose.predict import predict_paths
     from hgpose.report import write_report
     from hgpose.synth import generate_dataset
-    from hgpose.train import TrainConfig, load_run_config, resolve_precision, train
+    from hgpose.train import TrainConfig, load_run_config, train
 
     started = time.perf_counter()
     precision = resolve_precision(precision, resolve_device("auto"))

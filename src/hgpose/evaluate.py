@@ -25,6 +25,7 @@ from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import frame_to_image
 from hgpose.fileio import UserError, atomic_write_json
 from hgpose.model import to_model_input
+from hgpose.precision import autocast
 
 PCK_NORMALIZER_FRACTION = 0.1  # c = this fraction of the heatmap side (the seed, after Olsen)
 PCK_THRESHOLD = 0.5  # r
@@ -238,13 +239,6 @@ class Inference:
     bearpaw_batch_sizes: np.ndarray | None = None  # (B,) their batch sizes
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision not in ("fp32", "bf16"):
-        raise UserError(f"--precision must be fp32 or bf16, got {precision!r}")
-    enabled = precision == "bf16" and device.type in ("cpu", "cuda")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() \
         and torch.distributed.get_world_size() > 1
@@ -289,7 +283,7 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
             keypoints = batch["keypoints"].to(device, non_blocking=True)
             valid = batch["valid"].to(device, non_blocking=True)
             visibility = batch["visibility"].to(device, non_blocking=True) * valid.unsqueeze(-1)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 heatmaps = model(images)
             heatmaps = heatmaps.float()
             coords, confidence = decode_heatmaps(heatmaps)
@@ -467,7 +461,7 @@ def load_eval_index(data_root, split: str, checkpoint: Path):
 
 
 def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_size: int = 32, device="auto",
-                        precision: str = "fp32", workers: int = 0, out=None, thresholds=None,
+                        precision: str = "auto", workers: int = 0, out=None, thresholds=None,
                         pck_style: str = "seed", input_size: int | None = None, progress: bool = True,
                         cache="auto") -> dict:
     """The library behind `hgpose evaluate`: run a checkpoint over a split and compute every metric.

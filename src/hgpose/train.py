@@ -36,6 +36,7 @@ from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import infer, pck, seed_normalizer
 from hgpose.fileio import UserError, atomic_write_text
 from hgpose.model import ModelConfig, build_model, save_model, to_model_input
+from hgpose.precision import PRECISIONS, autocast, resolve_precision
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_pck", "epoch_seconds"]
 # options that may differ on --resume without changing the run's result
@@ -69,8 +70,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UserError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "lr_patience"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -177,28 +178,6 @@ def _seeded_subset(index, n: int | None, seed: int):
     return index.subset(keep)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> bf16 when the device computes it natively (Ampere+ GPUs, CPUs with AVX512-BF16/AMX),
-    else fp32: on the demo bf16 reached the same PCK as fp32 (see the README) at less cost."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        try:
-            native = torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # torch < 2.4 has no emulation flag
-            native = torch.cuda.is_bf16_supported()
-        return "bf16" if native else "fp32"
-    try:
-        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):  # a private op: absent in some builds
-        native = False
-    return "bf16" if native else "fp32"
-
-
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 class _StopRequest:
     """Ctrl-C (SIGINT) sets a flag; the loop finishes its step, saves and exits."""
 
@@ -228,7 +207,7 @@ def train_step(model, optimizer, batch, device, precision: str, heatmap_size: in
     visibility = batch["visibility"].to(device, non_blocking=True)
     valid = batch["valid"].to(device, non_blocking=True)
     targets, _ = render_heatmaps(keypoints, visibility, heatmap_size)
-    with _autocast(device, precision):
+    with autocast(device, precision):
         outputs = torch.stack(getattr(model, "module", model).forward_stacks(images), dim=1) \
             if _num_stacks(model) > 1 else model(images)
     loss = heatmap_loss(outputs, targets, valid)

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from hgpose.cli.common import add_device_argument
+from hgpose.precision import PRECISIONS
 
 HELP = "evaluate a checkpoint on a split: PCK (overall, v=2 / v=1, per joint) and COCO keypoint AP"
 DESCRIPTION = (
@@ -19,7 +20,8 @@ def add_arguments(parser):
     parser.add_argument("--out", type=Path, metavar="FILE.json", help="metrics JSON (results beside)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     add_device_argument(parser)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="bf16 autocast, fp32, or auto: bf16 where the hardware has it (as training)")
     parser.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     parser.add_argument("--input-size", type=int, default=None,
                         help="expected model input size; an error when the checkpoint's differs")
