@@ -60,4 +60,7 @@ def setup(device_name: str = "auto") -> DistContext:
 
 def cleanup() -> None:
     if torch_dist.is_initialized():
+        # every rank arrives before any tears down: a rank that exits while its peer is still shutting
+        # down its connections can abort the peer (seen under load with gloo)
+        torch_dist.barrier()
         torch_dist.destroy_process_group()
