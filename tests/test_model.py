@@ -36,6 +36,8 @@ def test_two_stacks_give_per_stack_outputs():
     with torch.no_grad():
         outs = model.forward_stacks(torch.randn(1, 3, 64, 64))
     assert len(outs) == 2 and all(o.shape == (1, 17, 16, 16) for o in outs)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64), all_stacks=True).shape == (1, 2, 17, 16, 16)
     assert not torch.equal(outs[0], outs[1])
     assert len(model.merge_features) == 1 and len(model.merge_preds) == 1
 

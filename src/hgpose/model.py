@@ -187,9 +187,15 @@ class HourglassNet(nn.Module):
                 x = x + self.merge_features[i](features) + self.merge_preds[i](heatmaps)
         return outputs
 
-    def forward(self, x):
-        """Heatmaps of the last stack, (N, K, H/4, W/4)."""
-        return self.forward_stacks(x)[-1]
+    def forward(self, x, all_stacks: bool = False):
+        """Heatmaps of the last stack, (N, K, H/4, W/4); with all_stacks, every stack's, (N, S, K, H/4, W/4).
+
+        Training asks for all stacks through forward (not forward_stacks) so that a DDP wrapper sees it.
+        """
+        outputs = self.forward_stacks(x)
+        if not all_stacks:
+            return outputs[-1]
+        return outputs[0].unsqueeze(1) if len(outputs) == 1 else torch.stack(outputs, dim=1)
 
 
 def init_weights(model: nn.Module) -> None:

@@ -208,17 +208,12 @@ def train_step(model, optimizer, batch, device, precision: str, heatmap_size: in
     valid = batch["valid"].to(device, non_blocking=True)
     targets, _ = render_heatmaps(keypoints, visibility, heatmap_size)
     with autocast(device, precision):
-        outputs = torch.stack(getattr(model, "module", model).forward_stacks(images), dim=1) \
-            if _num_stacks(model) > 1 else model(images)
+        outputs = model(images, all_stacks=True)  # (N, S, K, H, W): intermediate supervision when S > 1
     loss = heatmap_loss(outputs, targets, valid)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
-
-
-def _num_stacks(model) -> int:
-    return getattr(model, "module", model).config.num_stacks
 
 
 def train(config: TrainConfig, resume: Path | None = None) -> Path:
