@@ -3,7 +3,7 @@
 Prints images/s and achieved GFLOP/s (forward + backward, counted by torch's FLOP counter) for each
 variant, side by side, in one run on the current device. Usage:
 
-    python benchmarks/train_step.py [--batch-size 16] [--steps 3] [--device auto] [--input-size 256]
+    python benchmarks/train_step.py [--batch-size 16] [--steps 5] [--device auto] [--input-size 256]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from hgpose.allocator import keep_freed_memory
 from hgpose.cli.common import resolve_device
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.model import ModelConfig, build_model
@@ -56,8 +57,8 @@ def sync(device):
 
 
 def measure(name, step, steps, batch_size, flops, device):
-    step()  # warm-up (allocations, oneDNN primitive caches, autotuning)
-    step()
+    for _ in range(3):  # warm-up: oneDNN primitive caches, autotuning, the heap settling
+        step()
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -70,7 +71,7 @@ def measure(name, step, steps, batch_size, flops, device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument("--device", default="auto")
@@ -86,9 +87,13 @@ def main():
     results = []
     model = build_model(config).to(device)
     opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
-    results.append(measure("reference eager NCHW fp32",
-                           lambda: reference_step(model, opt, batch, device, config.heatmap_size),
-                           args.steps, args.batch_size, flops, device))
+    reference = lambda: reference_step(model, opt, batch, device, config.heatmap_size)  # noqa: E731
+    results.append(measure("reference eager NCHW fp32", reference, args.steps, args.batch_size, flops, device))
+    # From here on, like `hgpose train`, glibc keeps freed memory for reuse (hgpose/allocator.py).
+    # The reference is timed again under it so that the layout and precision gains can be told apart
+    # from the allocator's.
+    if device.type == "cpu" and keep_freed_memory():
+        results.append(measure("reference, freed memory kept", reference, args.steps, args.batch_size, flops, device))
     variants = [("fp32", False), ("bf16", False)] + ([("fp32", True), ("bf16", True)] if args.compile else [])
     for precision, compiled in variants:
         model = build_model(config).to(device).to(memory_format=torch.channels_last)
@@ -100,10 +105,12 @@ def main():
 
         results.append(measure(name, step, args.steps, args.batch_size, flops, device))
 
-    base = results[0]["img_s"]
-    print(f"{'variant':34s} {'img/s':>9s} {'GFLOP/s':>9s} {'speed-up':>9s}")
+    base, kept = results[0]["img_s"], results[1]["img_s"] if "kept" in results[1]["variant"] else None
+    print(f"{'variant':34s} {'img/s':>9s} {'GFLOP/s':>9s} {'vs reference':>13s}"
+          + (f" {'vs reference, memory kept':>26s}" if kept else ""))
     for r in results:
-        print(f"{r['variant']:34s} {r['img_s']:9.2f} {r['gflop_s']:9.1f} {r['img_s'] / base:8.2f}x")
+        line = f"{r['variant']:34s} {r['img_s']:9.2f} {r['gflop_s']:9.1f} {r['img_s'] / base:12.2f}x"
+        print(line + (f" {r['img_s'] / kept:25.2f}x" if kept else ""))
 
 
 if __name__ == "__main__":

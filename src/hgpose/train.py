@@ -28,6 +28,7 @@ import yaml
 from tqdm import tqdm
 
 from hgpose import distributed as dist
+from hgpose.allocator import keep_freed_memory
 from hgpose.checkpoint import load_training_checkpoint, save_training_checkpoint
 from hgpose.data.coco import build_splits
 from hgpose.data.dataset import PersonDataset
@@ -218,6 +219,7 @@ def train_step(model, optimizer, batch, device, precision: str, heatmap_size: in
 
 def train(config: TrainConfig, resume: Path | None = None) -> Path:
     """Train (or resume) a run; returns the run directory."""
+    keep_freed_memory()
     ctx = dist.setup(config.device)
     device, is_main = ctx.device, ctx.rank == 0
     precision = resolve_precision(config.precision, device)

@@ -9,6 +9,7 @@ import pkgutil
 import sys
 
 from hgpose import __version__
+from hgpose.allocator import keep_freed_memory
 from hgpose.fileio import UserError
 
 # the order `hgpose --help` lists them in; any other module found here is listed after these
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # every command that runs the network allocates large tensors over and over
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
