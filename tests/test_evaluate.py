@@ -292,12 +292,18 @@ def make_batches(keypoints, visibility, valid, order, batch_size=2, size=32):
     return batches
 
 
-def test_infer_sorts_decodes_and_averages_the_loss_over_valid_samples():
-    gen = torch.Generator().manual_seed(0)
+def five_samples(seed: int):
+    """Keypoints, visibility and validity of 5 samples (the third unreadable), and one fixed prediction."""
+    gen = torch.Generator().manual_seed(seed)
     keypoints = torch.rand(5, 17, 2, generator=gen) * 7
     visibility = torch.randint(0, 3, (5, 17), generator=gen)
     valid = torch.tensor([True, True, False, True, True])
     predicted, _ = render_heatmaps(torch.full((1, 17, 2), 3.3), torch.full((1, 17), 2), 8)
+    return keypoints, visibility, valid, predicted
+
+
+def test_infer_sorts_decodes_and_averages_the_loss_over_valid_samples():
+    keypoints, visibility, valid, predicted = five_samples(0)
     model = FixedHeatmaps(predicted)
     model.train()
     batches = make_batches(keypoints, visibility, valid, order=[3, 1, 4, 0, 2])
@@ -336,11 +342,7 @@ def test_infer_gathers_every_rank_once_under_torch_distributed():
 
     import torch.multiprocessing as mp
 
-    gen = torch.Generator().manual_seed(1)
-    keypoints = torch.rand(5, 17, 2, generator=gen) * 7
-    visibility = torch.randint(0, 3, (5, 17), generator=gen)
-    valid = torch.tensor([True, True, False, True, True])
-    predicted, _ = render_heatmaps(torch.full((1, 17, 2), 3.3), torch.full((1, 17), 2), 8)
+    keypoints, visibility, valid, predicted = five_samples(1)
     single = infer(FixedHeatmaps(predicted), make_batches(keypoints, visibility, valid, order=range(5)),
                    device="cpu", progress=False)
     with socket.socket() as s:

@@ -40,7 +40,7 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
     started = time.perf_counter()
     precision = resolve_precision(precision, resolve_device("auto"))
     data, run_dir = out / "data", out / "run"
-    if not (data / "annotations" / "person_keypoints_val2017.json").is_file():
+    if not annotation_path(data, "val2017").is_file():
         print(f"[1/6] generating the COCO-format dataset in {data}")
         generate_dataset(data, train_images=DEMO_TRAIN_IMAGES, val_images=DEMO_VAL_IMAGES, seed=0)
     else:

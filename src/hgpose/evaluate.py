@@ -27,7 +27,6 @@ from hgpose.fileio import UserError, atomic_write_json
 from hgpose.model import to_model_input
 from hgpose.precision import autocast
 
-PCK_NORMALIZER_FRACTION = 0.1  # c = this fraction of the heatmap side (the seed, after Olsen)
 PCK_THRESHOLD = 0.5  # r
 DEFAULT_CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
@@ -35,7 +34,7 @@ PCK_STYLES = ("seed", "bearpaw")
 
 
 def seed_normalizer(heatmap_size: int) -> float:
-    """The seed's c: heatmap_size * PCK_NORMALIZER_FRACTION, written as the seed does (64 / 10 = 6.4)."""
+    """The seed's c, a tenth of the heatmap side (after Olsen), computed as the seed writes it: 64 / 10 = 6.4."""
     return heatmap_size / 10
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from hgpose.fileio import UserError, atomic_path
-from hgpose.model import HourglassNet, load_model
+from hgpose.model import CONFIG_METADATA_KEY, HourglassNet, load_model
 
 DEFAULT_OPSET = 18
 TOLERANCE = 1e-4
@@ -103,28 +104,25 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class _quiet:
+@contextmanager
+def _quiet():
     """Silence the exporters' deprecation warnings and registry log lines (e.g. no torchvision)."""
-
-    def __enter__(self):
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.simplefilter("ignore")
-        self._logger = logging.getLogger("torch.onnx")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.ERROR)
-        return self
-
-    def __exit__(self, *exc):
-        self._logger.setLevel(self._level)
-        self._warnings.__exit__(*exc)
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _add_metadata(path: Path, model: HourglassNet) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    for key, value in (("hgpose_model_config", model.config.to_json()), ("input", INPUT_DESCRIPTION),
+    for key, value in ((CONFIG_METADATA_KEY, model.config.to_json()), ("input", INPUT_DESCRIPTION),
                        ("output", "heatmaps (N, K, S/4, S/4) of the last stack; argmax = keypoint")):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

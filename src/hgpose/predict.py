@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 
+from hgpose.data.coco import MAX_IMAGE_PIXELS
 from hgpose.data.transforms import crop_box_from_bbox, crop_image, frame_to_image
 from hgpose.fileio import UserError, atomic_write_bytes, atomic_write_json, read_json
 from hgpose.model import HourglassNet, load_model, to_model_input
@@ -28,7 +29,6 @@ __all__ = ["Predictor", "predict_paths", "read_image", "to_model_input", "Predic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 OVERLAY_SUFFIX = "_pose.jpg"
-MAX_IMAGE_PIXELS = 100_000_000  # as hgpose.data.coco: refuse decompression bombs
 
 
 # --- images and boxes ---------------------------------------------------------------------------

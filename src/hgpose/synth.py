@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hgpose.coco_names import NUM_KEYPOINTS, PERSON_CATEGORY
+from hgpose.data.coco import annotation_path
 from hgpose.fileio import atomic_write_json
 
 GENERATOR_VERSION = 1
@@ -722,7 +723,7 @@ def generate_dataset(
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         # an old annotation file must not describe the images about to be overwritten
-        (out / "annotations" / f"person_keypoints_{split}.json").unlink(missing_ok=True)
+        annotation_path(out, split).unlink(missing_ok=True)
         (out / split).mkdir(parents=True, exist_ok=True)
 
     tasks = [
@@ -765,7 +766,7 @@ def generate_dataset(
             })
             for k, ann in enumerate(results[split][i]):
                 annotations.append({**ann, "image_id": image_id, "id": image_id * 100 + k + 1})
-        atomic_write_json(out / "annotations" / f"person_keypoints_{split}.json",
+        atomic_write_json(annotation_path(out, split),
                           _coco_json(split, images, annotations, seed, (width, height)), indent=None)
         stats[split] = {
             "images": len(images),

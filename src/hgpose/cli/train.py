@@ -5,6 +5,7 @@ from pathlib import Path
 from hgpose.cli.common import add_model_arguments, model_config_from_args
 from hgpose.fileio import UserError
 from hgpose.model import ModelConfig
+from hgpose.precision import PRECISIONS
 
 HELP = "train with the seed's protocol (batch 16, MSE, RMSProp 2.5e-4, one PCK-plateau LR drop)"
 DESCRIPTION = (
@@ -38,7 +39,7 @@ def add_arguments(parser):
     parser.add_argument("--out", type=Path, help="run directory (default: runs/train, runs/train2, ...)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     for name, kind, default, text in OPTIONS:
-        choices = {"precision": ["auto", "fp32", "bf16"], "cache": ["auto", "off"]}.get(name)
+        choices = {"precision": PRECISIONS, "cache": ["auto", "off"]}.get(name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices,
                             help=f"{text} (default: {default})")
     parser.add_argument("--compile", action="store_true", default=None,

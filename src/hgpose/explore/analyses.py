@@ -269,6 +269,12 @@ class Occlusion:
         return np.arange(self.shift.shape[-1]) * self.stride + (self.patch - 1) / 2
 
 
+def occlusion_defaults(size: int) -> tuple[int, int]:
+    """(patch, stride) occlusion uses for a size x size crop: S/8 and half of that."""
+    patch = max(1, size // 8)
+    return patch, max(1, patch // 2)
+
+
 @torch.no_grad()
 def occlusion(model: HourglassNet, image, patch: int | None = None, stride: int | None = None,
               fill: int = 128, batch_size: int = DEFAULT_BATCH) -> Occlusion:
@@ -277,7 +283,7 @@ def occlusion(model: HourglassNet, image, patch: int | None = None, stride: int 
     G = (S - patch) // stride + 1."""
     image = _images(np.asarray(image)[None])[0]
     size = image.shape[-1]
-    patch = patch or max(1, size // 8)
+    patch = patch or occlusion_defaults(size)[0]
     stride = stride or max(1, patch // 2)
     if not 0 < patch <= size or stride < 1:
         raise ValueError(f"occlusion: patch {patch} and stride {stride} must fit a {size}-pixel crop")

@@ -14,7 +14,7 @@ import torch
 from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.explore import analyses as an
 from hgpose.explore import figures as fg
-from hgpose.explore.html import Section, esc, image, page, paragraph, table
+from hgpose.explore.html import Section, esc, gallery, image, page, paragraph, table
 from hgpose.fileio import UserError, atomic_write_json, atomic_write_text
 from hgpose.model import HourglassNet, count_parameters, load_model
 
@@ -96,9 +96,8 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
         raise UserError(f"explore needs a model of the {len(KEYPOINT_NAMES)} COCO keypoints, "
                         f"this one predicts {config.num_keypoints}")
     out = Path(out)
-    path_for_split = checkpoint if not isinstance(checkpoint, HourglassNet) else None
     # before the progress bar, so that a bad --data or --split is one clean line
-    data_set = load_samples(data, split, config.input_size, samples, seed, path_for_split)
+    data_set = load_samples(data, split, config.input_size, samples, seed, _checkpoint_path(checkpoint))
     bar = tqdm(total=len(SECTION_TITLES) + 1, desc="explore", unit="step", disable=not progress,
                dynamic_ncols=True)
     try:
@@ -106,6 +105,11 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
                                   occlusion_samples, batch_size, started)
     finally:
         bar.close()
+
+
+def _checkpoint_path(checkpoint):
+    """The checkpoint's path, or None for an in-memory model."""
+    return None if isinstance(checkpoint, HourglassNet) else checkpoint
 
 
 def _analyse_and_write(model, data_set: Samples, bar, checkpoint, data, split, samples, out, show,
@@ -116,7 +120,6 @@ def _analyse_and_write(model, data_set: Samples, bar, checkpoint, data, split, s
         bar.set_description(f"explore: {name}")
 
     config = model.config
-    path_for_split = checkpoint if not isinstance(checkpoint, HourglassNet) else None
     normalizer = seed_normalizer(config.heatmap_size)
     shown = _shown(data_set, show)
     crops = data_set.images[shown]
@@ -178,7 +181,7 @@ def _analyse_and_write(model, data_set: Samples, bar, checkpoint, data, split, s
     seconds = time.perf_counter() - started
     header = _header(checkpoint, data, split, data_set, config, model, result.overall, seconds, samples)
     html_path = atomic_write_text(out / "index.html", page("Inside the hourglass", header, sections))
-    summary = {"checkpoint": str(path_for_split), "data": str(data), "split": split, "samples": n,
+    summary = {"checkpoint": str(_checkpoint_path(checkpoint)), "data": str(data), "split": split, "samples": n,
                "seconds": round(seconds, 1), **numbers}
     atomic_write_json(out / "explore.json", summary)
     bar.update()
@@ -293,8 +296,7 @@ def _occlusion_section(crops, results, input_size: int) -> Section:
                  image(fg.occlusion_figure(crop.numpy(), result, "shift"), "location shift")]
     if not results:
         body.append(paragraph("No sample was chosen for occlusion maps (--occlusion-samples 0).", "note"))
-    patch = max(1, input_size // 8)  # the defaults of analyses.occlusion
-    stride = max(1, patch // 2)
+    patch, stride = an.occlusion_defaults(input_size)
     return Section("occlusion", SECTION_TITLES[4], (
         f"A grey square of {patch}x{patch} input pixels is slid over the crop in steps of {stride} "
         "pixels and the network is run again at every position. Each joint's first map shows how much its "
@@ -323,16 +325,14 @@ def _lesion_section(study, n: int) -> Section:
 
 
 def _failures_section(result, data_set: Samples, coords, config, n: int) -> Section:
-    from hgpose.explore.html import gallery
-
     tiles = []
+    scale = config.input_size / config.heatmap_size
     for position in result.worst:
         crop = data_set.images[position].numpy()
         pred = an.to_input_coords(coords[position], config.input_size, config.heatmap_size)
         truth = an.to_input_coords(data_set.keypoints[position], config.input_size, config.heatmap_size)
         drawn = fg.pose_on_crop(crop, pred, np.ones(len(pred)), truth, data_set.visibility[position],
                                 scale=max(1, 256 // config.input_size))
-        scale = config.input_size / config.heatmap_size
         tiles.append((fg.encode_png(drawn), f"annotation {int(data_set.ann_ids[position])}: mean error "
                                             f"{result.errors[position] * scale:.1f} input px"))
     measured = np.flatnonzero(~np.isnan(result.per_joint))
