@@ -381,6 +381,7 @@ def test_evaluate_checkpoint_end_to_end(synth_dataset, tiny_checkpoint, tmp_path
     assert list(written["pck"]["all"]["per_joint"]) == list(KEYPOINT_NAMES)
     assert set(written["coco"]) >= {"AP", "AP50", "AP75", "AP_M", "AP_L", "AR"}
     assert "pck_bearpaw" in written and "coco_results" not in written
+    assert written["precision"] in ("fp32", "bf16")  # "auto" resolved to what ran
     results_file = tmp_path / "eval" / "test_eval_keypoints.json"
     assert written["results_file"] == str(results_file)
     coco = COCO(str(synth_dataset / "annotations" / "person_keypoints_val2017.json"))

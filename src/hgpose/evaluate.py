@@ -25,7 +25,7 @@ from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import frame_to_image
 from hgpose.fileio import UserError, atomic_write_json
 from hgpose.model import to_model_input
-from hgpose.precision import autocast
+from hgpose.precision import autocast, resolve_precision
 
 PCK_THRESHOLD = 0.5  # r
 DEFAULT_CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
@@ -486,6 +486,7 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
         raise UserError(f"{checkpoint}: the model predicts {config.num_keypoints} keypoints; "
                         f"COCO person keypoints need {len(KEYPOINT_NAMES)}")
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    precision = resolve_precision(precision, device)  # the result records what actually ran
     index = load_eval_index(data_root, split, checkpoint)
     if len(index) == 0:
         raise UserError(f"{index.annotation_file}: split {split} holds no person instances to evaluate")
