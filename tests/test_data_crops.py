@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from hgpose.data.coco import load_split
-from hgpose.data.dataset import PersonDataset, _reduction
+from hgpose.data.dataset import PersonDataset
+from hgpose.data.images import _reduction
 from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import frame_to_image, image_to_frame
 

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hgpose.data.coco import INDEX_VERSION, MAX_IMAGE_PIXELS, PersonIndex, load_annotation_file
-from hgpose.data.dataset import read_crops
+from hgpose.data.images import read_crops
 from hgpose.data.loader import single_threaded_opencv
 from hgpose.data.transforms import CROP_PADDING
 from hgpose.fileio import UserError, atomic_write_json

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hgpose.coco_names import NUM_KEYPOINTS
+from hgpose.coco_names import KEYPOINT_NAMES, NUM_KEYPOINTS
+from hgpose.data.images import MAX_IMAGE_PIXELS, check_image_folder
 from hgpose.data.transforms import CROP_PADDING, crop_box_from_bbox
 from hgpose.fileio import UserError, read_json
 
-# Larger images are refused rather than decoded (decompression bombs; COCO's largest is 0.4 MP).
-MAX_IMAGE_PIXELS = 100_000_000
 # Bump when the rules that decide which instances are kept change: caches are keyed on it.
 INDEX_VERSION = 1
 
@@ -58,6 +57,7 @@ class PersonIndex:
     keypoints: np.ndarray  # (N, 17, 3) float32 image x, y and COCO visibility v
     drops: dict[str, int] = field(default_factory=dict)  # reason -> instances dropped (whole file)
     ignored_keypoints: int = 0  # labelled keypoints outside their image, set to v=0
+    category_id: int = 1  # the file's person category id (results files use it)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -103,12 +103,27 @@ def annotation_path(root: str | Path, split: str) -> Path:
     return Path(root) / "annotations" / f"person_keypoints_{split}.json"
 
 
-def load_split(root: str | Path, split: str, verbose: bool = False) -> PersonIndex:
-    """Index of root/annotations/person_keypoints_<split>.json with images in root/<split>/."""
+def load_split(root: str | Path, split: str, verbose: bool = False, check_images: bool = True) -> PersonIndex:
+    """Index of root/annotations/person_keypoints_<split>.json with images in root/<split>/.
+
+    check_images: stop with a UserError when root/<split>/ cannot hold the file's images (see
+    check_split_images); prepare, train, evaluate and explore all open their splits here.
+    """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: data root not found (expected annotations/ and image folders in it)")
-    return load_annotation_file(annotation_path(root, split), root / split, split, verbose)
+    index = load_annotation_file(annotation_path(root, split), root / split, split, verbose)
+    if check_images:
+        check_split_images(index)
+    return index
+
+
+def check_split_images(index: PersonIndex) -> None:
+    """A split whose image folder is missing, empty, misplaced or holds other images is a UserError
+    naming the folder; a few bad files are not (they are counted skips when read). Reads a few headers."""
+    warning = check_image_folder(index.image_dir, index.file_names, index.image_sizes, index.annotation_file)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def load_annotation_file(annotation_file: str | Path, image_dir: str | Path, split: str,
@@ -116,8 +131,13 @@ def load_annotation_file(annotation_file: str | Path, image_dir: str | Path, spl
     annotation_file = Path(annotation_file)
     if not annotation_file.is_file():
         raise UserError(f"{annotation_file}: annotation file not found")
-    data = read_annotation_json(annotation_file)
-    index = parse_annotations(data, annotation_file, Path(image_dir), split)
+    try:
+        data = read_annotation_json(annotation_file)
+        index = parse_annotations(data, annotation_file, Path(image_dir), split)
+    except RecursionError:
+        raise UserError(f"{annotation_file}: JSON nested too deeply to read") from None
+    except MemoryError:
+        raise UserError(f"{annotation_file}: too large to load into memory") from None
     del data
     if verbose:
         print(index.describe(), file=sys.stderr)
@@ -133,8 +153,16 @@ def read_annotation_json(annotation_file: Path):
     """
     try:
         return json.loads(_without_segmentation(annotation_file.read_bytes()))
+    except RecursionError:
+        raise UserError(f"{annotation_file}: JSON nested too deeply to read") from None
+    except MemoryError:
+        raise UserError(f"{annotation_file}: too large to load into memory") from None
     except (OSError, ValueError):
-        return read_json(annotation_file, "annotation file")
+        pass
+    try:
+        return read_json(annotation_file, "annotation file")  # words the error for malformed JSON
+    except ValueError as exc:  # not a JSON syntax error: e.g. an integer of more than 4300 digits
+        raise UserError(f"{annotation_file}: unreadable JSON ({str(exc).splitlines()[0][:120]})") from None
 
 
 _SEGMENTATION_KEY = b'"segmentation":'
@@ -234,23 +262,51 @@ def parse_annotations(data, annotation_file: Path, image_dir: Path, split: str) 
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise wrong_schema(f"no '{key}' list")
-    person_ids = [c.get("id") for c in data["categories"] if isinstance(c, dict) and c.get("name") == "person"]
-    if not person_ids:
+    persons = [c for c in data["categories"] if isinstance(c, dict) and c.get("name") == "person"]
+    if not persons:
         raise UserError(f"{annotation_file}: no person category among its {len(data['categories'])} categories")
+    person_id = persons[0].get("id")
+    if not _is_int64(person_id):
+        raise wrong_schema(f"the person category's 'id' is {person_id!r}, expected an integer")
+    check_keypoint_names(persons[0], annotation_file)
 
     images = _image_table(data["images"], wrong_schema)
     anns = data["annotations"]
     try:
         category = np.array([a["category_id"] for a in anns], dtype=np.int64)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise wrong_schema(_first_problem(anns, "annotation", ANNOTATION_FIELDS[:1])) from None
-    persons = [a for a, is_person in zip(anns, category == person_ids[0]) if is_person]
-    table = _annotation_table(persons, wrong_schema)
-    return _filter(table, images, len(anns) - len(persons), annotation_file, image_dir, split)
+    people = [a for a, is_person in zip(anns, category == person_id) if is_person]
+    table = _annotation_table(people, wrong_schema)
+    index = _filter(table, images, len(anns) - len(people), annotation_file, image_dir, split)
+    index.category_id = int(person_id)
+    return index
+
+
+def check_keypoint_names(category: dict, annotation_file: Path) -> None:
+    """A person category that lists keypoint names must list COCO's 17, in COCO's order: hgpose's
+    model, flip pairs and skeleton assume them. A category without the list is taken as COCO's."""
+    names = category.get("keypoints")
+    if names is None or names == list(KEYPOINT_NAMES):
+        return
+    if not isinstance(names, list):
+        raise UserError(f"{annotation_file}: the person category's 'keypoints' is not a list of names")
+    if len(names) != len(KEYPOINT_NAMES):
+        raise UserError(f"{annotation_file}: the person category has {len(names)} keypoints, not COCO's "
+                        f"{len(KEYPOINT_NAMES)}; hgpose trains COCO's keypoint set only")
+    first = next(i for i, (a, b) in enumerate(zip(names, KEYPOINT_NAMES)) if a != b)
+    raise UserError(f"{annotation_file}: the person category's keypoints are not COCO's: keypoint {first} is "
+                    f"{names[first]!r}, COCO's is {KEYPOINT_NAMES[first]!r}; hgpose trains COCO's keypoint set only")
+
+
+def _is_int64(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and -(2**63) <= x < 2**63
 
 
 def _is_number(x) -> bool:
-    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+    if isinstance(x, int) and not isinstance(x, bool):
+        return abs(x) < 2**1000  # a bigger integer does not fit a float
+    return x is None or isinstance(x, float)
 
 
 def _is_numbers(n: int):
@@ -258,15 +314,15 @@ def _is_numbers(n: int):
 
 
 IMAGE_FIELDS = (
-    ("id", lambda x: isinstance(x, int), "an integer"),
+    ("id", _is_int64, "a 64-bit integer"),
     ("file_name", lambda x: isinstance(x, str), "a string"),
     ("width", _is_number, "a number"),
     ("height", _is_number, "a number"),
 )
 ANNOTATION_FIELDS = (
-    ("category_id", lambda x: isinstance(x, int), "an integer"),
-    ("id", lambda x: isinstance(x, int), "an integer"),
-    ("image_id", lambda x: isinstance(x, int), "an integer"),
+    ("category_id", _is_int64, "a 64-bit integer"),
+    ("id", _is_int64, "a 64-bit integer"),
+    ("image_id", _is_int64, "a 64-bit integer"),
     ("bbox", _is_numbers(4), "a list of 4 numbers"),
     ("keypoints", _is_numbers(3 * NUM_KEYPOINTS), f"a list of {3 * NUM_KEYPOINTS} numbers"),
 )
@@ -298,7 +354,7 @@ def _image_table(images: list, wrong_schema) -> dict:
         names = [im["file_name"] for im in images]
         if not all(isinstance(n, str) for n in names):
             raise TypeError
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise wrong_schema(_first_problem(images, "image", IMAGE_FIELDS)) from None
     order = np.argsort(ids, kind="stable")
     repeated = ids[order][1:][np.diff(ids[order]) == 0]
@@ -324,7 +380,7 @@ def _annotation_table(anns: list, wrong_schema) -> dict:
             if len(candidates):
                 raise ValueError
             bbox, kps = bbox.reshape(0, 4), kps.reshape(0, 3 * NUM_KEYPOINTS)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise wrong_schema(_first_problem(anns, "annotation", ANNOTATION_FIELDS[1:])) from None
     table["bbox"] = np.full((n, 4), np.nan)
     table["bbox"][candidates] = bbox
