@@ -353,12 +353,13 @@ def pck_groups(inference: Inference, normalizer: float, threshold: float = PCK_T
     }
 
 
-def coco_results(image_ids, image_points, confidence) -> list[dict]:
-    """COCO keypoint results: one per instance, (x, y, confidence) triplets, score = mean confidence."""
+def coco_results(image_ids, image_points, confidence, category_id: int = 1) -> list[dict]:
+    """COCO keypoint results: one per instance, (x, y, confidence) triplets, score = mean confidence;
+    category_id: the person category of the dataset they belong to."""
     triplets = np.concatenate([np.round(image_points, 2), np.round(confidence[..., None], 4)], axis=-1)
     scores = confidence.astype(np.float64).mean(axis=-1)
     return [
-        {"image_id": int(i), "category_id": 1, "keypoints": t.reshape(-1).tolist(), "score": float(s)}
+        {"image_id": int(i), "category_id": int(category_id), "keypoints": t.reshape(-1).tolist(), "score": float(s)}
         for i, t, s in zip(image_ids, triplets.astype(np.float64), scores)
     ]
 

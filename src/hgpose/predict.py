@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 import torch
 
-from hgpose.data.coco import MAX_IMAGE_PIXELS
+from hgpose.data import images
+from hgpose.data.coco import is_safe_file_name
 from hgpose.data.transforms import crop_box_from_bbox, crop_image, frame_to_image
 from hgpose.fileio import UserError, atomic_write_bytes, atomic_write_json, read_json
 from hgpose.model import HourglassNet, load_model, to_model_input
@@ -34,25 +35,13 @@ OVERLAY_SUFFIX = "_pose.jpg"
 # --- images and boxes ---------------------------------------------------------------------------
 
 
-def read_image(path) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from an image file; UserError naming the file when it cannot be read."""
-    from hgpose.data.dataset import image_header_size
-
-    path = Path(path)
+def read_image(path, upright: bool = True) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from an image file, EXIF orientation applied when upright (as photo viewers
+    show it); UserError naming the file when it cannot be read."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    size = image_header_size(data)
-    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise UserError(f"{path}: image too large ({size[0]}x{size[1]})")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) \
-        if data else None
-    if image is None:
-        raise UserError(f"{path}: not a readable image")
-    return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
+        return images.read_image(path, upright=upright)
+    except images.ImageProblem as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def as_rgb(image) -> np.ndarray:
@@ -80,11 +69,39 @@ def as_boxes(boxes, image_shape) -> np.ndarray:
     boxes = boxes.reshape(-1, 4) if boxes.ndim == 1 and boxes.size == 4 else boxes
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise UserError(f"boxes: expected (P, 4) x, y, w, h, got shape {boxes.shape}")
-    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
+    bad = bad_box_mask(boxes)
     if bad.any():
         raise UserError(f"boxes: box {int(np.flatnonzero(bad)[0])} is {boxes[bad][0].tolist()}; "
                         "expected finite x, y and positive w, h")
     return boxes
+
+
+def bad_box_mask(boxes: np.ndarray) -> np.ndarray:
+    """(P,) True for a box that is not finite x, y with positive w, h."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(boxes).all(axis=1) | ~(boxes[:, 2] > 0) | ~(boxes[:, 3] > 0)
+
+
+def person_crops(image, boxes, input_size: int, upright: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(crops (P, 3, S, S) uint8 RGB, crop boxes (P, 3)) of the people in `image`, made exactly as for
+    training: boxes clipped to the image, a file decoded by hgpose.data.images.crop_file (a large
+    person's JPEG at reduced size). boxes None: the whole image. upright: apply a file's EXIF orientation
+    (boxes then refer to the upright view); arrays are taken as they are."""
+    if isinstance(image, (str, Path)):
+        bboxes = None if boxes is None else as_boxes(boxes, (1, 1))
+        if bboxes is not None and not len(bboxes):
+            return np.zeros((0, 3, input_size, input_size), np.uint8), np.zeros((0, 3))
+        result = images.crop_file(image, bboxes=bboxes, input_size=input_size, upright=upright)
+        if result.problem:
+            raise UserError(f"{image}: {result.problem}")
+        return np.stack(result.crops), result.boxes
+    image = as_rgb(image)
+    height, width = image.shape[:2]
+    bboxes = as_boxes(boxes, image.shape)
+    crop_boxes = crop_box_from_bbox(images.clip_bboxes(bboxes, (width, height)) if boxes is not None else bboxes)
+    crops = [crop_image(image, box, input_size).transpose(2, 0, 1) for box in crop_boxes]
+    return (np.stack(crops) if crops else np.zeros((0, 3, input_size, input_size), np.uint8)), crop_boxes
 
 
 # --- the predictor --------------------------------------------------------------------------------
@@ -130,20 +147,25 @@ class Predictor:
             return np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
         return torch.cat(coords).numpy(), torch.cat(confidence).numpy()
 
-    def predict(self, image, boxes=None) -> np.ndarray:
+    def predict(self, image, boxes=None, upright: bool = True) -> np.ndarray:
         """(P, 17, 3) x, y, confidence in image pixels, one row per box (one for the whole image
-        when boxes is None). image: RGB uint8 array (H, W, 3) or a path; boxes: (P, 4) x, y, w, h."""
-        return next(self.predict_many([(image, boxes, None)]))[1]
+        when boxes is None). image: RGB uint8 array (H, W, 3) or a path; boxes: (P, 4) x, y, w, h,
+        clipped to the image. A path is cropped as training crops; upright=True applies its EXIF
+        orientation (boxes and keypoints then refer to the upright photo), False keeps stored pixels."""
+        return next(self.predict_many([(image, boxes, None)], upright=upright))[1]
 
-    def predict_many(self, items: Iterable[tuple]) -> Iterator[tuple[object, np.ndarray]]:
+    def predict_many(self, items: Iterable[tuple], upright: bool = True) -> Iterator[tuple[object, np.ndarray]]:
         """For each (image, boxes, tag) yield (tag, (P, 17, 3) keypoints), in order; the crops of
         consecutive images share batches, so many one-person images run batch_size at a time."""
+        return self.predict_crops_many(
+            (*person_crops(image, boxes, self.input_size, upright), tag) for image, boxes, tag in items)
+
+    def predict_crops_many(self, items: Iterable[tuple]) -> Iterator[tuple[object, np.ndarray]]:
+        """predict_many for people already cropped: items (crops (P, 3, S, S), crop boxes (P, 3), tag)."""
         pending: list[tuple[object, np.ndarray]] = []  # (tag, crop boxes) not yet yielded
         crops: list[np.ndarray] = []
-        for image, boxes, tag in items:
-            image = as_rgb(image)
-            crop_boxes = crop_box_from_bbox(as_boxes(boxes, image.shape))
-            crops += [crop_image(image, box, self.input_size).transpose(2, 0, 1) for box in crop_boxes]
+        for image_crops, crop_boxes, tag in items:
+            crops += list(image_crops)
             pending.append((tag, crop_boxes))
             if len(crops) >= self.batch_size:
                 yield from self._finish(pending, crops)
@@ -171,6 +193,7 @@ class PredictSummary:
     people: int
     overlays: list[Path]
     skipped: list[tuple[str, str]]  # (path, reason) of images that were not used
+    skipped_people: list[tuple[str, str]] = field(default_factory=list)  # (path, "annotation N: reason")
 
 
 def expand_paths(paths, exclude: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -189,54 +212,119 @@ def expand_paths(paths, exclude: Path | None = None) -> tuple[list[Path], list[t
     return files, missing
 
 
-def load_boxes_json(path) -> dict[str, tuple[int, np.ndarray]]:
-    """file name -> (image id, (P, 4) person boxes) from a COCO-format annotation file (its images and
-    its non-crowd person annotations; a detection results list is matched by numeric file stems)."""
+@dataclass
+class ImageBoxes:
+    """One image's people in a --boxes file."""
+
+    image_id: int
+    file_name: str  # as written in the JSON ("" for a detection results list)
+    boxes: np.ndarray  # (P, 4) x, y, w, h as given, degenerate ones included
+    labels: list[str]  # (P,) "annotation 17" / "detection 3": how to name a person in a report
+
+
+@dataclass
+class BoxTable:
+    """The people of a --boxes file: a COCO annotation file (matched by file_name under the image root)
+    or a COCO detection results list (no file names: matched by numeric file stems)."""
+
+    source: Path
+    category_id: int  # the file's person category id, used in the results
+    by_name: dict[str, ImageBoxes] = field(default_factory=dict)  # file_name as written -> its people
+    by_id: dict[int, ImageBoxes] = field(default_factory=dict)  # detection results: image id -> people
+
+    def under_root(self, root: Path) -> list[tuple[Path, ImageBoxes]]:
+        """The listed images found under `root` (the folder the JSON's file names are relative to)."""
+        found = []
+        for name, entry in self.by_name.items():
+            path = root / name
+            if is_safe_file_name(name) and path.is_file():
+                found.append((path, entry))
+        return found
+
+    def match(self, path: Path) -> ImageBoxes | None:
+        """The entry whose file_name is the tail of `path` (path parts, not just the base name);
+        UserError when several are."""
+        if not self.by_name:
+            return self.by_id.get(int(path.stem)) if path.stem.isdigit() else None
+        parts = path.parts
+        hits = [entry for name, entry in self.by_name.items()
+                if Path(name).name == path.name and parts[len(parts) - len(Path(name).parts):] == Path(name).parts]
+        if len(hits) > 1:
+            names = ", ".join(repr(e.file_name) for e in hits[:4])
+            raise UserError(f"{path}: matches several images of {self.source} ({names}); give the folder its "
+                            "file names are relative to instead")
+        return hits[0] if hits else None
+
+
+def load_boxes_json(path) -> BoxTable:
+    """The person boxes of a COCO-format annotation file (its images and non-crowd person annotations)
+    or of a COCO detection results list (category 1)."""
+    path = Path(path)
     data = read_json(path, "boxes file")
     if isinstance(data, list):  # COCO detection results: no file names, ids are the numeric stems
-        by_id: dict[int, list] = {}
-        for det in data:
-            if isinstance(det, dict) and det.get("category_id", 1) == 1 and "bbox" in det:
-                by_id.setdefault(int(det["image_id"]), []).append(det["bbox"])
-        return {f"#{i}": (i, np.asarray(b, np.float64).reshape(-1, 4)) for i, b in by_id.items()}
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise UserError(f"{path}: expected a COCO annotation file with 'images' and 'annotations'")
-    person_ids = {c.get("id") for c in data.get("categories", []) if c.get("name") == "person"} or {1}
-    boxes: dict[int, list] = {}
-    for ann in data.get("annotations", []):
-        if ann.get("category_id") in person_ids and not ann.get("iscrowd", 0) and "bbox" in ann:
-            boxes.setdefault(ann["image_id"], []).append(ann["bbox"])
-    try:
-        return {Path(im["file_name"]).name: (int(im["id"]), np.asarray(boxes.get(im["id"], []), np.float64))
-                for im in data["images"]}
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{path}: an image entry lacks a file_name or an integer id") from None
-
-
-def _lookup(table: dict, path: Path):
-    if path.name in table:
-        return table[path.name]
-    return table.get(f"#{int(path.stem)}") if path.stem.isdigit() else None
+        table = BoxTable(path, 1)
+        try:
+            for det in data:
+                if isinstance(det, dict) and det.get("category_id", 1) == 1 and "bbox" in det:
+                    entry = table.by_id.setdefault(int(det["image_id"]), ImageBoxes(int(det["image_id"]), "", [], []))
+                    entry.boxes.append(det["bbox"])
+                    entry.labels.append(f"detection {len(entry.labels) + 1}")
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise UserError(f"{path}: a detection lacks an integer image_id") from None
+    else:
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise UserError(f"{path}: expected a COCO annotation file with 'images' and 'annotations'")
+        categories = [c for c in data.get("categories", []) if isinstance(c, dict) and c.get("name") == "person"]
+        category_id = categories[0].get("id", 1) if categories else 1
+        table = BoxTable(path, category_id if isinstance(category_id, int) else 1)
+        people: dict[int, list] = {}
+        for ann in data.get("annotations", []):
+            if isinstance(ann, dict) and ann.get("category_id") == table.category_id \
+                    and not ann.get("iscrowd", 0) and "bbox" in ann:
+                people.setdefault(ann.get("image_id"), []).append(ann)
+        try:
+            for im in data["images"]:
+                anns = people.get(im["id"], [])
+                entry = ImageBoxes(int(im["id"]), str(im["file_name"]), [a["bbox"] for a in anns],
+                                   [f"annotation {a.get('id', '?')}" for a in anns])
+                if entry.file_name in table.by_name:
+                    raise UserError(f"{path}: file_name {entry.file_name!r} is listed twice")
+                table.by_name[entry.file_name] = entry
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise UserError(f"{path}: an image entry lacks a file_name or an integer id") from None
+    for entry in [*table.by_name.values(), *table.by_id.values()]:
+        try:
+            entry.boxes = np.asarray(entry.boxes, np.float64).reshape(-1, 4)
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: image id {entry.image_id} has a bbox that is not 4 numbers") from None
+    return table
 
 
 def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predictions",
                   min_confidence: float = 0.2, batch_size: int = 32, device="cpu", progress: bool = True,
                   overlays: bool = True) -> PredictSummary:
-    """Predict on image files and folders: writes out/keypoints.json (COCO keypoint results; image_id
-    from boxes_json, matched by file name, else 1, 2, ... in input order) and out/<stem>_pose.jpg
-    overlays. Unreadable images are reported on stderr and skipped."""
+    """Predict on image files and folders: writes out/keypoints.json (COCO keypoint results) and
+    out/<stem>_pose.jpg overlays. Unreadable images and degenerate boxes are reported and skipped.
+
+    With boxes_json, a folder is the root its file names are relative to (its listed images are used,
+    subfolders included) and a file is matched by its path's tail; image ids and the person category
+    id come from the file and pixels are taken as stored (COCO annotations refer to them). Otherwise
+    image ids run 1, 2, ... in input order and each photo's EXIF orientation is applied.
+    """
     from tqdm import tqdm
 
     from hgpose.draw import draw_pose
     from hgpose.evaluate import coco_results
 
     out = Path(out)
-    files, skipped = expand_paths(paths, exclude=out if out.is_dir() else None)
-    if not files:
-        raise UserError("no images found in " + ", ".join(map(str, paths)))
     table = load_boxes_json(boxes_json) if boxes_json is not None else None
+    jobs, skipped = _predict_jobs(paths, table, exclude=out if out.is_dir() else None)
+    if not jobs and not skipped:
+        raise UserError("no images found in " + ", ".join(map(str, paths)))
+    upright = table is None  # COCO annotations refer to stored pixels; a photo is meant upright
     predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
-    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    skipped_people: list[tuple[str, str]] = []
 
     def skip(path: Path, reason: str):
         skipped.append((str(path), reason))
@@ -244,39 +332,90 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
         bar.update()
 
     def items():
-        for number, path in enumerate(files, start=1):
-            image_id, boxes = number, None
-            if table is not None:
-                found = _lookup(table, path)
-                if found is None:
-                    skip(path, f"not listed in {boxes_json}")
-                    continue
-                image_id, boxes = found
-            elif box is not None:
-                boxes = [box]
-            try:
-                image = read_image(path)
-            except UserError as exc:
-                skip(path, str(exc).removeprefix(f"{path}: "))
+        for number, (path, entry) in enumerate(jobs, start=1):
+            if entry is _NOT_LISTED:
+                skip(path, f"not listed in {boxes_json}")
                 continue
-            yield image, boxes, (path, image_id, image)
+            image_id, bboxes, labels, name = number, None, [], path.name
+            if entry is not None:
+                image_id, bboxes, labels = entry.image_id, entry.boxes, entry.labels
+                name = entry.file_name or name
+            elif box is not None:
+                bboxes, labels = np.asarray([box], np.float64), ["--box"]
+            keep = None
+            if bboxes is not None:
+                bad = bad_box_mask(bboxes)
+                for i in np.flatnonzero(bad):
+                    _skip_person(skipped_people, bar, path, image_id, labels[i], bboxes[i], "degenerate box")
+                keep, bboxes = np.flatnonzero(~bad), bboxes[~bad]
+            result = images.crop_file(path, bboxes=bboxes, input_size=predictor.input_size, upright=upright)
+            if result.problem:
+                skip(path, result.problem)
+                continue
+            size = predictor.input_size
+            crops = np.stack(result.crops) if result.crops else np.zeros((0, 3, size, size), np.uint8)
+            crop_boxes = result.boxes
+            if bboxes is not None:  # a box wholly outside the image crops nothing of the person
+                inside = images.clip_bboxes(bboxes, result.size)[:, 2:].min(axis=1) > 0
+                for i in np.flatnonzero(~inside):
+                    _skip_person(skipped_people, bar, path, image_id, labels[keep[i]], bboxes[i],
+                                 "box outside the image")
+                crops, crop_boxes = crops[inside], crop_boxes[inside]
+            yield crops, crop_boxes, (path, image_id, name)
 
     results, written, stems, people, done = [], [], set(), 0, 0
-    for (path, image_id, image), keypoints in predictor.predict_many(items()):
+    for (path, image_id, name), keypoints in predictor.predict_crops_many(items()):
         people, done = people + len(keypoints), done + 1
         if len(keypoints):
-            entries = coco_results(np.full(len(keypoints), image_id), keypoints[..., :2], keypoints[..., 2])
-            results += [entry | {"file_name": path.name} for entry in entries]
+            entries = coco_results(np.full(len(keypoints), image_id), keypoints[..., :2], keypoints[..., 2],
+                                   table.category_id if table is not None else 1)
+            results += [entry | {"file_name": name} for entry in entries]
         if overlays:
-            target = out / _unique_name(path.stem, stems)
-            drawn = draw_pose(image, keypoints, min_confidence)
-            ok, encoded = cv2.imencode(".jpg", drawn[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
-            if ok:
-                written.append(atomic_write_bytes(target, encoded.tobytes()))
+            written += _write_overlay(path, keypoints, out / _unique_name(path.stem, stems), upright,
+                                      min_confidence, draw_pose)
         bar.update()
     bar.close()
     results_path = atomic_write_json(out / "keypoints.json", results, indent=None)
-    return PredictSummary(results_path, done, people, written, skipped)
+    return PredictSummary(results_path, done, people, written, skipped, skipped_people)
+
+
+_NOT_LISTED = object()  # a file the --boxes JSON does not list
+
+
+def _predict_jobs(paths, table: BoxTable | None, exclude: Path | None):
+    """[(image path, ImageBoxes, None or _NOT_LISTED)], [(path, reason)] for paths that do not exist."""
+    if table is None or not table.by_name:
+        files, missing = expand_paths(paths, exclude)
+        if table is None:
+            return [(f, None) for f in files], missing
+        return [(f, table.match(f) or _NOT_LISTED) for f in files], missing
+    jobs, missing = [], []
+    for path in map(Path, paths):
+        if path.is_dir():
+            jobs += table.under_root(path)
+        elif path.exists():
+            jobs.append((path, table.match(path) or _NOT_LISTED))
+        else:
+            missing.append((str(path), "file not found"))
+    return jobs, missing
+
+
+def _skip_person(skipped_people: list, bar, path: Path, image_id: int, label: str, bbox, reason: str) -> None:
+    shown = ", ".join(f"{v:g}" for v in np.asarray(bbox, np.float64))
+    note = f"image id {image_id}, {label}: {reason} [{shown}], person skipped"
+    skipped_people.append((str(path), note))
+    bar.write(f"{path}: {note}", file=sys.stderr)
+
+
+def _write_overlay(path: Path, keypoints, target: Path, upright: bool, min_confidence: float, draw_pose) -> list:
+    """The overlay of one image, drawn on the same view (upright or stored) the keypoints refer to."""
+    try:
+        image = read_image(path, upright=upright)
+    except UserError:
+        return []
+    drawn = draw_pose(image, keypoints, min_confidence)
+    ok, encoded = cv2.imencode(".jpg", drawn[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return [atomic_write_bytes(target, encoded.tobytes())] if ok else []
 
 
 def _unique_name(stem: str, used: set) -> str:

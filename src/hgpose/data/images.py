@@ -94,6 +94,8 @@ def read_header(data: bytes, orientation: bool = False) -> ImageHeader:
     """Format, stored size (and the EXIF orientation when asked) without decoding pixels."""
     if not data:
         raise ImageProblem("empty file")
+    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
+        raise ImageProblem("truncated JPEG (no end-of-image marker after its scan data)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's own bomb warning: our limit is checked below
@@ -113,9 +115,6 @@ def read_header(data: bytes, orientation: bool = False) -> ImageHeader:
         raise ImageProblem(f"image is {header.width}x{header.height}")
     if header.width * header.height > MAX_IMAGE_PIXELS:
         raise ImageProblem(f"image too large ({header.width}x{header.height})")
-    if header.format in JPEG_FORMATS:
-        if not jpeg_is_complete(data):
-            raise ImageProblem("truncated JPEG (no end-of-image marker after its scan data)")
     return header
 
 
@@ -233,7 +232,7 @@ def _crop_file(path: Path, boxes, input_size: int, expected_size, bboxes, uprigh
                 raise ImageProblem(mismatch)
             warning = mismatch + " (used as decoded)"
     if boxes is None:
-        bboxes = [[0.0, 0.0, size[0], size[1]]] if bboxes is None else bboxes
+        bboxes = [[0.0, 0.0, size[0], size[1]]] if bboxes is None else clip_bboxes(bboxes, size)
         boxes = crop_box_from_bbox(np.asarray(bboxes, np.float64).reshape(-1, 4))
     boxes = np.asarray(boxes, np.float64).reshape(-1, 3)
     is_jpeg = header.format in JPEG_FORMATS
@@ -247,6 +246,18 @@ def _crop_file(path: Path, boxes, input_size: int, expected_size, bboxes, uprigh
         crop = crop_image(decoded[factor], box / factor, input_size)
         crops.append(np.ascontiguousarray(crop.transpose(2, 0, 1)[::-1]))  # HWC BGR -> CHW RGB
     return CropResult(crops, warning=warning, size=size, boxes=boxes)
+
+
+def clip_bboxes(bboxes, size) -> np.ndarray:
+    """(k, 4) person boxes x, y, w, h clipped to a (width, height) image, rounded to float32 as the
+    dataset index stores them, so a box crops the same pixels here as in training. An empty result
+    (w or h 0) means the box lies outside the image."""
+    bboxes = np.asarray(bboxes, np.float64).reshape(-1, 4)
+    width, height = size
+    x0, y0 = np.clip(bboxes[:, 0], 0, width), np.clip(bboxes[:, 1], 0, height)
+    x1 = np.clip(bboxes[:, 0] + bboxes[:, 2], 0, width)
+    y1 = np.clip(bboxes[:, 1] + bboxes[:, 3], 0, height)
+    return np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.float32).astype(np.float64)
 
 
 def read_crops(path, boxes, input_size: int, expected_size) -> tuple[list | None, str | None]:
