@@ -417,10 +417,82 @@ def evaluate_inference(inference: Inference, dataset, thresholds=None, threshold
     indices = inference.indices[valid]
     image_points = frame_to_image(inference.coords[valid], dataset.boxes[indices], dataset.heatmap_size)
     image_ids = dataset.index.image_ids[indices]
-    result["coco_results"] = coco_results(image_ids, image_points, inference.confidence[valid])
+    result["coco_results"] = coco_results(image_ids, image_points, inference.confidence[valid],
+                                          getattr(dataset.index, "category_id", 1))
     if coco:
-        result["coco"] = coco_keypoint_stats(dataset.index.annotation_file, result["coco_results"], image_ids)
+        add_coco_stats(result, dataset.index, image_ids)
     return result
+
+
+def add_coco_stats(result: dict, index, image_ids) -> None:
+    """result["coco"] = COCO keypoint AP of result["coco_results"] over the readable `image_ids`, scored
+    against coco_ground_truth(index); a pycocotools failure is recorded in result["coco_error"] (one
+    line) instead of raised, so the PCK figures computed before are never lost."""
+    try:
+        result["coco"] = coco_keypoint_stats(coco_ground_truth(index), result["coco_results"], image_ids)
+    except UserError:
+        raise
+    except Exception as exc:  # pycocotools on a file from another tool: report, keep the rest
+        result["coco"] = None
+        result["coco_error"] = f"{index.annotation_file}: COCO AP not computed ({type(exc).__name__}: {exc})"[:300]
+
+
+def coco_ground_truth(index):
+    """The ground truth COCOeval scores, as hgpose reads the file: the person category's annotations,
+    with what COCOeval needs filled in where another tool left it out (area from the bbox, iscrowd 0,
+    num_keypoints from the keypoints), and the people hgpose drops (degenerate box, no keypoint on the
+    image, ...) marked ignored (num_keypoints 0, as COCOeval ignores unlabelled people), so that
+    predicting every kept person perfectly scores AP 1."""
+    from pycocotools.coco import COCO
+
+    from hgpose.data.coco import read_annotation_json
+
+    data = read_annotation_json(index.annotation_file)
+    category_id = getattr(index, "category_id", 1)
+    ann_ids = getattr(index, "ann_ids", None)  # None: an index-like object that keeps every person
+    kept = None if ann_ids is None else set(np.asarray(ann_ids).tolist())
+    people = []
+    for ann in data["annotations"]:
+        if ann.get("category_id") != category_id:
+            continue
+        ann = {k: v for k, v in ann.items() if k != "segmentation"}  # unused by keypoint AP
+        ann.setdefault("iscrowd", 0)
+        visibility = ann.get("keypoints", [])[2::3]
+        ann.setdefault("num_keypoints", sum(1 for v in visibility if isinstance(v, (int, float)) and v > 0))
+        if not _is_finite_number(ann.get("area")):
+            box = ann.get("bbox")
+            ann["area"] = float(box[2] * box[3]) if isinstance(box, list) and len(box) == 4 \
+                and all(_is_finite_number(v) for v in box) else 0.0
+        if kept is not None and not ann["iscrowd"] and ann.get("id") not in kept:
+            ann["num_keypoints"] = 0  # dropped by hgpose: ignored, neither matched nor missed
+        people.append(ann)
+    categories = [c for c in data["categories"] if isinstance(c, dict) and c.get("id") == category_id]
+    coco = COCO()
+    coco.dataset = {"images": data["images"], "annotations": people, "categories": categories}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _is_finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def unreadable_images(dataset, inference, limit: int = 5) -> dict:
+    """{"images": count, "first": [{"file_name", "problem"}, ...]} for the samples that could not be
+    read; the first `limit` images are read again to name their problem (cheap: a handful of files)."""
+    from hgpose.data.images import crop_file
+
+    index = dataset.index
+    positions = inference.indices[~inference.valid]
+    image_rows = list(dict.fromkeys(index.image_index[positions].tolist()))
+    first = []
+    for row in image_rows[:limit]:
+        position = int(positions[index.image_index[positions] == row][0])
+        problem = crop_file(index.image_path(position), dataset.boxes[position : position + 1], dataset.input_size,
+                            index.image_sizes[row], extent=dataset.extents[position]).problem
+        first.append({"file_name": index.file_names[row], "problem": problem or "unreadable from the cache"})
+    return {"images": len(image_rows), "first": first}
 
 
 # --- hgpose evaluate -------------------------------------------------------------------------------------
@@ -496,6 +568,7 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, device=device)
     inference = infer(model, loader, device=device, precision=precision, bearpaw=pck_style == "bearpaw",
                       progress=progress, desc=f"evaluate {split}")
+    unreadable = unreadable_images(dataset, inference) if inference.skipped else None
     result = {
         "checkpoint": str(checkpoint),
         "data": str(data_root),
@@ -504,14 +577,23 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
         "model": asdict(config),
         "precision": precision,
         "pck_style": pck_style,
-        **evaluate_inference(inference, dataset, thresholds),
+        **evaluate_inference(inference, dataset, thresholds, coco=False),
     }
-    if out is not None:
+    if unreadable:
+        result["unreadable"] = unreadable
+
+    def write():
+        atomic_write_json(out, {k: v for k, v in result.items() if k != "coco_results"})
+
+    if out is not None:  # PCK first: nothing computed so far is lost if COCOeval then fails
         out = Path(out)
         results_file = out.with_name(f"{out.stem}_keypoints.json")
         result["results_file"] = str(results_file)
         atomic_write_json(results_file, result["coco_results"], indent=None)
-        atomic_write_json(out, {k: v for k, v in result.items() if k != "coco_results"})
+        write()
+    add_coco_stats(result, index, index.image_ids[inference.indices[inference.valid]])
+    if out is not None:
+        write()
     return result
 
 
@@ -554,4 +636,10 @@ def format_evaluation(result: dict) -> str:
     if result.get("coco"):
         lines.append("COCO keypoints: " + "  ".join(f"{name} {_fmt(result['coco'][name])}"
                                                     for name in COCO_STAT_NAMES))
+    if result.get("unreadable"):
+        bad = result["unreadable"]
+        shown = "; ".join(f"{b['file_name']} ({b['problem']})" for b in bad["first"])
+        more = f"; and {bad['images'] - len(bad['first'])} more" if bad["images"] > len(bad["first"]) else ""
+        lines.append(f"{bad['images']} unreadable images skipped ({result['skipped']} instances), "
+                     f"COCO AP covers the readable ones: {shown}{more}")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from hgpose.cli.common import add_device_argument
+from hgpose.fileio import UserError
 from hgpose.precision import PRECISIONS
 
 HELP = "evaluate a checkpoint on a split: PCK (overall, v=2 / v=1, per joint) and COCO keypoint AP"
@@ -45,4 +46,6 @@ def run(args):
     print(format_evaluation(result))
     if args.out:
         print(f"metrics: {args.out}\nCOCO results: {result['results_file']}")
+    if result.get("coco_error"):  # after the PCK figures, which are printed and written already
+        raise UserError(result["coco_error"])
     return 0
