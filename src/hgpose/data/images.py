@@ -63,8 +63,9 @@ class CropResult:
     boxes: np.ndarray | None = None  # (k, 3) the square crop boxes used
 
 
-def read_image_bytes(path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """The bytes of a regular file of at most max_bytes; ImageProblem otherwise."""
+def read_image_bytes(path, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file of at most max_bytes (default MAX_IMAGE_BYTES); ImageProblem otherwise."""
+    max_bytes = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
     # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
