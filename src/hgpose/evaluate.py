@@ -356,8 +356,9 @@ def pck_groups(inference: Inference, normalizer: float, threshold: float = PCK_T
 def coco_results(image_ids, image_points, confidence, category_id: int = 1) -> list[dict]:
     """COCO keypoint results: one per instance, (x, y, confidence) triplets, score = mean confidence;
     category_id: the person category of the dataset they belong to."""
+    confidence = np.asarray(confidence, np.float64)  # rounded in float64: 0.0833, not 0.08330000191926956
     triplets = np.concatenate([np.round(image_points, 2), np.round(confidence[..., None], 4)], axis=-1)
-    scores = confidence.astype(np.float64).mean(axis=-1)
+    scores = confidence.mean(axis=-1)
     return [
         {"image_id": int(i), "category_id": int(category_id), "keypoints": t.reshape(-1).tolist(), "score": float(s)}
         for i, t, s in zip(image_ids, triplets.astype(np.float64), scores)
@@ -433,8 +434,10 @@ def add_coco_stats(result: dict, index, image_ids) -> None:
     except UserError:
         raise
     except Exception as exc:  # pycocotools on a file from another tool: report, keep the rest
+        reason = f"a ground-truth annotation has no {exc}" if isinstance(exc, KeyError) \
+            else f"{type(exc).__name__}: {exc}"
         result["coco"] = None
-        result["coco_error"] = f"{index.annotation_file}: COCO AP not computed ({type(exc).__name__}: {exc})"[:300]
+        result["coco_error"] = f"{index.annotation_file}: COCO AP not computed ({reason})"[:300]
 
 
 def coco_ground_truth(index):
