@@ -185,3 +185,104 @@ def test_overlay_hides_keypoints_below_min_confidence_and_dims_doubtful_ones():
     drawn = draw_pose(np.zeros((80, 120, 3), np.uint8), person, min_confidence=0.2, thickness=3)
     assert drawn[20, 100].max() == 0 and drawn[20, 80].max() == 0  # no wrist, no forearm to it
     assert 0 < drawn[60, 100].max() < drawn[60, 20].max()
+
+
+# --- real photos and files from other datasets ------------------------------------------------------------
+
+
+def _spot_jpeg(path, orientation: int | None = None):
+    """A 160x120 (stored) black JPEG with a white 8x8 spot at stored pixels x 100..107, y 20..27,
+    optionally tagged with an EXIF orientation."""
+    from PIL import Image
+
+    pixels = np.zeros((120, 160, 3), np.uint8)
+    pixels[20:28, 100:108] = 255
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, "JPEG", quality=95, exif=exif.tobytes())
+    return path
+
+
+def test_a_photo_is_predicted_upright_by_its_exif_orientation(tmp_path):
+    path = _spot_jpeg(tmp_path / "phone.jpg", orientation=6)  # viewers turn it 90 degrees clockwise
+    predictor = Predictor(BrightnessModel())
+    upright = predictor.predict(path)  # the whole upright photo (120 wide, 160 tall) is the person
+    # the spot's centre (104, 24) as stored is at (120 - 24, 104) upright; within a heatmap pixel (200/16)
+    assert np.all(np.abs(upright[0, :, :2] - [96.0, 104.0]) <= 200 / 16)
+    stored = predictor.predict(path, upright=False)
+    assert np.all(np.abs(stored[0, :, :2] - [104.0, 24.0]) <= 200 / 16)
+
+
+def test_predict_command_applies_exif_orientation_but_not_with_coco_boxes(checkpoint, tmp_path):
+    (tmp_path / "images").mkdir()
+    path = _spot_jpeg(tmp_path / "images" / "photo.jpg", orientation=6)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(tmp_path / "a")]) == 0
+    assert cv2.imread(str(tmp_path / "a" / "photo_pose.jpg")).shape == (160, 120, 3)  # upright
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"images": [{"id": 5, "file_name": "photo.jpg", "width": 160, "height": 120}],
+                                 "annotations": [{"id": 1, "image_id": 5, "category_id": 1, "bbox": [90, 10, 30, 30]}],
+                                 "categories": [{"id": 1, "name": "person"}]}))
+    assert main(["predict", "--checkpoint", str(checkpoint), str(path), "--boxes", str(boxes),
+                 "--out", str(tmp_path / "b")]) == 0
+    assert cv2.imread(str(tmp_path / "b" / "photo_pose.jpg")).shape == (120, 160, 3)  # as stored
+    result = json.loads((tmp_path / "b" / "keypoints.json").read_text())
+    assert [r["image_id"] for r in result] == [5]
+
+
+def _sequences(tmp_path, names, category_id=1, boxes=None):
+    """Images under tmp_path/root at `names` (folders reuse base names) and a COCO file listing them."""
+    root = tmp_path / "root"
+    images, annotations = [], []
+    for i, name in enumerate(names, start=1):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / name), np.random.default_rng(i).integers(0, 256, (100, 80, 3), dtype=np.uint8))
+        images.append({"id": 100 + i, "file_name": name, "width": 80, "height": 100})
+        for j, bbox in enumerate((boxes or {}).get(name, [[10, 10, 50, 70]])):
+            annotations.append({"id": 1000 + 10 * i + j, "image_id": 100 + i, "category_id": category_id,
+                                "bbox": bbox, "iscrowd": 0})
+    file = tmp_path / "boxes.json"
+    file.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": category_id, "name": "person"}]}))
+    return root, file
+
+
+def test_boxes_match_images_by_their_path_under_the_image_root(checkpoint, tmp_path):
+    root, boxes = _sequences(tmp_path, ["seqA/000000.jpg", "seqB/000000.jpg", "seqB/000001.jpg"], category_id=4)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(root), "--boxes", str(boxes), "--out", str(out),
+                 "--no-overlays"]) == 0
+    results = json.loads((out / "keypoints.json").read_text())
+    assert [(r["image_id"], r["file_name"]) for r in results] == [
+        (101, "seqA/000000.jpg"), (102, "seqB/000000.jpg"), (103, "seqB/000001.jpg")]
+    assert {r["category_id"] for r in results} == {4}  # the file's own person category
+    # one file, matched by the tail of its path, not its base name
+    assert main(["predict", "--checkpoint", str(checkpoint), str(root / "seqB" / "000000.jpg"), "--boxes",
+                 str(boxes), "--out", str(out), "--no-overlays"]) == 0
+    assert [r["image_id"] for r in json.loads((out / "keypoints.json").read_text())] == [102]
+
+
+def test_an_ambiguous_boxes_match_is_an_error(checkpoint, tmp_path, capsys):
+    root, boxes = _sequences(tmp_path, ["000000.jpg", "seqA/000000.jpg"])
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", str(checkpoint), str(root / "seqA" / "000000.jpg"), "--boxes",
+                 str(boxes), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "matches several images of" in err and "'000000.jpg', 'seqA/000000.jpg'" in err
+
+
+def test_a_degenerate_box_skips_that_person_only(checkpoint, tmp_path, capsys):
+    root, boxes = _sequences(tmp_path, ["a.jpg", "b.jpg"], boxes={
+        "a.jpg": [[10, 10, 50, 70], [30, 20, 0, 40], [10, 10, 50, float("nan")], [500, 500, 20, 20]]})
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", str(checkpoint), str(root), "--boxes", str(boxes),
+                 "--out", str(tmp_path / "out"), "--no-overlays"])
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err
+    results = json.loads((tmp_path / "out" / "keypoints.json").read_text())
+    assert [r["image_id"] for r in results] == [101, 102]
+    assert "image id 101, annotation 1011: degenerate box [30, 20, 0, 40], person skipped" in captured.err
+    assert "image id 101, annotation 1012: degenerate box [10, 10, 50, nan], person skipped" in captured.err
+    assert "image id 101, annotation 1013: box outside the image [500, 500, 20, 20], person skipped" in captured.err
+    assert "skipped 3 person box(es)" in captured.err

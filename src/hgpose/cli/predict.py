@@ -8,7 +8,8 @@ HELP = "predict keypoints on images or folders: COCO results JSON and skeleton o
 DESCRIPTION = (
     HELP + ". Each person is a box (from --boxes, --box, or the whole image); writes OUT/keypoints.json "
     "(COCO keypoint results, all 17 keypoints with their confidence) and OUT/<stem>_pose.jpg per image "
-    "(left limbs orange, right limbs blue; keypoints under --min-confidence hidden)."
+    "(left limbs orange, right limbs blue; keypoints under --min-confidence hidden). Photos are turned "
+    "upright by their EXIF orientation, except with --boxes (COCO annotations refer to stored pixels)."
 )
 
 
@@ -18,8 +19,9 @@ def add_arguments(parser):
                         help="model weights (.safetensors)")
     boxes = parser.add_mutually_exclusive_group()
     boxes.add_argument("--boxes", type=Path, metavar="COCO_JSON",
-                       help="COCO annotation file whose person boxes to use (images matched by file name; "
-                            "its image ids are used in the results)")
+                       help="COCO annotation file whose person boxes to use: a folder PATH is the root its "
+                            "file names are relative to, a file is matched by the tail of its path; its image "
+                            "ids and person category id are used in the results, its pixels taken as stored")
     boxes.add_argument("--box", metavar="X,Y,W,H", help="one person box used for every image")
     parser.add_argument("--out", type=Path, default=Path("predictions"), metavar="DIR", help="output folder")
     parser.add_argument("--min-confidence", type=float, default=0.2, metavar="F",
@@ -54,5 +56,9 @@ def run(args):
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} image(s):", file=sys.stderr)
         for path, reason in summary.skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    if summary.skipped_people:
+        print(f"skipped {len(summary.skipped_people)} person box(es):", file=sys.stderr)
+        for path, reason in summary.skipped_people:
             print(f"  {path}: {reason}", file=sys.stderr)
     return 1 if summary.images == 0 else 0

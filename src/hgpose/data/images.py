@@ -233,7 +233,12 @@ def _crop_file(path: Path, boxes, input_size: int, expected_size, bboxes, uprigh
                 raise ImageProblem(mismatch)
             warning = mismatch + " (used as decoded)"
     if boxes is None:
-        bboxes = [[0.0, 0.0, size[0], size[1]]] if bboxes is None else clip_bboxes(bboxes, size)
+        if bboxes is None:
+            bboxes = [[0.0, 0.0, size[0], size[1]]]
+        else:  # clipped as the dataset index clips them; a box wholly outside is cropped as given (zeros)
+            given, bboxes = np.asarray(bboxes, np.float64).reshape(-1, 4), clip_bboxes(bboxes, size)
+            outside = ~(bboxes[:, 2:].min(axis=1) > 0)
+            bboxes[outside] = given[outside]
         boxes = crop_box_from_bbox(np.asarray(bboxes, np.float64).reshape(-1, 4))
     boxes = np.asarray(boxes, np.float64).reshape(-1, 3)
     is_jpeg = header.format in JPEG_FORMATS
