@@ -116,3 +116,13 @@ def test_image_header_size_reads_jpeg_and_png_without_decoding():
     for ext in (".jpg", ".png"):
         assert image_header_size(cv2.imencode(ext, image)[1].tobytes()) == (53, 37)
     assert image_header_size(b"not an image") is None
+
+
+def test_prepare_help_shows_only_real_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for wrong in ("(default: None)", "(default: True)", "(default: False)", "['train2017'"):
+        assert wrong not in text
+    assert "default: train2017 val2017" in text and "(default: 256)" in text
+    assert "(default: all CPUs)" in text and "(default DIR/hgpose_cache)" in text

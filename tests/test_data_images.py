@@ -77,7 +77,7 @@ def test_an_image_opencv_raises_on_is_a_skip(tmp_path):
     with pytest.raises(cv2.error):
         cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     result = crop_file(path, BOX, 32, (16, 2_000_000))
-    assert result.crops is None and result.problem.startswith("cannot decode (")
+    assert result.crops is None and result.problem == "cannot decode (OpenCV error)"
 
 
 def test_formats_whose_size_cannot_be_read_first_are_refused(tmp_path):
@@ -173,3 +173,21 @@ def test_orientation_is_read_from_the_header_only_when_asked(tmp_path):
     path.write_bytes(buffer.getvalue())
     assert crop_file(path, None, 32, upright=True).size == (120, 160)
     assert crop_file(path, None, 32).size == (160, 120)
+
+
+def test_an_image_opencv_raises_on_is_a_counted_skip_in_the_dataset_and_prepare(tiny_coco, tmp_path, capsys):
+    from hgpose.cli import main
+
+    for _ in range(4):
+        tiny_coco.add_person(tiny_coco.add_image())
+    tall = tiny_coco.add_image(width=16, height=2_000_000, file_name="tall.bmp", write=False)
+    tiny_coco.add_person(tall, bbox=(2.0, 2.0, 10.0, 10.0), keypoints=[5.0, 5.0, 2] * 17)
+    root = tiny_coco.write()
+    (root / "train2017" / "tall.bmp").write_bytes(_bmp_header(16, 2_000_000))
+    dataset = PersonDataset(load_split(root, "train2017"), 32, cache="off")
+    assert [bool(dataset[i]["valid"]) for i in range(len(dataset))] == [True] * 4 + [False]
+    capsys.readouterr()
+    assert main(["prepare", "--data", str(root), "--splits", "train2017", "--input-size", "32",
+                 "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1 instances skipped, their images unreadable: tall.bmp (cannot decode (OpenCV error))" in out

@@ -131,14 +131,14 @@ def test_integers_beyond_64_bits(capsys, tiny_coco, tmp_path, where, digits, mes
 def test_an_annotation_file_too_large_for_memory(tiny_coco, tmp_path):
     """A real memory limit (RLIMIT_AS) in a real process: MemoryError becomes one line, exit 2."""
     root = _dataset(tiny_coco, images=1)
-    numbers = ",".join(["1.5"] * 6_000_000)  # 24 MB of text, about 200 MB once parsed
+    numbers = ",".join(["1.5"] * 3_000_000)  # 12 MB of text, about 100 MB once parsed
     tiny_coco.annotation_file().write_text('{"images": [], "categories": [], "annotations": [' + numbers + "]}")
     script = textwrap.dedent(f"""
         import resource, sys
         from hgpose.cli import build_parser, main
         build_parser()  # import every command before the limit
         size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
-        limit = size + 120 * 1024 * 1024
+        limit = size + 60 * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         sys.exit(main({_prepare(root, tmp_path)!r}))
     """)

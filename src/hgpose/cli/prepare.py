@@ -9,21 +9,26 @@ DESCRIPTION = (
     "whenever it is current; a cache whose source JSON or crop settings changed is rebuilt here. "
     "It takes 3 x input_size^2 bytes per person (about 29 GB for train2017 at 256 px)."
 )
+# In a help string "%(default).0s" prints nothing, and stops the formatter appending "(default: None)"
+# where the default is not a value (required, computed, or a flag).
+NO_DEFAULT = "%(default).0s"
 
 
 def add_arguments(parser):
     parser.add_argument("--data", type=Path, required=True, metavar="DIR",
-                        help="COCO-style root: DIR/annotations/person_keypoints_<split>.json, images in DIR/<split>/")
+                        help="COCO-style root: DIR/annotations/person_keypoints_<split>.json, images in DIR/<split>/"
+                        + NO_DEFAULT)
     parser.add_argument("--splits", nargs="+", default=["train2017", "val2017"], metavar="SPLIT",
-                        help="annotation files to prepare (the held-out validation part shares train2017's cache)")
+                        help="annotation files to prepare (the held-out validation part shares train2017's cache; "
+                             "default: train2017 val2017)" + NO_DEFAULT)
     parser.add_argument("--input-size", type=int, default=256, metavar="N", help="crop side in pixels")
     parser.add_argument("--cache-dir", type=Path, default=None, metavar="D",
                         help="where caches go when DIR is read-only (default DIR/hgpose_cache); "
-                             "pass the same to training")
+                             "pass the same to training" + NO_DEFAULT)
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="processes decoding images (default: all CPUs)")
-    parser.add_argument("--force", action="store_true", help="rebuild even a current cache")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+                        help="processes decoding images (default: all CPUs)" + NO_DEFAULT)
+    parser.add_argument("--force", action="store_true", help="rebuild even a current cache" + NO_DEFAULT)
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars" + NO_DEFAULT)
 
 
 def run(args):

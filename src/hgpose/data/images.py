@@ -158,7 +158,8 @@ def decode(data: bytes, header: ImageHeader, factor: int = 1) -> np.ndarray:
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except Exception as exc:  # OpenCV raises on some headers instead of returning None
-        raise ImageProblem(f"cannot decode ({type(exc).__name__})") from None
+        name = "OpenCV error" if isinstance(exc, cv2.error) else type(exc).__name__
+        raise ImageProblem(f"cannot decode ({name})") from None
     if image is None:
         raise ImageProblem("corrupt image")
     expected = (-(-header.height // factor), -(-header.width // factor))
