@@ -3,10 +3,12 @@
     predictor = hgpose.load("runs/train/best.safetensors")
     keypoints = predictor.predict("photo.jpg", boxes=[[x, y, w, h]])  # (P, 17, 3): x, y, confidence
 
-Crops are made exactly as for training (hgpose.data.transforms: a square 1.25 x the box's longer
-side, centred on it); with no boxes the whole image is one person. Keypoints come back in the image
-convention of transforms.py (pixel i covers [i, i+1)), confidence = the heatmap's peak value.
-Images are read as stored, ignoring EXIF orientation, as COCO's annotations are.
+Crops are made exactly as for training and evaluate (hgpose.data.images.crop_file: the box clipped
+to the image, a square 1.25 x its longer side centred on it, a large person's JPEG decoded at reduced
+size); with no boxes the whole image is one person. Keypoints come back in the image convention of
+transforms.py (pixel i covers [i, i+1)), confidence = the heatmap's peak value. A photo file is
+turned upright by its EXIF orientation, as viewers show it; with boxes from a COCO file the stored
+pixels are used, as COCO's annotations refer to them.
 """
 
 from __future__ import annotations

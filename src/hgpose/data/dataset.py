@@ -1,8 +1,9 @@
 """One sample = one person: a square crop of its image and its keypoints in heatmap coordinates.
 
-Crops come from a prepared cache (hgpose.data.cache) when one is current, else from the JPEG.
-A sample whose image cannot be read (missing, corrupt, truncated, not the size its annotation
-says) comes back with valid=False, a zero image and zero visibility, so one bad file never stops
+Crops come from a prepared cache (hgpose.data.cache) when one is current, else from the image file
+through hgpose.data.images.crop_file (stored pixels: COCO annotations refer to them, not to the
+EXIF-rotated view). A sample whose image cannot be read (missing, corrupt, truncated, not the size
+its annotation says, anything OpenCV raises on) comes back with valid=False, a zero image and zero visibility, so one bad file never stops
 a run, not even inside a DataLoader worker; the loops count and report them.
 """
 
