@@ -233,6 +233,7 @@ class BoxTable:
     category_id: int  # the file's person category id, used in the results
     by_name: dict[str, ImageBoxes] = field(default_factory=dict)  # file_name as written -> its people
     by_id: dict[int, ImageBoxes] = field(default_factory=dict)  # detection results: image id -> people
+    _by_base: dict | None = field(default=None, repr=False)
 
     def under_root(self, root: Path) -> list[tuple[Path, ImageBoxes]]:
         """The listed images found under `root` (the folder the JSON's file names are relative to)."""
@@ -248,9 +249,13 @@ class BoxTable:
         UserError when several are."""
         if not self.by_name:
             return self.by_id.get(int(path.stem)) if path.stem.isdigit() else None
-        parts = path.parts
-        hits = [entry for name, entry in self.by_name.items()
-                if Path(name).name == path.name and parts[len(parts) - len(Path(name).parts):] == Path(name).parts]
+        if self._by_base is None:  # base name -> entries, built once: many files may be matched
+            self._by_base = {}
+            for name, entry in self.by_name.items():
+                self._by_base.setdefault(Path(name).name, []).append(entry)
+        parts = path.absolute().parts  # "000000.jpg" run inside seqA/ is seqA/000000.jpg
+        hits = [entry for entry in self._by_base.get(path.name, [])
+                if parts[len(parts) - len(Path(entry.file_name).parts):] == Path(entry.file_name).parts]
         if len(hits) > 1:
             names = ", ".join(repr(e.file_name) for e in hits[:4])
             raise UserError(f"{path}: matches several images of {self.source} ({names}); give the folder its "
@@ -321,8 +326,9 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     out = Path(out)
     table = load_boxes_json(boxes_json) if boxes_json is not None else None
     jobs, skipped = _predict_jobs(paths, table, exclude=out if out.is_dir() else None)
-    if not jobs and not skipped:
-        raise UserError("no images found in " + ", ".join(map(str, paths)))
+    if not jobs:
+        listed = f" listed in {boxes_json}" if table is not None and table.by_name else ""
+        raise UserError(f"no images{listed} found in " + ", ".join(map(str, paths)))
     upright = table is None  # COCO annotations refer to stored pixels; a photo is meant upright
     predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
     bar = tqdm(total=len(jobs), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)

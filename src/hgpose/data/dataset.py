@@ -3,8 +3,9 @@
 Crops come from a prepared cache (hgpose.data.cache) when one is current, else from the image file
 through hgpose.data.images.crop_file (stored pixels: COCO annotations refer to them, not to the
 EXIF-rotated view). A sample whose image cannot be read (missing, corrupt, truncated, not the size
-its annotation says, anything OpenCV raises on) comes back with valid=False, a zero image and zero visibility, so one bad file never stops
-a run, not even inside a DataLoader worker; the loops count and report them.
+its annotation says, anything OpenCV raises on) comes back with valid=False, a zero image and zero
+visibility, so one bad file never stops a run, not even inside a DataLoader worker; the loops count
+and report them.
 """
 
 from __future__ import annotations
