@@ -191,3 +191,27 @@ def test_an_image_opencv_raises_on_is_a_counted_skip_in_the_dataset_and_prepare(
                  "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "1 instances skipped, their images unreadable: tall.bmp (cannot decode (OpenCV error))" in out
+
+
+@pytest.mark.parametrize("tag", range(1, 9))
+def test_an_upright_crop_equals_the_crop_of_the_turned_image_when_decoded_at_reduced_size(tmp_path, tag):
+    """Orientation and reduced decoding together: the crop of an upright box is the crop of the same box
+    from the (half-size decoded) image turned upright; even sides, so both pixel grids line up."""
+    from hgpose.data.images import _reduction
+    from hgpose.data.transforms import crop_image
+
+    exif = Image.Exif()
+    exif[0x0112] = tag
+    buffer = io.BytesIO()
+    Image.fromarray(cv2.GaussianBlur(_texture(124, 158), (0, 0), 2)).save(buffer, "JPEG", quality=95,
+                                                                        exif=exif.tobytes())
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(buffer.getvalue())
+    box = np.array([[7.3, 11.9, 140.0]])
+    assert _reduction(box[0, 2], 64) == 2
+    crop = crop_file(path, box, 64, upright=True).crops[0].astype(int)
+    reduced = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8),
+                           cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION)
+    expected = crop_image(apply_orientation(reduced, tag), box[0] / 2, 64).transpose(2, 0, 1)[::-1]
+    difference = np.abs(crop - expected)
+    assert difference.max() <= 1 and difference.mean() < 0.01  # bilinear rounding in another axis order

@@ -243,16 +243,30 @@ def _crop_file(path: Path, boxes, input_size: int, expected_size, bboxes, uprigh
         boxes = crop_box_from_bbox(np.asarray(bboxes, np.float64).reshape(-1, 4))
     boxes = np.asarray(boxes, np.float64).reshape(-1, 3)
     is_jpeg = header.format in JPEG_FORMATS
+    tag = header.orientation if upright else 1
     decoded: dict[int, np.ndarray] = {}
     crops = []
     for box in boxes:
         factor = _reduction(box[2], input_size) if is_jpeg else 1
         if factor not in decoded:
-            image = decode(data, header, factor)
-            decoded[factor] = apply_orientation(image, header.orientation) if upright else image
-        crop = crop_image(decoded[factor], box / factor, input_size)
+            decoded[factor] = decode(data, header, factor)
+        # an upright crop is the stored crop of the same square, turned: exact at any reduction factor
+        stored_box = _stored_box(box, tag, header.width, header.height)
+        crop = apply_orientation(crop_image(decoded[factor], stored_box / factor, input_size), tag)
         crops.append(np.ascontiguousarray(crop.transpose(2, 0, 1)[::-1]))  # HWC BGR -> CHW RGB
     return CropResult(crops, warning=warning, size=size, boxes=boxes)
+
+
+def _stored_box(box: np.ndarray, tag: int, width: int, height: int) -> np.ndarray:
+    """The square (x0, y0, side) in stored pixels that EXIF orientation `tag` shows as `box` upright;
+    width, height: the stored image's size."""
+    x0, y0, side = box
+    x1, y1 = x0 + side, y0 + side
+    corner = {
+        1: (x0, y0), 2: (width - x1, y0), 3: (width - x1, height - y1), 4: (x0, height - y1),
+        5: (y0, x0), 6: (y0, height - x1), 7: (width - y1, height - x1), 8: (width - y1, x0),
+    }[tag]
+    return np.array([corner[0], corner[1], side], np.float64)
 
 
 def clip_bboxes(bboxes, size) -> np.ndarray:
