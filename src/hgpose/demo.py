@@ -26,9 +26,9 @@ DEMO_VAL_IMAGES = 200
 
 
 def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, workers: int = 0) -> dict:
-    from hgpose.cli.common import resolve_device
     from hgpose.data.cache import prepare_cache
     from hgpose.data.coco import annotation_path
+    from hgpose.device import resolve_device
     from hgpose.evaluate import evaluate_checkpoint, format_evaluation
     from hgpose.explore import write_explore_report
     from hgpose.precision import resolve_precision
