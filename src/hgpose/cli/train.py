@@ -78,8 +78,10 @@ def config_from_file(path: Path) -> dict:
     return values
 
 
-def run(args):
-    from hgpose.train import TrainConfig, resume_config, train
+def build_config(args):
+    """The TrainConfig the command line asks for: a run's saved config for --resume, else the --config
+    file's options (if any) with the flags given on top."""
+    from hgpose.train import TrainConfig, resume_config
 
     given = _given(args)
     model_given = args.model_config or any(getattr(args, f.name) is not None for f in fields(ModelConfig))
@@ -105,7 +107,13 @@ def run(args):
         if not values.get("data"):
             raise UserError("--data DIR is required (or --resume RUN_DIR, or a --config file with data:)")
         config = TrainConfig.from_mapping(values, args.config or "options")
-    run_dir = train(config, resume=args.resume)
+    return config
+
+
+def run(args):
+    from hgpose.train import train
+
+    run_dir = train(build_config(args), resume=args.resume)
     if not args.no_report and _is_main_process() and (run_dir / "metrics.csv").is_file():
         from hgpose.report import write_report
 
