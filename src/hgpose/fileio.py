@@ -60,7 +60,8 @@ def disk_errors(path: str | Path):
     except Exception as exc:
         if not is_disk_full(exc):
             raise
-        reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else "no space left on device"
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.ENOSPC
+        reason = os.strerror(code)
         raise UserError(f"{path}: cannot write ({reason}); free some space and run again") from None
 
 
