@@ -437,6 +437,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
     if is_main:
         (run_dir / "checkpoints").mkdir(exist_ok=True)
     has_checkpoint = (run_dir / "last.safetensors").is_file()
+    if resume and is_main:
+        _record_moved_data(run_dir, config)
     if resume and has_checkpoint:
         state = load_training_checkpoint(run_dir / "last.safetensors", model, optimizer)
         history, schedule = state["history"], PlateauDrop(**state["schedule"])
@@ -579,6 +581,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
 
 NON_FINITE_LOSS = "training loss became NaN or infinite"
 LOWER_LR_HINT = " (try a lower --lr or --precision fp32)"
+
+
+def _record_moved_data(run_dir: Path, config: TrainConfig) -> None:
+    """After `--resume --data NEWPATH` (checked by resume_config), config.yaml points at the new place."""
+    record = _read_run_yaml(run_dir)
+    if record.get("data") != config.data:
+        record["data"] = str(Path(config.data).resolve())
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
 
 
 def _write_run_config(run_dir: Path, config: TrainConfig) -> None:
