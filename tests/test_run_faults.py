@@ -221,3 +221,14 @@ def test_an_epoch_without_any_readable_training_sample_stops_with_one_line(tiny_
     with pytest.raises(UserError):
         train(quick_config(root, tmp_path / "run", epochs=1, val_split="val2017"))
     assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+def test_an_epoch_ending_in_one_sample_at_a_1x1_bottleneck_trains(synth_dataset, tmp_path):
+    # 41 training instances in batches of 8 end in a batch of one; depth 4 on 64 px crops makes the
+    # innermost maps 1x1, where batch norm cannot train on one sample (PyTorch raises)
+    from hgpose.model import ModelConfig
+
+    run_dir = train(quick_config(synth_dataset, tmp_path / "run", epochs=1, batch_size=8,
+                                 model=ModelConfig(features=32, input_size=64)))
+    assert "that sample is left out of each epoch" in (run_dir / "train.log").read_text()
+    assert len(read_metrics(run_dir)) == 1

@@ -407,6 +407,13 @@ def _read_problem(dataset, position: int) -> str:
     return problem or "unreadable"
 
 
+def _lone_last_sample(samples: int, world_size: int, per_rank_batch: int, model: ModelConfig) -> bool:
+    """Whether an epoch would end in a batch of one sample while the hourglass's innermost maps are
+    1x1: batch norm then has a single value per channel and cannot train (PyTorch raises)."""
+    per_rank = -(-samples // world_size)
+    return model.heatmap_size >> model.depth == 1 and per_rank_batch > 1 and per_rank % per_rank_batch == 1
+
+
 def _non_finite_tensor(model) -> str | None:
     """The first parameter or buffer (BN running stats included) holding NaN or inf, or None."""
     floating = {k: v for k, v in getattr(model, "module", model).state_dict().items() if v.is_floating_point()}
@@ -463,6 +470,10 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
     per_rank_batch = config.batch_size // ctx.world_size
     heatmap_size = config.model.heatmap_size
     normalizer = seed_normalizer(heatmap_size)
+    drop_last = _lone_last_sample(len(train_set), ctx.world_size, per_rank_batch, config.model)
+    if drop_last and is_main and start_epoch == 1 and start_step == 0:
+        log("the last batch of every epoch would hold one sample, which batch norm cannot train on at this "
+            "model's 1x1 bottleneck: that sample is left out of each epoch")
 
     def save_last(epoch: int, step_in_epoch: int, partial: dict) -> None:
         if is_main:
@@ -483,7 +494,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
             lr = optimizer.param_groups[0]["lr"]
             skip = start_step if epoch == start_epoch else 0
             loader = make_loader(train_set, per_rank_batch, shuffle=True, seed=config.seed, epoch=epoch,
-                                 workers=config.workers, device=device, drop_last=False,
+                                 workers=config.workers, device=device, drop_last=drop_last,
                                  rank=ctx.rank, world_size=ctx.world_size, start=skip * per_rank_batch)
             loss_sum = torch.tensor(carried["loss_sum"] if skip else 0.0, dtype=torch.float64, device=device)
             samples = carried["samples"] if skip else 0
