@@ -77,6 +77,22 @@ def test_sigkill_in_epoch_1_before_any_checkpoint_resumes_bit_identical(synth_da
 
 
 @pytest.mark.slow
+def test_sigkill_right_after_start_leaves_a_directory_that_starts_again(synth_dataset, tmp_path, capsys):
+    run_dir = tmp_path / "early"
+    proc = start(synth_dataset, run_dir)
+    wait_until_locked(run_dir / ".lock", proc)  # the first thing train does
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if not (run_dir / "config.yaml").exists():  # killed before training began: --out starts it afresh
+        assert main(["train", "--resume", str(run_dir)]) == 2
+        assert "start it again with --out" in capsys.readouterr().err
+        assert main(["train", *training_args(synth_dataset, run_dir), "--epochs", "1"]) == 0
+    else:  # the kill landed after config.yaml: --resume carries on
+        assert main(["train", "--resume", str(run_dir), "--epochs", "1", "--no-report"]) == 0
+    assert len(read_metrics(run_dir)) == 1
+
+
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_the_printed_command_resumes_it(synth_dataset, reference_run, tmp_path, capsys):
     run_dir = tmp_path / "terminated"
     proc = start(synth_dataset, run_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -194,7 +194,9 @@ def _read_run_yaml(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found")
     if not config_file.is_file():
-        raise UserError(f"{run_dir}: not an hgpose run directory (no config.yaml)")
+        started = " (a run stopped before it began training leaves this: start it again with --out)" \
+            if (run_dir / LOCK_NAME).exists() else ""
+        raise UserError(f"{run_dir}: not an hgpose run directory (no config.yaml){started}")
     try:
         return yaml.safe_load(config_file.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
