@@ -22,6 +22,7 @@ import io
 import math
 import shlex
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -174,9 +175,31 @@ class RunLog:
 
     def __call__(self, message: str) -> None:
         tqdm.write(message)
+        self.record(message)
+
+    def record(self, message: str) -> None:
+        """To train.log only (for lines already shown)."""
         if self.path is not None:
             with disk_errors(self.path), open(self.path, "a", encoding="utf-8") as f:
                 f.write(message + "\n")
+
+
+class _Tee(io.TextIOBase):
+    """Passes writes on to `stream` and keeps a copy (what data loading prints, for train.log)."""
+
+    def __init__(self, stream):
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def lines(self) -> list[str]:
+        # a progress bar redraws with carriage returns: keep its last state
+        return [line.rsplit("\r", 1)[-1] for line in self.copy.getvalue().splitlines() if line.strip("\r ")]
 
 
 def resume_command(run_dir: Path) -> str:
@@ -357,7 +380,7 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
 
 def _load_data(config: TrainConfig, log, is_main: bool):
     """The training and validation sets; what loading says goes to the console and train.log."""
-    messages = io.StringIO()
+    messages = _Tee(sys.stderr)
     with contextlib.redirect_stderr(messages):
         splits = build_splits(
             config.data, train_split=config.train_split, val_split=config.val_split,
@@ -368,8 +391,8 @@ def _load_data(config: TrainConfig, log, is_main: bool):
                           cache=config.cache, cache_dir=config.cache_dir)
             for name, offset in (("train", 0), ("val", 1))
         )
-    for line in messages.getvalue().splitlines():
-        log(line)
+    for line in messages.lines():
+        log.record(line)
     if len(train_set) == 0 or len(val_set) == 0:
         raise UserError(f"{config.data}: empty training or validation set ({len(train_set)} / {len(val_set)})")
     return train_set, val_set
