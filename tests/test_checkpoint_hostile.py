@@ -108,3 +108,16 @@ def test_a_damaged_training_checkpoint_is_one_line_on_resume(finished_run, tmp_p
     assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--no-report"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resumed_optimizer_state_has_the_parameters_memory_layout(finished_run):
+    # the uninterrupted run's RMSprop state is channels-last like the weights; a resumed run's must be too
+    from hgpose.checkpoint import load_training_checkpoint
+
+    model = build_model(SMALL).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    load_training_checkpoint(finished_run / "last.safetensors", model, optimizer)
+    conv = model.stem_conv.weight
+    assert conv.stride() != conv.contiguous().stride()  # a 4-d weight that really is channels-last
+    for param in model.parameters():
+        assert optimizer.state[param]["square_avg"].stride() == param.stride()

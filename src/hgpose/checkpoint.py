@@ -101,10 +101,24 @@ def load_training_checkpoint(path: str | Path, model, optimizer: torch.optim.Opt
         for param_id, entries in state.pop("optimizer_scalars").items():
             opt_state.setdefault(int(param_id), {}).update(entries)
         optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("optimizer_param_groups")})
+        _match_parameter_layouts(optimizer)
         torch.set_rng_state(tensors[RNG_KEY])
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
         raise UserError(f"{path}: corrupt training state ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     return state
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor its parameter's memory layout (channels-last for convolution
+    weights), as in the run that saved it: files store them contiguous, and an elementwise update
+    over mixed layouts takes a different (non-vectorised) kernel path, whose rounding can differ on
+    some CPUs, so a resumed run could drift from an uninterrupted one."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            entries = optimizer.state.get(param, {})
+            for name, value in entries.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    entries[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _check_extra_tensors(path: Path, f, params: list[torch.Tensor]) -> None:
