@@ -62,6 +62,9 @@ def test_flags_override_the_config_file_and_bad_files_are_one_line(tmp_path, cap
     config = build_config(parse("--config", str(CONFIGS / "demo.yaml"), "--data", "D", "--epochs", "3",
                                 "--features", "64"))
     assert config.epochs == 3 and config.model.features == 64 and config.model.input_size == 64
+    float_like = tmp_path / "lr.yaml"
+    float_like.write_text("lr: 1e-3\n")  # YAML 1.1 reads this as a string
+    assert build_config(parse("--config", str(float_like), "--data", "D")).lr == 1e-3
     bad = tmp_path / "bad.yaml"
     for text, message in [("epochs: [1]", "epochs must be int"), ("epoch: 3", "unknown option(s) epoch"),
                           ("- a list", "expected a mapping"), ("epochs: 3\n  bad: : indent", "malformed YAML"),

@@ -110,7 +110,10 @@ class TrainConfig:
         if unknown:
             raise UserError(f"{source}: unknown option(s) {', '.join(unknown)} (known: {', '.join(known)})")
         defaults = cls(data="")
-        for key, value in values.items():
+        for key, value in list(values.items()):
+            if isinstance(getattr(defaults, key), float) and isinstance(value, str):
+                with contextlib.suppress(ValueError):  # YAML reads 1e-3 (no dot) as a string
+                    values[key] = value = float(value)
             default = getattr(defaults, key)
             kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
             if key in ("subset", "val_split", "cache_dir", "out", "data"):
