@@ -71,9 +71,10 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
         if not run_is_finished(run_dir, config):
             train(config, resume=run_dir)
     else:
-        train(TrainConfig(data=str(data), out=str(run_dir), epochs=epochs, lr=DEMO_LR, precision=precision,
-                          workers=workers, model=model))
-    if not run_is_finished(run_dir):
+        config = TrainConfig(data=str(data), out=str(run_dir), epochs=epochs, lr=DEMO_LR, precision=precision,
+                             workers=workers, model=model)
+        train(config)
+    if not run_is_finished(run_dir, config):
         raise DemoInterrupted(f"training of {run_dir} was interrupted and saved")
 
     print("[3/6] evaluating the best checkpoint on the test split (val2017)")
