@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from hgpose.cli.common import resolve_device
 from hgpose.coco_names import PERSON_CATEGORY
 from hgpose.data.coco import load_annotation_file
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import frame_to_image
+from hgpose.device import resolve_device
 from hgpose.evaluate import (
     DEFAULT_CURVE_THRESHOLDS,
     Inference,

@@ -15,8 +15,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hgpose.allocator import keep_freed_memory
-from hgpose.cli.common import resolve_device
 from hgpose.data.targets import heatmap_loss, render_heatmaps
+from hgpose.device import resolve_device
 from hgpose.model import ModelConfig, build_model
 from hgpose.train import train_step
 

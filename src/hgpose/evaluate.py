@@ -544,9 +544,9 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     Writes the metrics JSON to `out` and the COCO results beside it (<stem>_keypoints.json), both
     atomically. Returns the metrics, with the COCO results list under "coco_results".
     """
-    from hgpose.cli.common import resolve_device
     from hgpose.data.dataset import PersonDataset
     from hgpose.data.loader import make_loader
+    from hgpose.device import resolve_device
     from hgpose.model import load_model, read_model_config
 
     if pck_style not in PCK_STYLES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -20,18 +21,61 @@ def atomic_path(path: str | Path):
     A crash at any moment leaves either the old file or the new one, never half of one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
     try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with disk_errors(path):
+            yield tmp
+            # after the writer: safetensors writes its own 0600 temp file and renames it onto `tmp`
+            os.chmod(tmp, 0o666 & ~_umask())  # the permissions open() would give
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+TEMP_SUFFIX = ".tmp"
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError for a full disk or quota, or a library's error that wraps one in its message
+    (safetensors raises its own error type with the OS message in it)."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    return any(os.strerror(code) in str(exc) for code in DISK_FULL_ERRNOS)
+
+
+@contextmanager
+def disk_errors(path: str | Path):
+    """Turn a full disk (or quota) while writing `path` into a one-line UserError naming it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.ENOSPC
+        reason = os.strerror(code)
+        raise UserError(f"{path}: cannot write ({reason}); free some space and run again") from None
+
+
+def sweep_temp_files(folder: str | Path) -> list[Path]:
+    """Remove what a killed atomic write left in `folder`: our `.NAME.XXXX.tmp` files and the
+    `.tmpXXXXXX` files safetensors writes before its rename. Call only on folders this process owns."""
+    removed = []
+    for leftover in Path(folder).glob(".*"):
+        ours = leftover.name.endswith(TEMP_SUFFIX) and leftover.name.count(".") >= 3
+        safetensors_own = leftover.name.startswith(".tmp") and len(leftover.name) == 10
+        if (ours or safetensors_own) and leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
 
 
 def _umask() -> int:
@@ -66,3 +110,26 @@ def read_json(path: str | Path, what: str = "JSON file"):
         raise UserError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: malformed JSON (not UTF-8 text)") from None
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, busy_message: str):
+    """Hold an exclusive flock on `path` (created if absent) for the `with` block, or raise
+    UserError(busy_message) at once if another process holds it. The kernel drops the lock when the
+    holder dies, so a killed process never leaves a stale lock behind."""
+    import fcntl
+
+    path = Path(path)
+    with disk_errors(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(busy_message) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a curious user; the flock is what counts
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 from torch import nn
 
 from hgpose.fileio import UserError, atomic_path
@@ -239,6 +239,12 @@ def save_model(model: HourglassNet, path: str | Path, extra_metadata: dict[str, 
     return path
 
 
+# Upper bounds on a checkpoint's model config: far beyond any useful hourglass, but they keep a hostile
+# header from making hgpose build a huge model before the tensor shapes are checked.
+CHECKPOINT_CONFIG_LIMITS = {"num_stacks": 16, "depth": 8, "residuals_per_level": 16, "bottleneck_residuals": 64,
+                            "features": 4096, "num_keypoints": 1024, "input_size": 4096}
+
+
 def read_model_config(path: str | Path) -> ModelConfig:
     path = Path(path)
     if not path.is_file():
@@ -251,9 +257,46 @@ def read_model_config(path: str | Path) -> ModelConfig:
     if CONFIG_METADATA_KEY not in metadata:
         raise UserError(f"{path}: safetensors file has no hgpose model config; not an hgpose checkpoint")
     try:
-        return ModelConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+        values = json.loads(metadata[CONFIG_METADATA_KEY])
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        too_large = [f"{k}={v}" for k, v in values.items()
+                     if isinstance(v, int) and v > CHECKPOINT_CONFIG_LIMITS.get(k, v)]
+        if too_large:
+            raise ValueError(f"{', '.join(too_large)} beyond the limits {CHECKPOINT_CONFIG_LIMITS}")
+        return ModelConfig.from_dict(values)
     except (ValueError, TypeError) as exc:
         raise UserError(f"{path}: bad model config in checkpoint: {exc}") from None
+
+
+def expected_tensor_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The state-dict names, shapes and dtypes of a model, computed without allocating it (meta device)."""
+    with torch.device("meta"):
+        model = HourglassNet(config)
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
+
+
+def check_tensor_shapes(path: str | Path, config: ModelConfig) -> None:
+    """Compare a checkpoint's header (names, shapes, dtypes) with what `config` builds, before any
+    tensor is read: a wrong or hostile file is a one-line error, never a large allocation."""
+    path = Path(path)
+    expected = expected_tensor_shapes(config)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise UserError(f"{path}: checkpoint lacks {len(missing)} model tensors (e.g. {missing[0]})")
+    for name, (shape, dtype) in expected.items():
+        found_shape, found_dtype = found[name]
+        if found_shape != shape or _SAFETENSORS_DTYPES.get(found_dtype) != dtype:
+            raise UserError(f"{path}: tensor {name} is {found_dtype} {list(found_shape)}, the model config "
+                            f"{config} needs {str(dtype).removeprefix('torch.')} {list(shape)}")
 
 
 def load_model(path: str | Path, expected_config: ModelConfig | None = None, device="cpu") -> HourglassNet:
@@ -261,12 +304,9 @@ def load_model(path: str | Path, expected_config: ModelConfig | None = None, dev
     config = read_model_config(path)
     if expected_config is not None and config != expected_config:
         raise UserError(f"{path}: checkpoint model config {config} does not match the expected {expected_config}")
+    check_tensor_shapes(path, config)
     model = HourglassNet(config)
-    state = load_file(str(path), device="cpu")
-    model_keys = set(model.state_dict())
-    state = {k: v for k, v in state.items() if k in model_keys}  # training checkpoints may hold more
-    missing = model_keys - set(state)
-    if missing:
-        raise UserError(f"{path}: checkpoint lacks {len(missing)} model tensors (e.g. {sorted(missing)[0]})")
+    with safe_open(str(path), framework="pt") as f:  # the model's tensors only (training files hold more)
+        state = {k: f.get_tensor(k) for k in model.state_dict()}
     model.load_state_dict(state)
     return model.to(device).eval()

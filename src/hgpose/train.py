@@ -15,12 +15,16 @@ Run directory:
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import math
+import shlex
 import signal
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -29,19 +33,22 @@ from tqdm import tqdm
 
 from hgpose import distributed as dist
 from hgpose.allocator import keep_freed_memory
-from hgpose.checkpoint import load_training_checkpoint, save_training_checkpoint
-from hgpose.data.coco import build_splits
+from hgpose.checkpoint import load_training_checkpoint, read_training_state, save_training_checkpoint
+from hgpose.data.coco import annotation_path, build_splits
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.loader import make_loader
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import infer, pck, seed_normalizer
-from hgpose.fileio import UserError, atomic_write_text
+from hgpose.fileio import UserError, atomic_write_text, disk_errors, exclusive_lock, sweep_temp_files
 from hgpose.model import ModelConfig, build_model, save_model, to_model_input
 from hgpose.precision import PRECISIONS, autocast, resolve_precision
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_pck", "epoch_seconds"]
 # options that may differ on --resume without changing the run's result
 RESUMABLE_OVERRIDES = {"epochs", "device", "workers", "compile", "progress", "cache", "cache_dir"}
+# written to config.yaml beside the options, for the record (not options: --config ignores them)
+RECORDED_KEYS = ("data_as_typed", "annotations_sha1")
+LOCK_NAME = ".lock"
 
 
 @dataclass
@@ -78,9 +85,46 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and 0 < self.lr_factor <= 1):
             raise UserError("--lr must be > 0 and --lr-factor in (0, 1]")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0 (0 loads data in the training process), got {self.workers}")
+        if self.subset is not None and self.subset < 1:
+            raise UserError(f"--subset must be a number of instances >= 1 (leave it out for all), got {self.subset}")
+        if self.val_split is None and not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}; to validate on a "
+                            "separate annotation file use --val-split NAME instead")
+        if self.cache not in ("auto", "off"):
+            raise UserError(f"--cache must be auto or off, got {self.cache!r}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "model": asdict(self.model)}
+
+    @classmethod
+    def from_mapping(cls, values: dict, source) -> TrainConfig:
+        """A config from YAML keys (a run's config.yaml or a --config file); a key that is not an
+        option or a value of the wrong type is a one-line error naming `source`."""
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: expected a mapping of training options")
+        values = {k: v for k, v in values.items() if k not in RECORDED_KEYS}
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UserError(f"{source}: unknown option(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        defaults = cls(data="")
+        for key, value in list(values.items()):
+            if isinstance(getattr(defaults, key), float) and isinstance(value, str):
+                with contextlib.suppress(ValueError):  # YAML reads 1e-3 (no dot) as a string
+                    values[key] = value = float(value)
+            default = getattr(defaults, key)
+            kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
+            if key in ("subset", "val_split", "cache_dir", "out", "data"):
+                kinds = (int,) if key == "subset" else (str,)
+            if kinds and value is not None and (not isinstance(value, kinds) or
+                                                (isinstance(value, bool) and bool not in kinds)):
+                raise UserError(f"{source}: {key} must be {kinds[-1].__name__}, got {value!r}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{source}: {exc}") from None
 
 
 @dataclass
@@ -134,30 +178,102 @@ class RunLog:
 
     def __call__(self, message: str) -> None:
         tqdm.write(message)
+        self.record(message)
+
+    def record(self, message: str) -> None:
+        """To train.log only (for lines already shown)."""
         if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
+            with disk_errors(self.path), open(self.path, "a", encoding="utf-8") as f:
                 f.write(message + "\n")
+
+
+class _Tee(io.TextIOBase):
+    """Passes writes on to `stream` and keeps a copy (what data loading prints, for train.log)."""
+
+    def __init__(self, stream):
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def lines(self) -> list[str]:
+        # a progress bar redraws with carriage returns: keep its last state
+        return [line.rsplit("\r", 1)[-1] for line in self.copy.getvalue().splitlines() if line.strip("\r ")]
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"hgpose train --resume {shlex.quote(str(run_dir))}"
 
 
 # --- resume -----------------------------------------------------------------------------------
 
 
-def load_run_config(run_dir: Path) -> TrainConfig:
+def _read_run_yaml(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: is a file, not a run directory")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found")
-    if not config_file.is_file() or not (run_dir / "last.safetensors").is_file():
-        raise UserError(f"{run_dir}: not an hgpose run directory (needs config.yaml and last.safetensors)")
+    if not config_file.is_file():
+        started = " (a run stopped before it began training leaves this: start it again with --out)" \
+            if (run_dir / LOCK_NAME).exists() else ""
+        raise UserError(f"{run_dir}: not an hgpose run directory (no config.yaml){started}")
     try:
-        return TrainConfig(**yaml.safe_load(config_file.read_text()))
-    except (yaml.YAMLError, TypeError, ValueError) as exc:
-        raise UserError(f"{config_file}: unreadable run config ({exc})") from None
+        return yaml.safe_load(config_file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{config_file}: unreadable run config ({str(exc).splitlines()[0]})") from None
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The options of a run (its config.yaml). A run killed before its first checkpoint has one too,
+    and --resume starts it from epoch 1."""
+    return TrainConfig.from_mapping(_read_run_yaml(run_dir), Path(run_dir) / "config.yaml")
+
+
+def run_progress(run_dir: Path) -> tuple[int, int]:
+    """(the epoch a resume starts in, the step inside it): (1, 0) before the first checkpoint."""
+    last = Path(run_dir) / "last.safetensors"
+    if not last.is_file():
+        return 1, 0
+    state = read_training_state(last)
+    return state["epoch"], state["step_in_epoch"]
+
+
+def run_is_finished(run_dir: Path, config: TrainConfig | None = None) -> bool:
+    config = config or load_run_config(run_dir)
+    epoch, step = run_progress(run_dir)
+    return epoch > config.epochs and step == 0
+
+
+def annotations_sha1(config: TrainConfig) -> dict[str, str]:
+    """sha1 of each annotation file the run reads: what identifies its data wherever it is mounted."""
+    splits = [config.train_split] + ([config.val_split] if config.val_split else [])
+    digests = {}
+    for split in splits:
+        path = annotation_path(config.data, split)
+        digest = hashlib.sha1()
+        with disk_errors(path), open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        digests[split] = digest.hexdigest()
+    return digests
 
 
 def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:
-    """The saved run config with the allowed overrides; a conflicting option is an error."""
+    """The saved run config with the allowed overrides; a conflicting option is an error.
+
+    --data may point elsewhere when the data moved (another mount point): allowed when its annotation
+    files are byte-identical to the run's (their sha1 is in config.yaml)."""
+    raw = _read_run_yaml(run_dir)
     config = load_run_config(run_dir)
     saved = config.to_dict()
+    overrides = dict(overrides)
+    new_data = overrides.pop("data", None)
     conflicts = [
         f"{k} (run: {saved[k]!r}, given: {v!r})"
         for k, v in overrides.items()
@@ -165,10 +281,19 @@ def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:
     ]
     if conflicts:
         raise UserError(f"{run_dir}: --resume with options that conflict with the run: {', '.join(conflicts)}")
-    return TrainConfig(**(saved | {k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES}))
-
-
-# --- the loop ---------------------------------------------------------------------------------
+    resumed = TrainConfig(**(saved | {k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES}))
+    if new_data is not None and Path(new_data).resolve() != Path(config.data).resolve():
+        recorded = raw.get("annotations_sha1")
+        if not recorded:
+            raise UserError(f"{run_dir}: --data {new_data} differs from the run's {config.data}, and the run "
+                            "recorded no annotation fingerprint to check the move against")
+        resumed.data = str(Path(new_data).resolve())
+        for split, digest in annotations_sha1(resumed).items():
+            if recorded.get(split) != digest:
+                raise UserError(f"{annotation_path(new_data, split)}: differs from the annotations the run "
+                                f"was trained on ({annotation_path(config.data, split)}); --data may only "
+                                "point at the same data in another place")
+    return resumed
 
 
 def _seeded_subset(index, n: int | None, seed: int):
@@ -180,11 +305,14 @@ def _seeded_subset(index, n: int | None, seed: int):
 
 
 class _StopRequest:
-    """Ctrl-C (SIGINT) sets a flag; the loop finishes its step, saves and exits."""
+    """Ctrl-C (SIGINT) or SIGTERM (what `timeout` and job schedulers send) sets a flag; the loop
+    finishes its step, saves and exits. A second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         def handler(signum, frame):
@@ -192,11 +320,12 @@ class _StopRequest:
                 raise KeyboardInterrupt
             self.requested = True
 
-        self._previous = signal.signal(signal.SIGINT, handler)
+        self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def train_step(model, optimizer, batch, device, precision: str, heatmap_size: int, channels_last: bool = True):
@@ -217,29 +346,121 @@ def train_step(model, optimizer, batch, device, precision: str, heatmap_size: in
     return loss.detach()
 
 
+
 def train(config: TrainConfig, resume: Path | None = None) -> Path:
-    """Train (or resume) a run; returns the run directory."""
+    """Train (or resume) a run; returns the run directory (also when stopped by Ctrl-C or SIGTERM:
+    `run_is_finished` tells the two apart)."""
     keep_freed_memory()
     ctx = dist.setup(config.device)
+    is_main = ctx.rank == 0
+    run_dir = Path(resume) if resume else Path(config.out) if config.out else next_run_dir()
+    if resume:
+        _check_resumable(run_dir, config)
+    elif (run_dir / "config.yaml").exists():
+        raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+    if not is_main:  # rank 0 holds the run's lock and writes its files
+        return _train(config, run_dir, bool(resume), ctx)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    busy = (f"{run_dir}: another hgpose train is writing to this run directory now (it holds "
+            f"{run_dir / LOCK_NAME}); wait for it to end, or use another --out")
+    with exclusive_lock(run_dir / LOCK_NAME, busy):
+        if not resume and (run_dir / "config.yaml").exists():  # written by a run that just ended
+            raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+        for folder in (run_dir, run_dir / "checkpoints"):
+            if folder.is_dir():
+                sweep_temp_files(folder)  # what a save killed half-way left behind
+        return _train(config, run_dir, bool(resume), ctx)
+
+
+def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
+    if not (run_dir / "config.yaml").is_file():
+        load_run_config(run_dir)  # raises the one-line error that says what is wrong
+    epoch, step = run_progress(run_dir)
+    if epoch > config.epochs and step == 0:
+        raise UserError(f"{run_dir}: the run is finished ({epoch - 1} epochs); to train it further, give a "
+                        f"larger --epochs: {resume_command(run_dir)} --epochs {epoch - 1 + 10}")
+
+
+def _load_data(config: TrainConfig, log, is_main: bool):
+    """The training and validation sets; what loading says goes to the console and train.log."""
+    messages = _Tee(sys.stderr)
+    with contextlib.redirect_stderr(messages):
+        splits = build_splits(
+            config.data, train_split=config.train_split, val_split=config.val_split,
+            val_fraction=config.val_fraction, seed=config.seed, verbose=is_main,
+        )
+        train_set, val_set = (
+            PersonDataset(_seeded_subset(splits[name], config.subset, config.seed + offset), config.model.input_size,
+                          cache=config.cache, cache_dir=config.cache_dir)
+            for name, offset in (("train", 0), ("val", 1))
+        )
+    for line in messages.lines():
+        log.record(line)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise UserError(f"{config.data}: empty training or validation set ({len(train_set)} / {len(val_set)})")
+    return train_set, val_set
+
+
+def _report_unreadable(dataset, invalid_positions, log, what: str, when: str) -> None:
+    """'N unreadable training samples skipped' with the first few files and why."""
+    invalid_positions = sorted(set(int(i) for i in invalid_positions))
+    if not invalid_positions:
+        return
+    reasons = _cached_problems(dataset)
+    examples = []
+    for position in invalid_positions:
+        name = dataset.index.file_names[dataset.index.image_index[position]]
+        if name not in (e[0] for e in examples):
+            examples.append((name, reasons.get(name) or _read_problem(dataset, position)))
+        if len(examples) == 3:
+            break
+    listed = "; ".join(f"{name}: {why}" for name, why in examples)
+    log(f"{len(invalid_positions)} unreadable {what} samples skipped ({when}), e.g. {listed}")
+
+
+def _cached_problems(dataset) -> dict[str, str]:
+    if not dataset.using_cache:
+        return {}
+    from hgpose.data.cache import read_cache_meta
+
+    return {e["file_name"]: e["problem"] for e in read_cache_meta(dataset.cache_path).get("unreadable", [])}
+
+
+def _read_problem(dataset, position: int) -> str:
+    from hgpose.data.dataset import read_crops
+
+    index = dataset.index
+    _, problem = read_crops(index.image_path(position), dataset.boxes[position : position + 1], dataset.input_size,
+                            index.image_sizes[index.image_index[position]])
+    return problem or "unreadable"
+
+
+def _lone_last_sample(samples: int, world_size: int, per_rank_batch: int, model: ModelConfig) -> bool:
+    """Whether an epoch would end in a batch of one sample while the hourglass's innermost maps are
+    1x1: batch norm then has a single value per channel and cannot train (PyTorch raises)."""
+    per_rank = -(-samples // world_size)
+    return model.heatmap_size >> model.depth == 1 and per_rank_batch > 1 and per_rank % per_rank_batch == 1
+
+
+def _non_finite_tensor(model) -> str | None:
+    """The first parameter or buffer (BN running stats included) holding NaN or inf, or None."""
+    floating = {k: v for k, v in getattr(model, "module", model).state_dict().items() if v.is_floating_point()}
+    finite = torch.stack([torch.isfinite(v).all() for v in floating.values()]).cpu()  # one host sync
+    bad = [k for k, ok in zip(floating, finite.tolist()) if not ok]
+    return bad[0] if bad else None
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
     device, is_main = ctx.device, ctx.rank == 0
     precision = resolve_precision(config.precision, device)
     if config.batch_size % ctx.world_size:
         raise UserError(f"--batch-size {config.batch_size} is not divisible by {ctx.world_size} processes")
-    run_dir = Path(resume) if resume else Path(config.out) if config.out else next_run_dir()
-    if not resume and (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
-
-    splits = build_splits(
-        config.data, train_split=config.train_split, val_split=config.val_split,
-        val_fraction=config.val_fraction, seed=config.seed, verbose=is_main,
-    )
-    train_set, val_set = (
-        PersonDataset(_seeded_subset(splits[name], config.subset, config.seed + offset), config.model.input_size,
-                      cache=config.cache, cache_dir=config.cache_dir)
-        for name, offset in (("train", 0), ("val", 1))
-    )
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise UserError(f"{config.data}: empty training or validation set ({len(train_set)} / {len(val_set)})")
+    log = RunLog(run_dir / "train.log" if is_main else None)
+    train_set, val_set = _load_data(config, log, is_main)
+    if is_main and train_set.using_cache:
+        cache = train_set._open_cache()
+        invalid = [i for i, row in enumerate(train_set.index.rows) if not cache.valid[row]]
+        _report_unreadable(train_set, invalid, log, "training", "every epoch; listed by `hgpose prepare`")
 
     torch.manual_seed(config.seed)  # any random op of the run is reproducible; --resume restores the state
     model = build_model(config.model, seed=config.seed).to(device).to(memory_format=torch.channels_last)
@@ -248,11 +469,12 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     history: list[dict] = []
     start_epoch, start_step, carried = 1, 0, {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}
 
-    log = RunLog(run_dir / "train.log" if is_main else None)
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "checkpoints").mkdir(exist_ok=True)
-    if resume:
+    has_checkpoint = (run_dir / "last.safetensors").is_file()
+    if resume and is_main:
+        _record_moved_data(run_dir, config)
+    if resume and has_checkpoint:
         state = load_training_checkpoint(run_dir / "last.safetensors", model, optimizer)
         history, schedule = state["history"], PlateauDrop(**state["schedule"])
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
@@ -261,7 +483,9 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             write_metrics_csv(run_dir / "metrics.csv", history)  # drop any row written after `last`
             log(f"resuming {run_dir} at epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
     elif is_main:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if resume:
+            log(f"resuming {run_dir}: it stopped before its first checkpoint, so it starts at epoch 1")
+        _write_run_config(run_dir, config)
         log(f"training {run_dir}: {len(train_set)} train / {len(val_set)} val instances, "
             f"{'cache' if train_set.using_cache else 'raw JPEG'} data, device {device}, "
             f"{ctx.world_size} process(es), precision {precision}")
@@ -274,6 +498,10 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     per_rank_batch = config.batch_size // ctx.world_size
     heatmap_size = config.model.heatmap_size
     normalizer = seed_normalizer(heatmap_size)
+    drop_last = _lone_last_sample(len(train_set), ctx.world_size, per_rank_batch, config.model)
+    if drop_last and is_main and start_epoch == 1 and start_step == 0:
+        log("the last batch of every epoch would hold one sample, which batch norm cannot train on at this "
+            "model's 1x1 bottleneck: that sample is left out of each epoch")
 
     def save_last(epoch: int, step_in_epoch: int, partial: dict) -> None:
         if is_main:
@@ -282,12 +510,19 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                 "schedule": asdict(schedule), "history": history,
             })
 
-    with _StopRequest() as stop:
+    def stop(reason: str, epoch: int, hint: str = ""):
+        """A run that cannot go on: one line, and the checkpoints of earlier epochs stay as they are."""
+        if is_main:
+            log(f"{reason} in epoch {epoch}: stopping; the checkpoints of earlier epochs in {run_dir} are intact")
+        dist.cleanup()
+        raise UserError(f"{run_dir}: {reason} in epoch {epoch}{hint}")
+
+    with _StopRequest() as stop_request:
         for epoch in range(start_epoch, config.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             skip = start_step if epoch == start_epoch else 0
             loader = make_loader(train_set, per_rank_batch, shuffle=True, seed=config.seed, epoch=epoch,
-                                 workers=config.workers, device=device, drop_last=False,
+                                 workers=config.workers, device=device, drop_last=drop_last,
                                  rank=ctx.rank, world_size=ctx.world_size, start=skip * per_rank_batch)
             loss_sum = torch.tensor(carried["loss_sum"] if skip else 0.0, dtype=torch.float64, device=device)
             samples = carried["samples"] if skip else 0
@@ -299,9 +534,12 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                        disable=not (is_main and config.progress), dynamic_ncols=True, leave=False)
             step = skip
             images_done = 0
+            invalid_seen: list[int] = []
             for batch in loader:
                 loss = train_step(train_model, optimizer, batch, device, precision, heatmap_size)
                 n = int(batch["valid"].sum())
+                if n < len(batch["valid"]):
+                    invalid_seen += batch["index"][~batch["valid"]].tolist()
                 loss_sum += loss.double() * n
                 samples += n
                 images_done += len(batch["valid"])
@@ -310,30 +548,40 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                 if step % 20 == 0 or step == steps_in_epoch:  # a host sync every 20 steps, not every step
                     running = loss_sum.item() / max(samples, 1)
                     if not math.isfinite(running):
-                        _stop_on_nan(log, run_dir, epoch)
+                        stop(NON_FINITE_LOSS, epoch, LOWER_LR_HINT)
                     rate = images_done * ctx.world_size / (time.perf_counter() - started)
                     bar.set_postfix(loss=f"{running:.3e}", img_s=f"{rate:.1f}")
-                if stop.requested and ctx.world_size == 1 and step < steps_in_epoch:
+                if stop_request.requested and ctx.world_size == 1 and step < steps_in_epoch:
                     break  # under torchrun the ranks stop together at the end of the epoch instead
             bar.close()
-            if stop.requested and ctx.world_size == 1 and step < steps_in_epoch:
+            if stop_request.requested and ctx.world_size == 1 and step < steps_in_epoch:
                 partial = {"loss_sum": float(loss_sum.item()), "samples": samples,
                            "seconds": seconds_before + time.perf_counter() - started}
                 save_last(epoch, step, partial)
                 if is_main:
                     log(f"interrupted at epoch {epoch}, step {step}/{steps_in_epoch}; resume with:\n"
-                        f"  hgpose train --resume {run_dir}")
+                        f"  {resume_command(run_dir)}")
                 dist.cleanup()
                 return run_dir
 
+            if is_main and epoch == start_epoch and not train_set.using_cache:
+                _report_unreadable(train_set, invalid_seen, log, "training", f"epoch {epoch}")
             total_loss, total_samples = ctx.all_reduce_sum(loss_sum, samples)
-            train_loss = total_loss / max(total_samples, 1)
+            if total_samples == 0:
+                stop(f"no readable training sample in {config.data}", epoch)
+            train_loss = total_loss / total_samples
             if not math.isfinite(train_loss):
-                _stop_on_nan(log, run_dir, epoch)
+                stop(NON_FINITE_LOSS, epoch, LOWER_LR_HINT)
+            bad_tensor = _non_finite_tensor(model)
+            if bad_tensor:
+                stop(f"the model diverged: {bad_tensor} holds NaN or infinite values", epoch, LOWER_LR_HINT)
             val_loader = make_loader(val_set, per_rank_batch * 2, shuffle=False, workers=config.workers,
                                      device=device, rank=ctx.rank, world_size=ctx.world_size)
             result = infer(model, val_loader, device=device, precision=precision, progress=False)
             val_pck = pck(result.coords, result.gt, result.visibility, normalizer).overall
+            if not (math.isfinite(result.loss) and math.isfinite(val_pck)):
+                stop(f"validation gave a non-finite result (val loss {result.loss}, val PCK {val_pck}; "
+                     f"{int((~result.valid).sum())} of {len(result.valid)} val samples unreadable)", epoch)
             row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": result.loss,
                    "val_pck": val_pck, "epoch_seconds": seconds_before + time.perf_counter() - started}
             history.append(row)
@@ -355,21 +603,39 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                 if dropped:
                     log(f"val PCK has not improved for {config.lr_patience} epochs: learning rate x{config.lr_factor}"
                         f" from epoch {epoch + 1} on (dropped after epoch {epoch}, once)")
-            if ctx.any(stop.requested):
-                if is_main:
-                    log(f"interrupted after epoch {epoch}; resume with:\n  hgpose train --resume {run_dir}")
-                dist.cleanup()
-                return run_dir
+            if ctx.any(stop_request.requested):
+                if is_main and epoch < config.epochs:
+                    log(f"interrupted after epoch {epoch}; resume with:\n  {resume_command(run_dir)}")
+                    dist.cleanup()
+                    return run_dir
+                if epoch < config.epochs:
+                    dist.cleanup()
+                    return run_dir
     if is_main:
-        best = max(history, key=lambda r: r["val_pck"]) if history else None
-        if best:
-            log(f"done: best val PCK {best['val_pck']:.4f} at epoch {best['epoch']} -> {run_dir / 'best.safetensors'}")
+        best = max(history, key=lambda r: r["val_pck"])
+        log(f"done: best val PCK {best['val_pck']:.4f} at epoch {best['epoch']} -> {run_dir / 'best.safetensors'}")
     dist.cleanup()
     return run_dir
 
 
-def _stop_on_nan(log: RunLog, run_dir: Path, epoch: int):
-    log(f"non-finite training loss in epoch {epoch}: stopping; the checkpoints of earlier epochs in "
-        f"{run_dir} are intact (try a lower --lr or --precision fp32)")
-    dist.cleanup()
-    raise UserError(f"{run_dir}: training loss became NaN or infinite in epoch {epoch}")
+NON_FINITE_LOSS = "training loss became NaN or infinite"
+LOWER_LR_HINT = " (try a lower --lr or --precision fp32)"
+
+
+def _record_moved_data(run_dir: Path, config: TrainConfig) -> None:
+    """After `--resume --data NEWPATH` (checked by resume_config), config.yaml points at the new place."""
+    record = _read_run_yaml(run_dir)
+    if record.get("data") != config.data:
+        record["data"] = str(Path(config.data).resolve())
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
+
+
+def _write_run_config(run_dir: Path, config: TrainConfig) -> None:
+    """config.yaml: every option, the data root absolute (a run resumes from any directory), the root
+    as typed, and the annotations' sha1 (so --resume may accept the same data at a new path)."""
+    typed = config.data
+    config.data = str(Path(config.data).resolve())
+    if config.cache_dir:
+        config.cache_dir = str(Path(config.cache_dir).resolve())
+    record = {**config.to_dict(), "data_as_typed": typed, "annotations_sha1": annotations_sha1(config)}
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from hgpose.device import resolve_device  # noqa: F401  (re-exported for the command modules)
 from hgpose.fileio import UserError
 from hgpose.model import ModelConfig
 
@@ -57,17 +58,3 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1")
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"--device {name}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return device

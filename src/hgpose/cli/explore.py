@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from hgpose.cli.common import add_device_argument, resolve_device
+from hgpose.cli.common import add_device_argument
+from hgpose.device import resolve_device
 from hgpose.fileio import UserError
 
 HELP = "look inside a trained model: a self-contained HTML report of seven analyses"

@@ -1,7 +1,8 @@
 import sys
 from pathlib import Path
 
-from hgpose.cli.common import add_device_argument, resolve_device
+from hgpose.cli.common import add_device_argument
+from hgpose.device import resolve_device
 from hgpose.fileio import UserError
 
 HELP = "predict keypoints on images or folders: COCO results JSON and skeleton overlays"

@@ -1,6 +1,8 @@
 import argparse
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
+
+import yaml
 
 from hgpose.cli.common import add_model_arguments, model_config_from_args
 from hgpose.fileio import UserError
@@ -38,6 +40,9 @@ def add_arguments(parser):
     parser.add_argument("--data", type=Path, help="COCO-style root with annotations/ and image folders")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/train, runs/train2, ...)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument("--config", type=Path, metavar="YAML",
+                        help="start from a file of options with the keys of a run's config.yaml (e.g. "
+                        "configs/seed.yaml); flags given here override it")
     for name, kind, default, text in OPTIONS:
         choices = {"precision": PRECISIONS, "cache": ["auto", "off"]}.get(name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices,
@@ -60,28 +65,67 @@ def _given(args) -> dict:
     return given
 
 
-def run(args):
-    from hgpose.train import TrainConfig, resume_config, train
+def config_from_file(path: Path) -> dict:
+    """The options of a --config YAML file (the keys of a run's config.yaml)."""
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of training options")
+    return values
+
+
+def build_config(args):
+    """The TrainConfig the command line asks for: a run's saved config for --resume, else the --config
+    file's options (if any) with the flags given on top."""
+    from hgpose.train import TrainConfig, resume_config
 
     given = _given(args)
     model_given = args.model_config or any(getattr(args, f.name) is not None for f in fields(ModelConfig))
     if args.resume:
+        if args.config:
+            raise UserError("--config starts a new run; --resume continues one with its own config.yaml")
         if model_given:
             saved = resume_config(args.resume, {}).model
             if model_config_from_args(args) != saved:
                 raise UserError(f"{args.resume}: --resume with a model config that differs from the run's")
         config = resume_config(args.resume, given)
     else:
-        if args.data is None:
-            raise UserError("--data DIR is required (or --resume RUN_DIR)")
-        config = TrainConfig(**given, out=str(args.out) if args.out else None, model=model_config_from_args(args))
-    run_dir = train(config, resume=args.resume)
+        values = config_from_file(args.config) if args.config else {}
+        values = values | given | ({"out": str(args.out)} if args.out else {})
+        file_model = values.get("model") or {}
+        if not isinstance(file_model, dict):
+            raise UserError(f"{args.config}: model must be a mapping of model fields")
+        flags_model = {k: v for k, v in asdict(model_config_from_args(args)).items() if _model_flag_given(args, k)}
+        try:
+            values["model"] = ModelConfig.from_dict(file_model | flags_model)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{args.config or 'model flags'}: {exc}") from None
+        if not values.get("data"):
+            raise UserError("--data DIR is required (or --resume RUN_DIR, or a --config file with data:)")
+        config = TrainConfig.from_mapping(values, args.config or "options")
+    return config
+
+
+def run(args):
+    from hgpose.train import train
+
+    run_dir = train(build_config(args), resume=args.resume)
     if not args.no_report and _is_main_process() and (run_dir / "metrics.csv").is_file():
         from hgpose.report import write_report
 
         outputs = write_report(run_dir)
         print("report: " + ", ".join(str(p) for p in outputs.values()))
     return 0
+
+
+def _model_flag_given(args, name: str) -> bool:
+    """Whether a model field came from a model flag or --model-config (else the --config file's
+    value, or the default, stands)."""
+    return bool(args.model_config) or getattr(args, name, None) is not None
 
 
 def _is_main_process() -> bool:
