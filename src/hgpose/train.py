@@ -32,7 +32,7 @@ from hgpose.allocator import keep_freed_memory
 from hgpose.checkpoint import load_training_checkpoint, save_training_checkpoint
 from hgpose.data.coco import build_splits
 from hgpose.data.dataset import PersonDataset
-from hgpose.data.loader import make_loader
+from hgpose.data.loader import device_batches, make_loader
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import infer, pck, seed_normalizer
 from hgpose.fileio import UserError, atomic_write_text
@@ -299,7 +299,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                        disable=not (is_main and config.progress), dynamic_ncols=True, leave=False)
             step = skip
             images_done = 0
-            for batch in loader:
+            for batch in device_batches(loader, device):  # on CUDA: the next copy overlaps this step
                 loss = train_step(train_model, optimizer, batch, device, precision, heatmap_size)
                 n = int(batch["valid"].sum())
                 loss_sum += loss.double() * n
