@@ -252,30 +252,73 @@ def _gather_ranks(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([g[key] for g in gathered]) for key in parts}
 
 
+class _Outputs:
+    """Per-sample results written into tensors allocated once, at the first batch, for as many
+    samples as the loader announces: no per-batch allocation outlives its batch, so memory stays
+    flat over any number of batches (small per-batch tensors kept in lists pinned freed large
+    blocks: +2.8 GB of heap over a val2017 pass). A loader that yields more than it announced
+    (a plain iterable) only costs a doubling now and then."""
+
+    def __init__(self, capacity: int, device):
+        self.capacity, self.device, self.filled = max(int(capacity), 1), device, 0
+        self.arrays: dict[str, torch.Tensor] = {}
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        n = len(next(iter(values.values())))
+        if self.filled + n > self.capacity:
+            while self.filled + n > self.capacity:
+                self.capacity *= 2
+            for key, old in self.arrays.items():
+                self.arrays[key] = torch.empty((self.capacity, *old.shape[1:]), dtype=old.dtype, device=self.device)
+                self.arrays[key][: self.filled] = old[: self.filled]
+        for key, value in values.items():
+            if key not in self.arrays:
+                self.arrays[key] = torch.empty((self.capacity, *value.shape[1:]), dtype=value.dtype,
+                                               device=self.device)
+            self.arrays[key][self.filled : self.filled + n] = value
+        self.filled += n
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        return {key: value[: self.filled].cpu().numpy() for key, value in self.arrays.items()}
+
+
+def _announced(loader) -> tuple[int, int]:
+    """(samples, batches) a DataLoader will yield (0 when unknown: a plain iterable of batches)."""
+    from torch.utils.data import BatchSampler, DataLoader
+
+    if not isinstance(loader, DataLoader):
+        return 0, 0
+    sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+    samples = len(sampler.sampler) if isinstance(sampler, BatchSampler) else 0
+    return samples, len(loader)
+
+
 @torch.no_grad()  # not inference_mode: the channels-last parameters must stay usable for training
 def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool = True,
           compute_loss: bool = True, bearpaw: bool = False, progress: bool = True,
           desc: str = "val") -> Inference:
     """Run `model` (eval mode, last stack) over `loader`'s batches and decode every prediction.
 
-    Results stay on the device until the end (one transfer, no per-batch host sync). Under
-    torch.distributed every rank returns the whole split, each sample once (padding repeats dropped
-    by index). channels_last converts the model in place (as training does). The model's train/eval
-    mode is restored afterwards.
+    Results stay on the device until the end (one transfer, no per-batch host sync), in arrays
+    allocated once (memory stays flat over any number of batches). Under torch.distributed every
+    rank returns the whole split, each sample once (padding repeats dropped by index).
+    channels_last converts the model in place (as training does). The model's train/eval mode is
+    restored afterwards.
     """
     from tqdm import tqdm
+
+    from hgpose.data.loader import device_batches
 
     device = torch.device(device)
     was_training = model.training
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    keys = ("indices", "coords", "confidence", "gt", "visibility", "valid", "sample_loss", "bearpaw")
-    outputs: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    batch_sizes = []
+    samples, batches = _announced(loader)
+    outputs, per_batch = _Outputs(samples, device), _Outputs(batches, device)
     try:
         bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
-        for batch in bar:
+        for batch in device_batches(bar, device):
             images = to_model_input(batch["image"].to(device, non_blocking=True))
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -286,26 +329,28 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
                 heatmaps = model(images)
             heatmaps = heatmaps.float()
             coords, confidence = decode_heatmaps(heatmaps)
+            row = {"indices": batch["index"].to(device), "coords": coords, "confidence": confidence,
+                   "gt": keypoints, "visibility": visibility, "valid": valid}
             if compute_loss or bearpaw:
                 targets, _ = render_heatmaps(keypoints, visibility, heatmaps.shape[-1])
             if compute_loss:
                 # per sample, so that the mean over the split is exact after dropping DDP padding;
                 # the same MSE as heatmap_loss (mean over every element of the sample's maps)
-                outputs["sample_loss"].append(((heatmaps - targets) ** 2).mean(dim=(1, 2, 3)))
+                row["sample_loss"] = ((heatmaps - targets) ** 2).mean(dim=(1, 2, 3))
             if bearpaw:
-                outputs["bearpaw"].append(pck_bearpaw(heatmaps, targets))
-                batch_sizes.append(len(images))
-            for key, value in (("indices", batch["index"]), ("coords", coords), ("confidence", confidence),
-                               ("gt", keypoints), ("visibility", visibility), ("valid", valid)):
-                outputs[key].append(value.to(device))
+                per_batch.add({"rows": pck_bearpaw(heatmaps, targets).unsqueeze(0),
+                               "sizes": torch.tensor([len(images)], device=device)})
+            outputs.add(row)
+            del heatmaps, images, row
     finally:
         model.train(was_training)
 
-    if not outputs["indices"]:
+    if not outputs.filled:
         raise UserError("nothing to evaluate: the split is empty")
-    parts = {key: torch.cat(values).cpu().numpy() for key, values in outputs.items()
-             if values and key != "bearpaw"}
-    bearpaw_rows = torch.stack(outputs["bearpaw"]).cpu().numpy() if bearpaw else None
+    parts = outputs.numpy()
+    batch_parts = per_batch.numpy() if bearpaw else {}
+    bearpaw_rows = batch_parts.get("rows")
+    batch_sizes = batch_parts.get("sizes", np.zeros(0, np.int64)).tolist()
     parts = _gather_ranks(parts)
     if bearpaw:
         bearpaw_rows = _gather_ranks({"rows": bearpaw_rows, "sizes": np.asarray(batch_sizes)})
