@@ -1,5 +1,7 @@
 """Evaluation: decoding, PCK (the seed's and bearpaw's), COCO keypoint AP, infer, evaluate_checkpoint."""
 
+import contextlib
+import io
 import json
 import math
 from types import SimpleNamespace
@@ -458,3 +460,28 @@ print(rss[75], rss[175])
     assert done.returncode == 0, done.stderr
     at_75, at_175 = map(int, done.stdout.split())
     assert at_175 - at_75 < 8 << 20, f"RSS grew {(at_175 - at_75) / 2**20:.1f} MB over 100 batches"
+
+
+def test_coco_ground_truth_holds_only_the_evaluated_images_and_scores_as_the_whole_file(tmp_path):
+    from hgpose.evaluate import coco_ground_truth
+
+    data = write_coco(tmp_path / "gt.json", people_per_image=(2, 1, 3, 1))
+    for ann in data["annotations"]:
+        ann["segmentation"] = [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]
+    data["annotations"][4]["iscrowd"] = 1  # crowd people are ground truth too (ignored regions)
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    chosen = [2, 3]
+    gt = coco_ground_truth(tmp_path / "gt.json", chosen)
+    assert sorted(gt.getImgIds()) == chosen
+    assert sorted(gt.getAnnIds()) == [a["id"] for a in data["annotations"] if a["image_id"] in chosen]
+    assert all("segmentation" not in a for a in gt.dataset["annotations"])
+
+    anns = [a for a in data["annotations"] if a["image_id"] in chosen]
+    points = np.array([a["keypoints"] for a in anns]).reshape(-1, 17, 3)[..., :2]
+    noisy = points + np.random.default_rng(0).normal(scale=3.0, size=points.shape)
+    results = coco_results([a["image_id"] for a in anns], noisy, np.full(points.shape[:2], 0.8))
+    with contextlib.redirect_stdout(io.StringIO()):
+        whole = COCO(str(tmp_path / "gt.json"))
+    subset_stats = coco_keypoint_stats(tmp_path / "gt.json", results, chosen)
+    assert subset_stats == coco_keypoint_stats(whole, results, chosen)
+    assert 0 < subset_stats["AP"] < 1

@@ -409,22 +409,47 @@ def coco_results(image_ids, image_points, confidence) -> list[dict]:
 
 
 def coco_keypoint_stats(annotation_file, results: list[dict], image_ids) -> dict[str, float | None]:
-    """pycocotools COCOeval('keypoints') summary stats, restricted to `image_ids`; None where
-    undefined (pycocotools' -1). Its printing is silenced."""
+    """pycocotools COCOeval('keypoints') summary stats over `image_ids`; None where undefined
+    (pycocotools' -1). From a file, the ground truth holds only those images and their annotations
+    (coco_ground_truth); a COCO object is used as it is. Its printing is silenced."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     if not results:
         return dict.fromkeys(COCO_STAT_NAMES)
+    image_ids = sorted({int(i) for i in image_ids})
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = annotation_file if isinstance(annotation_file, COCO) else COCO(str(annotation_file))
+        coco_gt = annotation_file if isinstance(annotation_file, COCO) \
+            else coco_ground_truth(annotation_file, image_ids)
         coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds fields to its input
         evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
-        evaluator.params.imgIds = sorted({int(i) for i in image_ids})
+        evaluator.params.imgIds = image_ids
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return {name: (None if v < 0 else float(v)) for name, v in zip(COCO_STAT_NAMES, evaluator.stats)}
+
+
+def coco_ground_truth(annotation_file, image_ids):
+    """A pycocotools COCO of just `image_ids` and their annotations, segmentation dropped (keypoint
+    OKS never reads it). Scoring 7.5k held-out people then indexes those, not all of train2017's."""
+    from pycocotools.coco import COCO
+
+    from hgpose.data.coco import read_annotation_json
+
+    data = read_annotation_json(Path(annotation_file))
+    wanted = {int(i) for i in image_ids}
+    coco = COCO()
+    coco.dataset = {
+        "images": [image for image in data["images"] if image["id"] in wanted],
+        "annotations": [{key: value for key, value in ann.items() if key != "segmentation"}
+                        for ann in data["annotations"] if ann.get("image_id") in wanted],
+        "categories": data["categories"],
+    }
+    del data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
 
 
 def evaluate_inference(inference: Inference, dataset, thresholds=None, threshold: float = PCK_THRESHOLD,
