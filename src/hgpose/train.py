@@ -30,6 +30,7 @@ from tqdm import tqdm
 from hgpose import distributed as dist
 from hgpose.allocator import keep_freed_memory
 from hgpose.checkpoint import load_training_checkpoint, save_training_checkpoint
+from hgpose.compile_modes import begin_step, compile_mode, compile_step_model
 from hgpose.data.coco import build_splits
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.loader import device_batches, make_loader
@@ -57,7 +58,7 @@ class TrainConfig:
     precision: str = "auto"  # bf16 where the hardware has it (no accuracy cost on the demo), else fp32
     device: str = "auto"
     workers: int = 2
-    compile: bool = False
+    compile: str = "off"  # off, default (torch.compile) or reduce-overhead (CUDA graphs); see compile_modes
     sync_bn: bool = False
     subset: int | None = None  # a seeded random N training (and at most N validation) instances
     train_split: str = "train2017"
@@ -71,6 +72,7 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
+        self.compile = compile_mode(self.compile)  # runs saved with compile: true/false still load
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "lr_patience"):
@@ -269,8 +271,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     if config.sync_bn and ctx.world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_model = ctx.wrap(model)
-    if config.compile:  # about 1.5 min of compilation on a 2-core CPU before the first step
-        train_model = torch.compile(train_model)
+    # about 1.5 min of compilation on a 2-core CPU before the first step
+    train_model, uses_graphs = compile_step_model(train_model, config.compile, device)
     per_rank_batch = config.batch_size // ctx.world_size
     heatmap_size = config.model.heatmap_size
     normalizer = seed_normalizer(heatmap_size)
@@ -300,6 +302,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             step = skip
             images_done = 0
             for batch in device_batches(loader, device):  # on CUDA: the next copy overlaps this step
+                begin_step(uses_graphs)
                 loss = train_step(train_model, optimizer, batch, device, precision, heatmap_size)
                 n = int(batch["valid"].sum())
                 loss_sum += loss.double() * n
