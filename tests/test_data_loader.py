@@ -76,11 +76,12 @@ def _same_batches(a, b):
 
 
 def test_cache_loader_reads_whole_batches_equal_to_the_per_sample_path(synth_dataset, tmp_path):
-    from hgpose.data.loader import CachedBatches
+    from hgpose.data.loader import BatchLoader, CachedBatches
 
     raw, cached = _prepared(synth_dataset, tmp_path, "val")  # a held-out part: rows are not 0..N-1
     loader = make_loader(cached, 5, shuffle=True, seed=3, epoch=1)
-    assert isinstance(loader.dataset, CachedBatches) and loader.batch_size is None
+    assert isinstance(loader, BatchLoader) and isinstance(loader.dataset, CachedBatches)
+    assert len(loader) == 2 and len(loader.sampler.sampler) == 10  # 10 samples in batches of 5
     for options in ({"shuffle": True, "seed": 3, "epoch": 1}, {"shuffle": False},
                     {"shuffle": True, "seed": 3, "epoch": 2, "start": 5},  # resuming inside an epoch
                     {"shuffle": True, "seed": 3, "epoch": 2, "rank": 1, "world_size": 3},
@@ -90,8 +91,9 @@ def test_cache_loader_reads_whole_batches_equal_to_the_per_sample_path(synth_dat
 
 def test_cache_loader_with_workers_gives_the_same_batches(synth_dataset, tmp_path):
     _, cached = _prepared(synth_dataset, tmp_path)
-    _same_batches(make_loader(cached, 8, shuffle=True, seed=1, epoch=4, workers=0),
-                  make_loader(cached, 8, shuffle=True, seed=1, epoch=4, workers=2))
+    for batch_size in (8, 2):  # 17 batches of 2: the workers' ring of 6 slots wraps around twice
+        _same_batches(make_loader(cached, batch_size, shuffle=True, seed=1, epoch=4, workers=0),
+                      make_loader(cached, batch_size, shuffle=True, seed=1, epoch=4, workers=2))
 
 
 def test_invalid_rows_come_back_invalid_in_a_batch(tiny_coco, tmp_path):

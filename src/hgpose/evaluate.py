@@ -284,13 +284,12 @@ class _Outputs:
 
 def _announced(loader) -> tuple[int, int]:
     """(samples, batches) a DataLoader will yield (0 when unknown: a plain iterable of batches)."""
-    from torch.utils.data import BatchSampler, DataLoader
+    from torch.utils.data import BatchSampler
 
-    if not isinstance(loader, DataLoader):
+    sampler = getattr(loader, "batch_sampler", None) or getattr(loader, "sampler", None)
+    if not isinstance(sampler, BatchSampler):
         return 0, 0
-    sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
-    samples = len(sampler.sampler) if isinstance(sampler, BatchSampler) else 0
-    return samples, len(loader)
+    return len(sampler.sampler), len(loader)
 
 
 @torch.no_grad()  # not inference_mode: the channels-last parameters must stay usable for training

@@ -88,9 +88,13 @@ def single_threaded_opencv() -> None:
 class CachedBatches(Dataset):
     """A PersonDataset that reads from a prepared cache, indexed by whole batches.
 
-    dataset[positions] (a list of dataset positions) is the collated batch the per-sample path would
-    give for them: image uint8 (B, 3, S, S), keypoints float32 (B, 17, 2), visibility int64 (B, 17)
-    (0 for an invalid sample), index int64 (B,), valid bool (B,).
+    dataset[(number, positions)] is batch `number` of the epoch, the dataset positions `positions`:
+    image uint8 (B, 3, S, S), keypoints float32 (B, 17, 2), visibility int64 (B, 17) (0 for an invalid
+    sample), index int64 (B,), valid bool (B,), as numpy arrays (BatchLoader makes them the tensors
+    the per-sample path collates). In a worker process the crops go into slot number % R of a
+    shared-memory ring instead, and "image" is that slot: handing a tensor from a worker to the main
+    process costs a new shared-memory segment and a file-descriptor handover each time (~1 ms a
+    tensor, several times the reading itself), a slot number costs nothing.
     """
 
     def __init__(self, dataset):
@@ -100,32 +104,93 @@ class CachedBatches(Dataset):
         self.rows = np.asarray(dataset.index.rows, dtype=np.int64)
         self.keypoints = dataset.keypoints
         self.visibility = dataset.visibility
+        self.ring: torch.Tensor | None = None  # (R, batch, 3, S, S) uint8 shared memory, set by BatchLoader
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, positions) -> dict:
+    def __getitem__(self, item) -> dict:
+        number, positions = item
         positions = np.asarray(positions, dtype=np.int64)
         rows = self.rows[positions]
-        images = torch.empty((len(rows), *self.reader.row_shape), dtype=torch.uint8)
-        self.reader.read_rows(rows, out=images.numpy())
+        if self.ring is not None and torch.utils.data.get_worker_info() is not None:
+            slot = number % len(self.ring)
+            self.reader.read_rows(rows, out=self.ring[slot, : len(rows)].numpy())
+            image = slot
+        else:
+            image = self.reader.read_rows(rows)
         valid = self.reader.valid[rows]
         return {
-            "image": images,
-            "keypoints": torch.from_numpy(self.keypoints[positions]),
-            "visibility": torch.from_numpy(self.visibility[positions] * valid[:, None]),
-            "index": torch.from_numpy(positions),
-            "valid": torch.from_numpy(valid),
+            "image": image,
+            "keypoints": self.keypoints[positions],
+            "visibility": self.visibility[positions] * valid[:, None],
+            "index": positions,
+            "valid": valid,
         }
+
+
+class _NumberedBatches(Sampler):
+    """(batch number, positions) for each batch of a BatchSampler."""
+
+    def __init__(self, batches: BatchSampler):
+        self.batches = batches
+
+    def __iter__(self):
+        return enumerate(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def _as_is(batch):
     return batch
 
 
+class BatchLoader:
+    """Iterates a DataLoader of CachedBatches, yielding dicts of tensors like a DataLoader's.
+
+    With workers, a ring of R = workers x prefetch + 2 batch slots in shared memory is made before
+    they start (they inherit it): the DataLoader never has more than workers x prefetch batches in
+    flight beyond the one it hands over, so a slot is rewritten only after its batch was copied out.
+    On CUDA the copy goes to pinned memory (what pin_memory would have done).
+    """
+
+    def __init__(self, loader: DataLoader, batch_sampler: BatchSampler, pin_memory: bool):
+        self.loader, self.sampler, self.pin_memory = loader, batch_sampler, pin_memory
+        self.batch_sampler, self.batch_size, self.dataset = None, None, loader.dataset
+        self.num_workers = loader.num_workers
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        dataset: CachedBatches = self.loader.dataset
+        ring = None
+        if self.num_workers:
+            slots = self.num_workers * self.loader.prefetch_factor + 2
+            shape = (slots, self.sampler.batch_size, *dataset.reader.row_shape)
+            storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+            ring = torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
+        dataset.ring = ring
+        try:
+            for batch in self.loader:
+                image = batch["image"]
+                if isinstance(image, int):
+                    source = ring[image, : len(batch["valid"])]
+                    image = torch.empty(source.shape, dtype=torch.uint8, pin_memory=self.pin_memory)
+                    image.copy_(source)
+                else:
+                    image = torch.from_numpy(image)
+                    image = image.pin_memory() if self.pin_memory else image
+                yield {"image": image, **{key: torch.from_numpy(batch[key])
+                                          for key in ("keypoints", "visibility", "index", "valid")}}
+        finally:
+            dataset.ring = None
+
+
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, workers: int = 0,
                 device="cpu", drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                start: int = 0) -> DataLoader:
+                start: int = 0) -> DataLoader | BatchLoader:
     """A DataLoader for one epoch (make a new one per epoch; workers are not persistent).
 
     start: skip the first `start` samples of this rank's order (resuming inside an epoch).
@@ -144,9 +209,12 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch
         "persistent_workers": False,
     }
     if getattr(dataset, "using_cache", False):
-        return DataLoader(CachedBatches(dataset), batch_size=None, collate_fn=_as_is,
-                          sampler=BatchSampler(sampler, batch_size, drop_last),
-                          prefetch_factor=2 if workers else None, **common)
+        batches = BatchSampler(sampler, batch_size, drop_last)
+        pin = common.pop("pin_memory")
+        loader = DataLoader(CachedBatches(dataset), batch_size=None, collate_fn=_as_is,
+                            sampler=_NumberedBatches(batches), pin_memory=False,
+                            prefetch_factor=2 if workers else None, **common)
+        return BatchLoader(loader, batches, pin)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                       prefetch_factor=4 if workers else None, **common)
 
