@@ -19,7 +19,7 @@ Targets on the project's 2-core CPU (after, warm, 2 workers): >= 5,000 samples/s
 per CPU-second, and so a data-only epoch of 149,813 samples in <= 60 s.
 
 A 149,813-row cache at 256 px is 29.5 GB: the benchmark checks the free space of --dir and uses
-fewer rows when it must (it says so). --quick: 4,000 rows at 64 px, short runs (a smoke test).
+fewer rows when it must (it says so). --quick: 4,000 rows at 64 px, 0.5 s runs (a smoke test).
 
     python benchmarks/data_pipeline.py [--rows 149813] [--input-size 256] [--seconds 8] [--dir /tmp] [--quick]
 """
@@ -204,10 +204,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the cache is built")
     parser.add_argument("--prepare-images", type=int, default=300, help="generated JPEGs for the prepare figures")
-    parser.add_argument("--quick", action="store_true", help="4,000 rows at 64 px, 1 s runs: a smoke test")
+    parser.add_argument("--quick", action="store_true", help="4,000 rows at 64 px, 0.5 s runs: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rows, args.input_size, args.seconds, args.prepare_images = 4000, 64, 1.0, 24
+        args.rows, args.input_size, args.seconds, args.prepare_images = 4000, 64, 0.5, 24
     torch.set_num_threads(1)
     row_bytes = 3 * args.input_size ** 2
     args.dir.mkdir(parents=True, exist_ok=True)
