@@ -199,6 +199,24 @@ def test_reading_rows_from_disk_reads_only_those_rows(synth_dataset, tmp_path):
     assert needed <= read <= needed + len(rows) * 4096  # at most a page of rounding per row
 
 
+def test_prepare_reads_about_the_source_image_bytes(synth_dataset, tmp_path):
+    """Crops are written with pwrite: nothing of the cache is read back while it is built."""
+    jpegs = sorted((synth_dataset / "train2017").glob("*.jpg"))
+    index = load_split(synth_dataset, "train2017")
+    for jpeg in jpegs:
+        fd = os.open(jpeg, os.O_RDONLY)
+        os.fsync(fd)  # written moments ago by the fixture: only clean pages can be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    before = _read_bytes()
+    _prepare(synth_dataset, tmp_path, workers=1, index=index)  # in this process: its reads count here
+    read = _read_bytes() - before
+    if read == 0:
+        pytest.skip("this filesystem reports no read_bytes (or keeps the pages)")
+    source = sum(j.stat().st_size for j in jpegs)
+    assert 0.9 * source <= read <= 1.1 * source + 64 * 4096
+
+
 # --- building: disk full, dying worker, Ctrl-C, two at once ---------------------------------------------
 
 
