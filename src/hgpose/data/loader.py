@@ -219,10 +219,14 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch
                       prefetch_factor=4 if workers else None, **common)
 
 
+# moved ahead on CUDA; "valid" and "index" stay on the host, where the loops count them without a sync
+_PREFETCHED = {"image", "keypoints", "visibility"}
+
+
 def device_batches(batches, device):
-    """Yield the loader's batches on `device`. On CUDA the next batch is copied on a side stream
-    while the caller works on the current one (pinned memory + non_blocking copies); elsewhere the
-    batches pass through unchanged (the step moves them)."""
+    """Yield the loader's batches with their image, keypoints and visibility on `device`. On CUDA the
+    next batch is copied on a side stream while the caller works on the current one (pinned memory +
+    non_blocking copies); elsewhere the batches pass through unchanged (the step moves them)."""
     device = torch.device(device)
     if device.type != "cuda":
         yield from batches
@@ -231,7 +235,8 @@ def device_batches(batches, device):
 
     def to_device(batch):
         with torch.cuda.stream(copy_stream):
-            return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+            return {key: value.to(device, non_blocking=True) if key in _PREFETCHED else value
+                    for key, value in batch.items()}
 
     batches = iter(batches)
     upcoming = next(batches, None)
@@ -239,8 +244,8 @@ def device_batches(batches, device):
     while upcoming is not None:
         current, compute = upcoming, torch.cuda.current_stream(device)
         compute.wait_stream(copy_stream)
-        for value in current.values():
-            value.record_stream(compute)  # the copy stream's memory is in use on this stream now
+        for key in _PREFETCHED & current.keys():
+            current[key].record_stream(compute)  # the copy stream's memory is in use on this stream now
         upcoming = next(batches, None)
         upcoming = to_device(upcoming) if upcoming is not None else None
         yield current
