@@ -220,16 +220,20 @@ def test_prepare_reads_about_the_source_image_bytes(synth_dataset, tmp_path):
 # --- building: disk full, dying worker, Ctrl-C, two at once ---------------------------------------------
 
 
-def _prepare_process(root, cache_dir, *, delay=0.0, workers=2, **popen):
-    """`hgpose prepare` in a child process, each image read `delay` seconds slower."""
+def _prepare_process(root, cache_dir, *, delay=0.0, workers=2, gate=None, **popen):
+    """`hgpose prepare` in a child process, each image read `delay` seconds slower (and not before
+    the file `gate` exists, when given)."""
     argv = ["prepare", "--data", str(root), "--splits", "train2017", "--input-size", "64",
             "--cache-dir", str(cache_dir), "--workers", str(workers), "--no-progress"]
     script = f"""
 import sys, time
 import hgpose.data.cache as c
 from hgpose.data.dataset import read_crops
+from pathlib import Path
 def slow(*args):
     time.sleep({delay})
+    while {str(gate) if gate else ""!r} and not Path({str(gate) if gate else ""!r}).exists():
+        time.sleep(0.02)
     return read_crops(*args)
 c.read_crops = slow
 from hgpose.cli import main
@@ -262,7 +266,7 @@ def _error_lines(stderr: str) -> list[str]:
 def test_a_dying_worker_ends_prepare_with_one_line(synth_dataset, tmp_path):
     child = _prepare_process(synth_dataset, tmp_path, delay=0.3)
     _wait_for(lambda: len(_children(child.pid)) >= 2)
-    time.sleep(0.5)
+    time.sleep(1.0)  # the workers are cropping
     os.kill(_children(child.pid)[0], signal.SIGKILL)
     _, err = child.communicate(timeout=60)  # never a hang
     assert child.returncode == 2, err
@@ -275,7 +279,7 @@ def test_a_dying_worker_ends_prepare_with_one_line(synth_dataset, tmp_path):
 def test_ctrl_c_stops_prepare_with_one_line_and_no_worker_tracebacks(synth_dataset, tmp_path):
     child = _prepare_process(synth_dataset, tmp_path, delay=0.3, start_new_session=True)
     _wait_for(lambda: len(_children(child.pid)) >= 2)
-    time.sleep(0.5)
+    time.sleep(1.0)  # the workers are cropping
     os.killpg(child.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
@@ -285,16 +289,19 @@ def test_ctrl_c_stops_prepare_with_one_line_and_no_worker_tracebacks(synth_datas
 
 @pytest.mark.slow
 def test_two_prepares_at_once_end_with_one_current_cache(synth_dataset, tmp_path):
-    first = _prepare_process(synth_dataset, tmp_path, delay=0.2, workers=1)
-    _wait_for(lambda: list(tmp_path.glob(".train2017_64.tmp-*")))
-    second = _prepare_process(synth_dataset, tmp_path, workers=1)
+    cache_dir, gate = tmp_path / "c", tmp_path / "go"
+    first = _prepare_process(synth_dataset, cache_dir, workers=1, gate=gate)  # holds on until `gate`
+    _wait_for(lambda: list(cache_dir.glob(".train2017_64.tmp-*")))
+    second = _prepare_process(synth_dataset, cache_dir, workers=1)
+    assert "waiting for another hgpose prepare" in second.stderr.readline()
+    gate.touch()
     out1, err1 = first.communicate(timeout=120)
     out2, err2 = second.communicate(timeout=120)
     assert first.returncode == 0 and second.returncode == 0, err1 + err2
-    assert "waiting for another hgpose prepare" in err2 and "built by another prepare" in err2
-    assert [p.name for p in tmp_path.iterdir()] == ["train2017_64"]
+    assert "built by another prepare" in err2
+    assert [p.name for p in cache_dir.iterdir()] == ["train2017_64"]
     json_file, image_dir = annotation_path(synth_dataset, "train2017"), synth_dataset / "train2017"
-    assert check_cache(json_file, image_dir, 64, tmp_path).state == "current"
+    assert check_cache(json_file, image_dir, 64, cache_dir).state == "current"
     assert out1.splitlines()[-1] == out2.splitlines()[-1]  # the same crops counted
 
 
