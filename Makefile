@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 STAMP  := $(VENV)/.hgpose-installed
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/data_pipeline.py
 	$(PY) benchmarks/evaluate.py
+
+# On a machine with a CUDA GPU: step and data benchmarks, a short train, evaluate, export and a
+# torchrun launch, in a few minutes; figures in gpu-check-out/gpu_check.md.
+gpu-check: $(STAMP)
+	PYTHON=$(PY) benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -1,7 +1,9 @@
 """Training-step throughput: a plain eager NCHW fp32 reference step against hgpose's step.
 
 Prints images/s and achieved GFLOP/s (forward + backward, counted by torch's FLOP counter) for each
-variant, side by side, in one run on the current device. Usage:
+variant, side by side, in one run on the current device. On a CUDA device the variants are eager,
+compiled (`--compile default`) and CUDA graphs (`--compile reduce-overhead`), each in fp32 and bf16;
+on the CPU eager fp32 and bf16 (and compiled with --compile). Usage:
 
     python benchmarks/train_step.py [--batch-size 16] [--steps 5] [--device auto] [--input-size 256]
 """
@@ -15,6 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hgpose.allocator import keep_freed_memory
+from hgpose.compile_modes import begin_step, compile_step_model
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.device import resolve_device
 from hgpose.model import ModelConfig, build_model
@@ -57,7 +60,7 @@ def sync(device):
 
 
 def measure(name, step, steps, batch_size, flops, device):
-    for _ in range(3):  # warm-up: oneDNN primitive caches, autotuning, the heap settling
+    for _ in range(3):  # warm-up: oneDNN primitive caches, autotuning, compiling, graph capture
         step()
     sync(device)
     start = time.perf_counter()
@@ -75,7 +78,8 @@ def main():
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps (slow to compile)")
+    parser.add_argument("--compile", action="store_true",
+                        help="on the CPU, also time torch.compile'd steps (slow to compile; always on CUDA)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     config = ModelConfig(input_size=args.input_size, features=args.features)
@@ -94,16 +98,24 @@ def main():
     # from the allocator's.
     if device.type == "cpu" and keep_freed_memory():
         results.append(measure("reference, freed memory kept", reference, args.steps, args.batch_size, flops, device))
-    variants = [("fp32", False), ("bf16", False)] + ([("fp32", True), ("bf16", True)] if args.compile else [])
-    for precision, compiled in variants:
-        model = build_model(config).to(device).to(memory_format=torch.channels_last)
-        opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
-        runner = torch.compile(model) if compiled else model
-        name = f"hgpose channels-last {precision}" + (" compiled" if compiled else "")
-        def step(r=runner, o=opt, p=precision):
-            return train_step(r, o, batch, device, p, config.heatmap_size)
+    if device.type == "cuda":  # what --compile offers on a GPU, side by side
+        modes = ["off", "default", "reduce-overhead"]
+    else:
+        modes = ["off", "default"] if args.compile else ["off"]
+    names = {"off": "eager", "default": "compiled", "reduce-overhead": "CUDA graphs"}
+    for mode in modes:
+        for precision in ("fp32", "bf16"):
+            model = build_model(config).to(device).to(memory_format=torch.channels_last)
+            opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
+            runner, graphs = compile_step_model(model, mode, device)
 
-        results.append(measure(name, step, args.steps, args.batch_size, flops, device))
+            def step(r=runner, o=opt, p=precision, g=graphs):
+                begin_step(g)
+                return train_step(r, o, batch, device, p, config.heatmap_size)
+
+            name = f"hgpose channels-last {precision} {names[mode]}"
+            results.append(measure(name, step, args.steps, args.batch_size, flops, device))
+            print(f"  {name}: {results[-1]['img_s']:.1f} img/s", flush=True)
 
     base, kept = results[0]["img_s"], results[1]["img_s"] if "kept" in results[1]["variant"] else None
     print(f"{'variant':34s} {'img/s':>9s} {'GFLOP/s':>9s} {'vs reference':>13s}"

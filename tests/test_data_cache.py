@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hgpose.data import cache as cache_module
-from hgpose.data.cache import check_cache, find_cache, prepare_cache, read_cache_meta
+from hgpose.data.cache import check_cache, find_cache, open_cache, prepare_cache, read_cache_meta
 from hgpose.data.coco import annotation_path, build_splits, load_split
 from hgpose.data.dataset import PersonDataset
 from hgpose.fileio import UserError
@@ -143,10 +143,186 @@ def test_unreadable_images_are_invalid_rows_counted_in_the_cache(tiny_coco, tmp_
     assert os.stat(path / "meta.json").st_mode & 0o044  # readable by others, like the crops
 
 
-def test_a_split_with_no_kept_instance_prepares_an_empty_cache(tiny_coco, tmp_path):
+def test_a_cache_without_a_usable_crop_is_never_current(tiny_coco, tmp_path):
     tiny_coco.add_person(tiny_coco.add_image(), iscrowd=1)
     root = tiny_coco.write()
-    path = _prepare(root, tmp_path)
-    assert read_cache_meta(path)["count"] == 0
-    dataset = PersonDataset(load_split(root, "train2017"), 64, cache_dir=tmp_path)
-    assert dataset.using_cache and len(dataset) == 0
+    with pytest.raises(UserError, match="no person instance to crop; no cache written"):
+        _prepare(root, tmp_path / "c")
+    missing = tiny_coco.add_image(write=False)
+    tiny_coco.add_person(missing)
+    tiny_coco.write()
+    with pytest.raises(UserError, match=r"none of its 1 instances could be cropped .*missing file"):
+        _prepare(root, tmp_path / "c")
+    assert list((tmp_path / "c").iterdir()) == []
+    assert check_cache(annotation_path(root, "train2017"), root / "train2017", 64, tmp_path / "c").state == "missing"
+    dataset = PersonDataset(load_split(root, "train2017", check_images=False), 64, cache_dir=tmp_path / "c")
+    assert not dataset.using_cache and not dataset[0]["valid"]
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def test_reader_returns_rows_in_the_order_asked_with_repeats(synth_dataset, tmp_path):
+    path = _prepare(synth_dataset, tmp_path, workers=1)
+    reader = open_cache(path)
+    n = reader.count
+    every = reader.read_rows(np.arange(n))
+    raw = PersonDataset(load_split(synth_dataset, "train2017"), 64, cache="off")
+    assert all(np.array_equal(every[i], raw[i]["image"].numpy()) for i in range(n))
+    rows = np.array([n - 1, 3, 4, 5, 0, 3, 1, 2])  # a run of 3, a repeat, out of order
+    assert np.array_equal(reader.read_rows(rows), every[rows])
+    with pytest.raises(IndexError):
+        reader.read_rows([n])
+
+
+def _read_bytes() -> int:
+    for line in open("/proc/self/io"):
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_reading_rows_from_disk_reads_only_those_rows(synth_dataset, tmp_path):
+    """Cold rows (dropped from the page cache) cost their own bytes, not the read-ahead around them."""
+    path = _prepare(synth_dataset, tmp_path, workers=1)
+    reader = open_cache(path)
+    rows = np.arange(0, reader.count, 4)[:12]
+    fd = os.open(path / "crops.u8", os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages (prepare fsynced): dropped
+    os.close(fd)
+    before = _read_bytes()
+    reader.read_rows(rows)
+    read = _read_bytes() - before
+    if read == 0:
+        pytest.skip("this filesystem reports no read_bytes (or keeps the pages)")
+    needed = len(rows) * reader.row_bytes
+    assert needed <= read <= needed + len(rows) * 4096  # at most a page of rounding per row
+
+
+def test_prepare_reads_about_the_source_image_bytes(synth_dataset, tmp_path):
+    """Crops are written with pwrite: nothing of the cache is read back while it is built."""
+    jpegs = sorted((synth_dataset / "train2017").glob("*.jpg"))
+    index = load_split(synth_dataset, "train2017")
+    for jpeg in jpegs:
+        fd = os.open(jpeg, os.O_RDONLY)
+        os.fsync(fd)  # written moments ago by the fixture: only clean pages can be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    before = _read_bytes()
+    _prepare(synth_dataset, tmp_path, workers=1, index=index)  # in this process: its reads count here
+    read = _read_bytes() - before
+    if read == 0:
+        pytest.skip("this filesystem reports no read_bytes (or keeps the pages)")
+    source = sum(j.stat().st_size for j in jpegs)
+    assert 0.9 * source <= read <= 1.1 * source + 64 * 4096
+
+
+# --- building: disk full, dying worker, Ctrl-C, two at once ---------------------------------------------
+
+
+def _prepare_process(root, cache_dir, *, delay=0.0, workers=2, gate=None, **popen):
+    """`hgpose prepare` in a child process, each image read `delay` seconds slower (and not before
+    the file `gate` exists, when given)."""
+    argv = ["prepare", "--data", str(root), "--splits", "train2017", "--input-size", "64",
+            "--cache-dir", str(cache_dir), "--workers", str(workers), "--no-progress"]
+    script = f"""
+import sys, time
+import hgpose.data.cache as c
+from hgpose.data.dataset import read_crops
+from pathlib import Path
+def slow(*args):
+    time.sleep({delay})
+    while {str(gate) if gate else ""!r} and not Path({str(gate) if gate else ""!r}).exists():
+        time.sleep(0.02)
+    return read_crops(*args)
+c.read_crops = slow
+from hgpose.cli import main
+sys.exit(main({argv!r}))
+"""
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def _wait_for(predicate, seconds=60.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(p) for p in f.read().split()]
+    return found
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if not line.startswith(("building", "rebuilding", "train2017:"))]
+
+
+@pytest.mark.slow
+def test_a_dying_worker_ends_prepare_with_one_line(synth_dataset, tmp_path):
+    child = _prepare_process(synth_dataset, tmp_path, delay=0.3)
+    _wait_for(lambda: len(_children(child.pid)) >= 2)
+    time.sleep(1.0)  # the workers are cropping
+    os.kill(_children(child.pid)[0], signal.SIGKILL)
+    _, err = child.communicate(timeout=60)  # never a hang
+    assert child.returncode == 2, err
+    assert _error_lines(err) == [line for line in _error_lines(err) if "worker process died" in line]
+    assert len(_error_lines(err)) == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no half-built cache left behind
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_prepare_with_one_line_and_no_worker_tracebacks(synth_dataset, tmp_path):
+    child = _prepare_process(synth_dataset, tmp_path, delay=0.3, start_new_session=True)
+    _wait_for(lambda: len(_children(child.pid)) >= 2)
+    time.sleep(1.0)  # the workers are cropping
+    os.killpg(child.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert _error_lines(err) == ["hgpose prepare: interrupted"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_prepares_at_once_end_with_one_current_cache(synth_dataset, tmp_path):
+    cache_dir, gate = tmp_path / "c", tmp_path / "go"
+    first = _prepare_process(synth_dataset, cache_dir, workers=1, gate=gate)  # holds on until `gate`
+    _wait_for(lambda: list(cache_dir.glob(".train2017_64.tmp-*")))
+    second = _prepare_process(synth_dataset, cache_dir, workers=1)
+    assert "waiting for another hgpose prepare" in second.stderr.readline()
+    gate.touch()
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, err1 + err2
+    assert "built by another prepare" in err2
+    assert [p.name for p in cache_dir.iterdir()] == ["train2017_64"]
+    json_file, image_dir = annotation_path(synth_dataset, "train2017"), synth_dataset / "train2017"
+    assert check_cache(json_file, image_dir, 64, cache_dir).state == "current"
+    assert out1.splitlines()[-1] == out2.splitlines()[-1]  # the same crops counted
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 KB tmpfs (needs root and mount permission; skipped otherwise)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_before_any_work(synth_dataset, tmp_path, small_disk):
+    child = _prepare_process(synth_dataset, small_disk / "cache", workers=1)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 2
+    assert len(_error_lines(err)) == 1 and "GB free" in err and str(small_disk) in err
+    assert list((small_disk / "cache").iterdir()) == []
+    # the reservation itself (what stops a prepare when another writer took the space meanwhile)
+    with pytest.raises(UserError, match="cannot reserve .*No space left"):
+        cache_module._reserve(small_disk / "big", 1 << 20, small_disk)

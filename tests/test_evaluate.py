@@ -1,5 +1,7 @@
 """Evaluation: decoding, PCK (the seed's and bearpaw's), COCO keypoint AP, infer, evaluate_checkpoint."""
 
+import contextlib
+import io
 import json
 import math
 from types import SimpleNamespace
@@ -417,3 +419,69 @@ def test_evaluate_cli(synth_dataset, tiny_checkpoint, tmp_path, capsys):
                  "--split", "nope", "--device", "cpu"])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_infer_memory_stays_flat_over_hundreds_of_batches(tmp_path):
+    """RSS in a fresh process over 200 batches of a small model (per-batch outputs kept in lists
+    grew it by ~0.3 MB a batch here: small tensors pinning freed big blocks)."""
+    import subprocess
+    import sys
+
+    script = """
+import os, sys, torch
+from hgpose.allocator import keep_freed_memory
+keep_freed_memory()  # as every hgpose command runs
+torch.set_num_threads(1)
+from hgpose.data.loader import make_loader
+from hgpose.evaluate import infer
+from hgpose.model import ModelConfig, build_model
+
+BATCHES, BATCH, SIZE = 200, 8, 128
+rss = {}
+
+class Samples(torch.utils.data.Dataset):
+    image = torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8)
+    def __len__(self):
+        return BATCHES * BATCH
+    def __getitem__(self, i):
+        if i % (BATCH * 25) == 0:
+            rss[i // BATCH] = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return {"image": self.image, "keypoints": torch.full((17, 2), SIZE / 8), "visibility": torch.full((17,), 2),
+                "index": torch.tensor(i), "valid": torch.tensor(True)}
+
+model = build_model(ModelConfig(features=8, depth=2, input_size=SIZE))
+result = infer(model, make_loader(Samples(), BATCH, shuffle=False),
+               device="cpu", progress=False)
+assert len(result.indices) == BATCHES * BATCH
+print(rss[75], rss[175])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    at_75, at_175 = map(int, done.stdout.split())
+    assert at_175 - at_75 < 8 << 20, f"RSS grew {(at_175 - at_75) / 2**20:.1f} MB over 100 batches"
+
+
+def test_coco_ground_truth_holds_only_the_evaluated_images_and_scores_as_the_whole_file(tmp_path):
+    from hgpose.evaluate import coco_ground_truth
+
+    data = write_coco(tmp_path / "gt.json", people_per_image=(2, 1, 3, 1))
+    for ann in data["annotations"]:
+        ann["segmentation"] = [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]
+    data["annotations"][4]["iscrowd"] = 1  # crowd people are ground truth too (ignored regions)
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    chosen = [2, 3]
+    gt = coco_ground_truth(tmp_path / "gt.json", chosen)
+    assert sorted(gt.getImgIds()) == chosen
+    assert sorted(gt.getAnnIds()) == [a["id"] for a in data["annotations"] if a["image_id"] in chosen]
+    assert all("segmentation" not in a for a in gt.dataset["annotations"])
+
+    anns = [a for a in data["annotations"] if a["image_id"] in chosen]
+    points = np.array([a["keypoints"] for a in anns]).reshape(-1, 17, 3)[..., :2]
+    noisy = points + np.random.default_rng(0).normal(scale=3.0, size=points.shape)
+    results = coco_results([a["image_id"] for a in anns], noisy, np.full(points.shape[:2], 0.8))
+    with contextlib.redirect_stdout(io.StringIO()):
+        whole = COCO(str(tmp_path / "gt.json"))
+    subset_stats = coco_keypoint_stats(tmp_path / "gt.json", results, chosen)
+    assert subset_stats == coco_keypoint_stats(whole, results, chosen)
+    assert 0 < subset_stats["AP"] < 1

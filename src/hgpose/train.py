@@ -34,9 +34,10 @@ from tqdm import tqdm
 from hgpose import distributed as dist
 from hgpose.allocator import keep_freed_memory
 from hgpose.checkpoint import load_training_checkpoint, read_training_state, save_training_checkpoint
+from hgpose.compile_modes import begin_step, compile_mode, compile_step_model
 from hgpose.data.coco import annotation_path, build_splits
 from hgpose.data.dataset import PersonDataset
-from hgpose.data.loader import make_loader
+from hgpose.data.loader import device_batches, make_loader
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import infer, pck, seed_normalizer
 from hgpose.fileio import UserError, atomic_write_text, disk_errors, exclusive_lock, sweep_temp_files
@@ -64,7 +65,7 @@ class TrainConfig:
     precision: str = "auto"  # bf16 where the hardware has it (no accuracy cost on the demo), else fp32
     device: str = "auto"
     workers: int = 2
-    compile: bool = False
+    compile: str = "off"  # off, default (torch.compile) or reduce-overhead (CUDA graphs); see compile_modes
     sync_bn: bool = False
     subset: int | None = None  # a seeded random N training (and at most N validation) instances
     train_split: str = "train2017"
@@ -78,6 +79,7 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
+        self.compile = compile_mode(self.compile)  # runs saved with compile: true/false still load
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "lr_patience"):
@@ -493,8 +495,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
     if config.sync_bn and ctx.world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_model = ctx.wrap(model)
-    if config.compile:  # about 1.5 min of compilation on a 2-core CPU before the first step
-        train_model = torch.compile(train_model)
+    # about 1.5 min of compilation on a 2-core CPU before the first step
+    train_model, uses_graphs = compile_step_model(train_model, config.compile, device)
     per_rank_batch = config.batch_size // ctx.world_size
     heatmap_size = config.model.heatmap_size
     normalizer = seed_normalizer(heatmap_size)
@@ -535,7 +537,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
             step = skip
             images_done = 0
             invalid_seen: list[int] = []
-            for batch in loader:
+            for batch in device_batches(loader, device):  # on CUDA: the next copy overlaps this step
+                begin_step(uses_graphs)
                 loss = train_step(train_model, optimizer, batch, device, precision, heatmap_size)
                 n = int(batch["valid"].sum())
                 if n < len(batch["valid"]):

@@ -7,7 +7,8 @@ HELP = "crop every kept person of a COCO-style dataset once into a fast on-disk 
 DESCRIPTION = (
     HELP + ". Training and evaluation then read crops from the cache instead of decoding JPEGs, "
     "whenever it is current; a cache whose source JSON or crop settings changed is rebuilt here. "
-    "It takes 3 x input_size^2 bytes per person (about 29 GB for train2017 at 256 px)."
+    "It takes 3 x input_size^2 bytes per person (about 29 GB for train2017 at 256 px), reserved before "
+    "any work: a full disk is an error at once. Two prepares of the same cache: the second waits."
 )
 # In a help string "%(default).0s" prints nothing, and stops the formatter appending "(default: None)"
 # where the default is not a value (required, computed, or a flag).

@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from hgpose.cli.common import add_model_arguments, model_config_from_args
+from hgpose.compile_modes import COMPILE_MODES
 from hgpose.fileio import UserError
 from hgpose.model import ModelConfig
 from hgpose.precision import PRECISIONS
@@ -47,8 +48,11 @@ def add_arguments(parser):
         choices = {"precision": PRECISIONS, "cache": ["auto", "off"]}.get(name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices,
                             help=f"{text} (default: {default})")
-    parser.add_argument("--compile", action="store_true", default=None,
-                        help="torch.compile the training step (compiles for a minute or more first)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                        metavar="MODE",
+                        help="torch.compile the training step (compiles for a minute or more first); MODE: "
+                             "default (what --compile alone means), reduce-overhead (CUDA graphs: no per-kernel "
+                             "launch cost on a GPU; default on the CPU) or off")
     parser.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar (one line per epoch only)")

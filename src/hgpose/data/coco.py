@@ -131,14 +131,17 @@ def load_annotation_file(annotation_file: str | Path, image_dir: str | Path, spl
     annotation_file = Path(annotation_file)
     if not annotation_file.is_file():
         raise UserError(f"{annotation_file}: annotation file not found")
+    from hgpose.data.index_cache import load_index  # parsed once per file version, then loaded
+
+    def parse() -> PersonIndex:
+        return parse_annotations(read_annotation_json(annotation_file), annotation_file, Path(image_dir), split)
+
     try:
-        data = read_annotation_json(annotation_file)
-        index = parse_annotations(data, annotation_file, Path(image_dir), split)
+        index = load_index(annotation_file, image_dir, split, parse)
     except RecursionError:
         raise UserError(f"{annotation_file}: JSON nested too deeply to read") from None
     except MemoryError:
         raise UserError(f"{annotation_file}: too large to load into memory") from None
-    del data
     if verbose:
         print(index.describe(), file=sys.stderr)
     return index

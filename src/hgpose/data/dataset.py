@@ -38,7 +38,7 @@ class PersonDataset(Dataset):
         self.extents = annotation_extents(index)
         self.cache_path = _resolve_cache(index, self.input_size, cache, cache_dir)
         self.using_cache = self.cache_path is not None
-        self._cache = None  # opened lazily, once per process (a memmap does not travel to workers)
+        self._cache = None  # opened lazily, once per process (a file descriptor does not travel to workers)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -54,7 +54,7 @@ class PersonDataset(Dataset):
         if self.using_cache:
             cache = self._open_cache()
             row = self.index.rows[i]
-            image = np.array(cache.crops[row])  # copy out of the memmap: (3, S, S) RGB already
+            image = cache.read_rows([row])[0]  # one positioned read: (3, S, S) RGB already
             valid = bool(cache.valid[row])
         else:
             # stored pixels (COCO annotations refer to them, not to the EXIF-rotated view)
