@@ -263,7 +263,7 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
     by index). channels_last converts the model in place (as training does). The model's train/eval
     mode is restored afterwards.
     """
-    from tqdm import tqdm
+    from hgpose.progress import progress_bar
 
     device = torch.device(device)
     was_training = model.training
@@ -274,7 +274,7 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
     outputs: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     batch_sizes = []
     try:
-        bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
+        bar = progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
         for batch in bar:
             images = to_model_input(batch["image"].to(device, non_blocking=True))
             if channels_last:

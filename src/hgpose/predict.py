@@ -225,10 +225,9 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     """Predict on image files and folders: writes out/keypoints.json (COCO keypoint results; image_id
     from boxes_json, matched by file name, else 1, 2, ... in input order) and out/<stem>_pose.jpg
     overlays. Unreadable images are reported on stderr and skipped."""
-    from tqdm import tqdm
-
     from hgpose.draw import draw_pose
     from hgpose.evaluate import coco_results
+    from hgpose.progress import progress_bar
 
     out = Path(out)
     files, skipped = expand_paths(paths, exclude=out if out.is_dir() else None)
@@ -236,7 +235,7 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
         raise UserError("no images found in " + ", ".join(map(str, paths)))
     table = load_boxes_json(boxes_json) if boxes_json is not None else None
     predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
-    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
 
     def skip(path: Path, reason: str):
         skipped.append((str(path), reason))

@@ -38,6 +38,7 @@ from hgpose.evaluate import infer, pck, seed_normalizer
 from hgpose.fileio import UserError, atomic_write_text
 from hgpose.model import ModelConfig, build_model, save_model, to_model_input
 from hgpose.precision import PRECISIONS, autocast, resolve_precision
+from hgpose.progress import progress_bar
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_pck", "epoch_seconds"]
 # options that may differ on --resume without changing the run's result
@@ -295,7 +296,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             started = time.perf_counter()
             train_model.train()
             steps_in_epoch = skip + len(loader)
-            bar = tqdm(total=steps_in_epoch, initial=skip, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+            bar = progress_bar(total=steps_in_epoch, initial=skip, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                        disable=not (is_main and config.progress), dynamic_ncols=True, leave=False)
             step = skip
             images_done = 0
