@@ -11,14 +11,61 @@ import yaml
 from hgpose.fileio import UserError
 from hgpose.model import ModelConfig
 
+HELP_WIDTH = 100  # at most, on a wide terminal: longer help lines are hard to read
+# metavars by option name, the same in every command (an explicit metavar= still wins)
+METAVARS = {"checkpoint": "CKPT", "data": "DIR", "seed": "S"}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wrapped help that shows a default only when it says something: once, never None or a flag's
+    True/False, and not when the help text already states it; metavars N (integers), F (floats), or
+    the option's last word (--cache-dir DIR, --train-split SPLIT)."""
+
+    def __init__(self, prog, **kwargs):
+        import shutil
+
+        kwargs.setdefault("width", min(shutil.get_terminal_size().columns, HELP_WIDTH) - 2)
+        kwargs.setdefault("max_help_position", 28)
+        super().__init__(prog, **kwargs)
+
+    # never break a line inside an option name or a word such as Multi-GPU
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        return textwrap.fill(self._whitespace_matcher.sub(" ", text).strip(), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or action.nargs == 0 or "(default" in text
+                or default is None or default is argparse.SUPPRESS or isinstance(default, bool)):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+    def _get_default_metavar_for_optional(self, action):
+        if action.dest in METAVARS:
+            return METAVARS[action.dest]
+        if action.type is int:
+            return "N"
+        if action.type is float:
+            return "F"
+        return action.dest.rsplit("_", 1)[-1].upper()
+
 MODEL_HELP = {
-    "num_stacks": "hourglasses stacked with intermediate supervision (the seed: 1)",
-    "depth": "down/upsamples in each hourglass (the seed: 4)",
-    "residuals_per_level": "residual modules between each down- and upsample (the seed: 1)",
-    "bottleneck_residuals": "residuals at the lowest resolution, pooling neighbours included (the seed: 3)",
-    "features": "channels inside the hourglass (the seed: 256)",
-    "num_keypoints": "heatmaps the network outputs (COCO: 17)",
-    "input_size": "square input side in pixels; heatmaps are a quarter of it (the seed: 256)",
+    "num_stacks": "hourglasses stacked with intermediate supervision",
+    "depth": "down/upsamples in each hourglass",
+    "residuals_per_level": "residual modules between each down- and upsample",
+    "bottleneck_residuals": "residuals at the lowest resolution, pooling neighbours included",
+    "features": "channels inside the hourglass",
+    "num_keypoints": "heatmaps the network outputs (COCO has 17 keypoints)",
+    "input_size": "square input side in pixels; heatmaps are a quarter of it",
 }
 
 
@@ -28,7 +75,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="YAML file of model fields; flags override it")
     for f in fields(ModelConfig):
         flag = "--" + f.name.replace("_", "-")
-        text = f"{MODEL_HELP[f.name]} (default {f.default})"
+        text = f"{MODEL_HELP[f.name]} (default: {f.default})"
         group.add_argument(flag, type=int, default=None, metavar="N", help=text)
 
 

@@ -13,7 +13,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model weights (.safetensors)")
+    parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT", help="model weights (.safetensors)")
     parser.add_argument("--data", type=Path, required=True, help="COCO-style data root")
     parser.add_argument("--split", default="val2017",
                         help="split name (annotations/person_keypoints_<split>.json), or train/val")

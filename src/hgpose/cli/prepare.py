@@ -17,8 +17,8 @@ def add_arguments(parser):
     parser.add_argument("--splits", nargs="+", default=["train2017", "val2017"], metavar="SPLIT",
                         help="annotation files to prepare (the held-out validation part shares train2017's cache)")
     parser.add_argument("--input-size", type=int, default=256, metavar="N", help="crop side in pixels")
-    parser.add_argument("--cache-dir", type=Path, default=None, metavar="D",
-                        help="where caches go when DIR is read-only (default DIR/hgpose_cache); "
+    parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                        help="where caches go when DIR is read-only (default: DIR/hgpose_cache); "
                              "pass the same to training")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="processes decoding images (default: all CPUs)")

@@ -16,7 +16,7 @@ MIN_SIDE, MAX_SIDE = 32, 4096
 def add_arguments(parser):
     parser.add_argument("out", type=Path, metavar="OUT", help="dataset root to write")
     parser.add_argument("--train-images", type=int, default=800, metavar="N", help="images in train2017")
-    parser.add_argument("--val-images", type=int, default=150, metavar="M", help="images in val2017")
+    parser.add_argument("--val-images", type=int, default=150, metavar="N", help="images in val2017")
     parser.add_argument("--image-size", default="320x240", metavar="WxH", help="image width x height in pixels")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed: same seed, same dataset")
 

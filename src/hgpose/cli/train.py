@@ -1,4 +1,3 @@
-import argparse
 from dataclasses import fields
 from pathlib import Path
 
@@ -36,7 +35,8 @@ OPTIONS = [
 
 def add_arguments(parser):
     parser.add_argument("--data", type=Path, help="COCO-style root with annotations/ and image folders")
-    parser.add_argument("--out", type=Path, help="run directory (default: runs/train, runs/train2, ...)")
+    parser.add_argument("--out", type=Path, metavar="RUN_DIR",
+                        help="run directory (default: runs/train, runs/train2, ...)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     for name, kind, default, text in OPTIONS:
         choices = {"precision": PRECISIONS, "cache": ["auto", "off"]}.get(name)
@@ -49,7 +49,6 @@ def add_arguments(parser):
                         help="no progress bar (one line per epoch only)")
     parser.add_argument("--no-report", action="store_true", help="skip writing Figure 2 and Table 1 at the end")
     add_model_arguments(parser)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def _given(args) -> dict:
