@@ -79,6 +79,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, type=int, default=None, metavar="N", help=text)
 
 
+def require_at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """UserError naming the first option under `minimum` (options left at None are not checked)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def check_output_path(path: Path | None, flag: str, directory: bool) -> None:
+    """Before any work: UserError when an output file or folder cannot be created where it is asked
+    for (the path is a folder where a file is wanted or the reverse, or lies under a file)."""
+    if path is None:
+        return
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: exists and is not a directory")
+    if not directory and path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is a file, not a directory")
+            break
+
+
 def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     values = {}
     if getattr(args, "model_config", None):
@@ -86,12 +111,15 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
         if not path.is_file():
             raise UserError(f"{path}: model config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a YAML text file (not UTF-8)") from None
         except yaml.YAMLError as exc:
             raise UserError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
+        model = loaded.get("model", loaded) if isinstance(loaded, dict) else None
+        if not isinstance(model, dict):
             raise UserError(f"{path}: expected a mapping of model fields")
-        values.update(loaded.get("model", loaded))
+        values.update(model)
     for f in fields(ModelConfig):
         if getattr(args, f.name, None) is not None:
             values[f.name] = getattr(args, f.name)

@@ -1,7 +1,8 @@
+import math
 import sys
 from pathlib import Path
 
-from hgpose.cli.common import add_device_argument, resolve_device
+from hgpose.cli.common import add_device_argument, check_output_path, resolve_device
 from hgpose.fileio import UserError
 
 HELP = "predict keypoints on images or folders: COCO results JSON and skeleton overlays"
@@ -34,8 +35,8 @@ def parse_box(text: str) -> list[float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != 4 or values[2] <= 0 or values[3] <= 0:
-        raise UserError(f"--box {text}: expected four numbers x,y,w,h with w and h > 0")
+    if len(values) != 4 or not all(map(math.isfinite, values)) or values[2] <= 0 or values[3] <= 0:
+        raise UserError(f"--box {text}: expected four finite numbers x,y,w,h with w and h > 0")
     return values
 
 
@@ -44,6 +45,9 @@ def run(args):
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= args.min_confidence <= 1:
+        raise UserError(f"--min-confidence must be between 0 and 1 (a heatmap peak), got {args.min_confidence}")
+    check_output_path(args.out, "--out", directory=True)
     summary = predict_paths(
         args.checkpoint, args.paths, boxes_json=args.boxes, box=parse_box(args.box) if args.box else None,
         out=args.out, min_confidence=args.min_confidence, batch_size=args.batch_size,

@@ -1,7 +1,9 @@
 from pathlib import Path
 
+from hgpose.cli.common import check_output_path, require_at_least
 from hgpose.data.cache import prepare_cache, read_cache_meta
 from hgpose.data.coco import annotation_path, load_split
+from hgpose.fileio import UserError
 
 HELP = "crop every kept person of a COCO-style dataset once into a fast on-disk cache"
 DESCRIPTION = (
@@ -27,6 +29,11 @@ def add_arguments(parser):
 
 
 def run(args):
+    require_at_least(args, 1, "workers")
+    if args.input_size < 4 or args.input_size % 4:
+        raise UserError(f"--input-size must be a positive multiple of 4 (a model input; its heatmaps are a quarter "
+                        f"of it), got {args.input_size}")
+    check_output_path(args.cache_dir, "--cache-dir", directory=True)
     indexes = [load_split(args.data, split) for split in args.splits]  # every file checked before any work
     for split, index in zip(args.splits, indexes):
         print(index.describe())
