@@ -39,6 +39,7 @@ from hgpose.fileio import UserError, atomic_write_text
 from hgpose.model import ModelConfig, build_model, save_model, to_model_input
 from hgpose.precision import PRECISIONS, autocast, resolve_precision
 from hgpose.progress import progress_bar
+from hgpose.run_info import write_run_info
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_pck", "epoch_seconds"]
 # options that may differ on --resume without changing the run's result
@@ -263,6 +264,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             log(f"resuming {run_dir} at epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
     elif is_main:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_run_info(run_dir)  # hgpose version and commit, for the report
         log(f"training {run_dir}: {len(train_set)} train / {len(val_set)} val instances, "
             f"{'cache' if train_set.using_cache else 'raw JPEG'} data, device {device}, "
             f"{ctx.world_size} process(es), precision {precision}")
