@@ -225,6 +225,7 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     """Predict on image files and folders: writes out/keypoints.json (COCO keypoint results; image_id
     from boxes_json, matched by file name, else 1, 2, ... in input order) and out/<stem>_pose.jpg
     overlays. Unreadable images are reported on stderr and skipped."""
+    from hgpose.box_files import load_boxes_csv
     from hgpose.draw import draw_pose
     from hgpose.evaluate import coco_results
     from hgpose.progress import progress_bar
@@ -233,7 +234,8 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     files, skipped = expand_paths(paths, exclude=out if out.is_dir() else None)
     if not files:
         raise UserError("no images found in " + ", ".join(map(str, paths)))
-    table = load_boxes_json(boxes_json) if boxes_json is not None else None
+    table = None if boxes_json is None else load_boxes_csv(boxes_json) if Path(boxes_json).suffix.lower() == ".csv" \
+        else load_boxes_json(boxes_json)
     predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
     bar = progress_bar(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
 
@@ -258,17 +260,20 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
             except UserError as exc:
                 skip(path, str(exc).removeprefix(f"{path}: "))
                 continue
-            yield image, boxes, (path, image_id, image)
+            yield image, boxes, (path, image_id, image, boxes)
 
     results, written, stems, people, done = [], [], set(), 0, 0
-    for (path, image_id, image), keypoints in predictor.predict_many(items()):
-        people, done = people + len(keypoints), done + 1
+    for (path, image_id, image, boxes), keypoints in predictor.predict_many(items()):
+        people, done, first = people + len(keypoints), done + 1, len(results)
+        entries = []
         if len(keypoints):
             entries = coco_results(np.full(len(keypoints), image_id), keypoints[..., :2], keypoints[..., 2])
             results += [entry | {"file_name": path.name} for entry in entries]
         if overlays:
             target = out / _unique_name(path.stem, stems)
-            drawn = draw_pose(image, keypoints, min_confidence)
+            # each person labelled with its index in keypoints.json and its score
+            drawn = draw_pose(image, keypoints, min_confidence, boxes=as_boxes(boxes, image.shape),
+                              labels=[f"#{first + i} {entry['score']:.2f}" for i, entry in enumerate(entries)])
             ok, encoded = cv2.imencode(".jpg", drawn[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
             if ok:
                 written.append(atomic_write_bytes(target, encoded.tobytes()))

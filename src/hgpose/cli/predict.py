@@ -9,8 +9,12 @@ HELP = "predict keypoints on images or folders: COCO results JSON and skeleton o
 DESCRIPTION = (
     HELP + ". Each person is a box (from --boxes, --box, or the whole image); writes OUT/keypoints.json "
     "(COCO keypoint results, all 17 keypoints with their confidence) and OUT/<stem>_pose.jpg per image "
-    "(left limbs orange, right limbs blue; keypoints under --min-confidence hidden)."
+    "(left limbs orange, right limbs blue; keypoints under --min-confidence hidden; each person's box "
+    "labelled #index score, its index in keypoints.json)."
 )
+
+
+NO_BOXES = "no person boxes given"
 
 
 def add_arguments(parser):
@@ -18,9 +22,9 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
                         help="model weights (.safetensors)")
     boxes = parser.add_mutually_exclusive_group()
-    boxes.add_argument("--boxes", type=Path, metavar="COCO_JSON",
-                       help="COCO annotation file whose person boxes to use (images matched by file name; "
-                            "its image ids are used in the results)")
+    boxes.add_argument("--boxes", type=Path, metavar="FILE",
+                       help="person boxes per image: a COCO annotation file (its person boxes and image ids) "
+                            "or a CSV file of file_name,x,y,w,h[,score] rows; images matched by file name")
     boxes.add_argument("--box", metavar="X,Y,W,H", help="one person box used for every image")
     parser.add_argument("--out", type=Path, default=Path("predictions"), metavar="DIR", help="output folder")
     parser.add_argument("--min-confidence", type=float, default=0.2, metavar="F",
@@ -48,6 +52,10 @@ def run(args):
     if not 0 <= args.min_confidence <= 1:
         raise UserError(f"--min-confidence must be between 0 and 1 (a heatmap peak), got {args.min_confidence}")
     check_output_path(args.out, "--out", directory=True)
+    if args.boxes is None and args.box is None:
+        print(f"{NO_BOXES}: each whole image is treated as one person; for images with several people pass "
+              "--boxes FILE (a COCO annotation file, or a CSV of file_name,x,y,w,h rows) or --box X,Y,W,H",
+              file=sys.stderr)
     summary = predict_paths(
         args.checkpoint, args.paths, boxes_json=args.boxes, box=parse_box(args.box) if args.box else None,
         out=args.out, min_confidence=args.min_confidence, batch_size=args.batch_size,
