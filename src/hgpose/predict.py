@@ -224,7 +224,9 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
                   overlays: bool = True) -> PredictSummary:
     """Predict on image files and folders: writes out/keypoints.json (COCO keypoint results; image_id
     from boxes_json, matched by file name, else 1, 2, ... in input order) and out/<stem>_pose.jpg
-    overlays. Unreadable images are reported on stderr and skipped."""
+    overlays, each person's box labelled with its index in keypoints.json and its score. boxes_json:
+    a COCO annotation (or detection) file, or a .csv box file (hgpose.box_files). Unreadable images
+    are reported on stderr and skipped."""
     from hgpose.box_files import load_boxes_csv
     from hgpose.draw import draw_pose
     from hgpose.evaluate import coco_results
@@ -234,8 +236,9 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     files, skipped = expand_paths(paths, exclude=out if out.is_dir() else None)
     if not files:
         raise UserError("no images found in " + ", ".join(map(str, paths)))
-    table = None if boxes_json is None else load_boxes_csv(boxes_json) if Path(boxes_json).suffix.lower() == ".csv" \
-        else load_boxes_json(boxes_json)
+    table = None
+    if boxes_json is not None:  # a CSV box file by its suffix, else a COCO annotation or detection file
+        table = load_boxes_csv(boxes_json) if Path(boxes_json).suffix.lower() == ".csv" else load_boxes_json(boxes_json)
     predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
     bar = progress_bar(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
 
