@@ -45,34 +45,34 @@ def _fixed(x: float, y: float) -> tuple[int, int]:
     return int(round((x - 0.5) * (1 << _SHIFT))), int(round((y - 0.5) * (1 << _SHIFT)))
 
 
-def _blend(image: np.ndarray, rect, draw, colour, alpha: float) -> None:
-    """Blend what draw(mask, x0, y0) marks (255 = fully; anti-aliased edges in between) into `image`
-    in `colour` at opacity alpha, touching only rect = (x0, y0, x1, y1) clipped to the image."""
+def _blend(image: np.ndarray, rect, draw, alpha: float) -> None:
+    """Blend what draw(canvas, x0, y0) paints (in its colour, anti-aliased) into `image` at opacity
+    alpha, touching only rect = (x0, y0, x1, y1) clipped to the image: a copy of that rectangle is
+    painted and mixed back (pixels it left alone mix to themselves)."""
     height, width = image.shape[:2]
     x0, y0 = max(0, int(rect[0])), max(0, int(rect[1]))
     x1, y1 = min(width, int(rect[2])), min(height, int(rect[3]))
     if x1 <= x0 or y1 <= y0:
         return
-    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    draw(mask, x0, y0)
-    ys, xs = np.nonzero(mask)  # a limb covers a small part of its own rectangle: blend only that
-    weight = mask[ys, xs, None] * np.float32(alpha / 255.0)
     region = image[y0:y1, x0:x1]
-    region[ys, xs] = (weight * np.asarray(colour, np.float32) + (1 - weight) * region[ys, xs] + 0.5).astype(np.uint8)
+    canvas = region.copy()
+    draw(canvas, x0, y0)
+    cv2.addWeighted(canvas, alpha, region, 1.0 - alpha, 0.0, dst=region)
 
 
 def _blend_line(image: np.ndarray, a, b, width: int, colour, alpha: float) -> None:
-    def draw(mask, x0, y0):
-        cv2.line(mask, _fixed(a[0] - x0, a[1] - y0), _fixed(b[0] - x0, b[1] - y0), 255, width, cv2.LINE_AA, _SHIFT)
+    def draw(canvas, x0, y0):
+        cv2.line(canvas, _fixed(a[0] - x0, a[1] - y0), _fixed(b[0] - x0, b[1] - y0), colour, width, cv2.LINE_AA,
+                 _SHIFT)
 
-    _blend(image, _around((a, b), width + 1), draw, colour, alpha)
+    _blend(image, _around((a, b), width + 1), draw, alpha)
 
 
 def _blend_disc(image: np.ndarray, centre, radius: int, colour, alpha: float) -> None:
-    def draw(mask, x0, y0):
-        cv2.circle(mask, _fixed(centre[0] - x0, centre[1] - y0), radius << _SHIFT, 255, -1, cv2.LINE_AA, _SHIFT)
+    def draw(canvas, x0, y0):
+        cv2.circle(canvas, _fixed(centre[0] - x0, centre[1] - y0), radius << _SHIFT, colour, -1, cv2.LINE_AA, _SHIFT)
 
-    _blend(image, _around((centre,), radius + 1), draw, colour, alpha)
+    _blend(image, _around((centre,), radius + 1), draw, alpha)
 
 
 def _around(points, margin: float) -> tuple[int, int, int, int]:
