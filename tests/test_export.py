@@ -57,19 +57,20 @@ def test_export_prints_the_largest_difference(tmp_path, capsys, monkeypatch):
 
     checkpoint = save_model(build_model(TINY), tmp_path / "m.safetensors")
     # a cheap stand-in exporter: the real one is exercised by the fixture above
-    monkeypatch.setattr(export, "_export", lambda model, example, path, opset: _legacy(model, example, path))
+    monkeypatch.setattr(export, "_export", lambda model, example, path, opset: _legacy(model, example, path, opset))
     assert main(["export", "--checkpoint", str(checkpoint)]) in (0, None)
     out = capsys.readouterr().out
     assert "max abs difference" in out and (tmp_path / "m.onnx").is_file()
 
 
-def _legacy(model, example, path):
+def _legacy(model, example, path, opset):
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["heatmaps"],
-                          dynamic_axes={"image": {0: "batch"}, "heatmaps": {0: "batch"}}, dynamo=False)
+                          dynamic_axes={"image": {0: "batch"}, "heatmaps": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
     return "torchscript"
 
 
@@ -77,7 +78,7 @@ def test_export_fails_clearly_when_onnx_and_pytorch_disagree(tmp_path, capsys, m
     import hgpose.export as export
 
     checkpoint = save_model(build_model(TINY), tmp_path / "m.safetensors")
-    monkeypatch.setattr(export, "_export", lambda model, example, path, opset: _legacy(model, example, path))
+    monkeypatch.setattr(export, "_export", lambda model, example, path, opset: _legacy(model, example, path, opset))
     monkeypatch.setattr(export, "verify_onnx", lambda *args, **kwargs: 0.5)
     code = main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "bad.onnx")])
     err = capsys.readouterr().err

@@ -97,3 +97,88 @@ def test_report_cli(run_dir, capsys):
     assert main(["report", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "| Best validation loss | 4 | 5.10e-05 | 5.15e-05 | 0.350 |" in out and "figure2.png" in out
+
+
+def _metrics(rows) -> list[dict]:
+    return [{"epoch": e, "lr": 1e-3, "train_loss": t, "val_loss": v, "val_pck": p} for e, t, v, p in rows]
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_figure2_of_a_short_run_has_no_warning_and_no_empty_legend(epochs, tmp_path):
+    import warnings
+
+    rows = [(1, 2e-3, 3e-3, 0.2), (2, 1e-3, 4e-3, 0.1)][:epochs]  # epoch 1 is best on val: the
+    with warnings.catch_warnings():  # bottom row (from epoch 2) has nothing of its own to label
+        warnings.simplefilter("error")
+        fig = figure2(_metrics(rows), title="short", subtitle="identity")
+        fig.savefig(tmp_path / "figure2.png", dpi=50)  # layout and drawing warnings come here
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        assert legend is None or [t.get_text() for t in legend.get_texts()]
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert all(float(t).is_integer() for t in ticks)  # integer epoch ticks only
+        assert bool(ticks) == bool(ax.lines)  # an empty panel ("needs 2 or more epochs") has no axis
+    assert fig.axes[5].get_legend() is None  # bottom-row PCK: its best (epoch 1) is not shown there
+
+
+def _height(ax, x, y) -> float:
+    """Where a data point is drawn, as a fraction of the panel's height."""
+    return ax.transAxes.inverted().transform(ax.transData.transform((x, y)))[1]
+
+
+def test_figure2_losses_stay_readable_when_one_epoch_spikes():
+    rows = [(e, 1e-3 / e, 2e-3 / e, 0.1 * e) for e in range(1, 9)]
+    rows[4] = (5, 5.0, 40.0, 0.3)  # one epoch's losses 10,000x the others
+    fig = figure2(_metrics(rows))
+    for index, column in ((0, 1), (1, 2), (3, 1), (4, 2)):  # training and validation loss, both rows
+        ax = fig.axes[index]
+        assert ax.get_yscale() == "log"
+        low, high = ax.get_ylim()
+        values = [row[column] for row in rows]
+        assert low < min(values) and high > max(values)
+        # the ordinary epochs are told apart (linear: 0.004% of the height apart, a flat line)
+        assert _height(ax, 2, values[1]) - _height(ax, 8, values[7]) > 0.05
+    assert fig.axes[2].get_yscale() == "linear"  # PCK stays linear
+
+
+def test_table1_and_the_report_carry_the_run_identity(run_dir):
+    from hgpose import __version__
+    from hgpose.run_info import git_commit, write_run_info
+
+    (run_dir / "config.yaml").write_text("data: /datasets/coco\nepochs: 8\n")
+    write_run_info(run_dir)
+    outputs = write_report(run_dir)
+    text = outputs["table1.md"].read_text()
+    identity_line = text.strip().splitlines()[-1]
+    assert identity_line.startswith(f"Run `{run_dir}`: data `/datasets/coco`; started 20")
+    assert f"hgpose {__version__}, commit {git_commit() or 'unknown'}." in identity_line
+    assert "did not record" not in identity_line
+    run = json.loads(outputs["report.json"].read_text())["run"]
+    assert run["data"] == "/datasets/coco" and run["hgpose_version"] == __version__ and run["recorded"]
+    assert run["last_epoch"].endswith("UTC")
+
+
+def test_a_run_without_its_own_record_says_whose_version_it_shows(run_dir):
+    from hgpose.run_info import identity_markdown, run_identity
+
+    identity = run_identity(run_dir)  # metrics.csv only: no config.yaml, no run_info.json
+    assert not identity["recorded"] and identity["data"] is None and identity["started"] is None
+    line = identity_markdown(identity)
+    assert "data `unknown`" in line and "started unknown" in line and "the run did not record its own" in line
+
+
+@pytest.mark.slow
+def test_a_trained_run_records_its_identity(synth_dataset, tmp_path):
+    from hgpose.model import ModelConfig
+    from hgpose.train import TrainConfig, train
+
+    config = TrainConfig(data=str(synth_dataset), out=str(tmp_path / "run"), epochs=1, batch_size=8, workers=0,
+                         progress=False, cache="off", subset=8, model=ModelConfig(depth=2, features=32,
+                                                                                   input_size=64))
+    run_dir = train(config)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert set(info) == {"hgpose_version", "git_commit", "started"}
+    from hgpose.run_info import identity_markdown, run_identity
+
+    line = identity_markdown(run_identity(run_dir))  # what write_report puts under Table 1
+    assert f"data `{synth_dataset}`" in line and "did not record" not in line

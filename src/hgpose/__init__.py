@@ -1,5 +1,21 @@
-"""hgpose: a stacked-hourglass human pose estimator for COCO keypoints."""
+"""hgpose: a stacked-hourglass human pose estimator for COCO keypoints.
+
+    import hgpose
+    from hgpose.evaluate import evaluate_checkpoint
+    from hgpose.train import TrainConfig, train
+
+    run_dir = train(TrainConfig(data="data/coco", out="runs/seed"))
+    metrics = evaluate_checkpoint(run_dir / "best.safetensors", "data/coco", split="val2017")
+    predictor = hgpose.load(run_dir / "best.safetensors")
+
+Bad input (a missing file, a malformed dataset or checkpoint) raises hgpose.UserError, whose
+message is one line naming the file and the problem.
+"""
+
+from hgpose.fileio import UserError
+
 __version__ = "0.1.0"
+__all__ = ["UserError", "__version__", "load"]
 
 
 def load(checkpoint, device="cpu"):

@@ -304,9 +304,8 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
     channels_last converts the model in place (as training does). The model's train/eval mode is
     restored afterwards.
     """
-    from tqdm import tqdm
-
     from hgpose.data.loader import device_batches
+    from hgpose.progress import progress_bar
 
     device = torch.device(device)
     was_training = model.training
@@ -316,7 +315,7 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
     samples, batches = _announced(loader)
     outputs, per_batch = _Outputs(samples, device), _Outputs(batches, device)
     try:
-        bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
+        bar = progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
         for batch in device_batches(bar, device):
             images = to_model_input(batch["image"].to(device, non_blocking=True))
             if channels_last:

@@ -50,6 +50,10 @@ def export_onnx(checkpoint, out=None, opset: int = DEFAULT_OPSET, tolerance: flo
     UserError says by how much it differs and nothing is left behind.
     """
     require_export_packages("onnx", "onnxruntime")
+    import onnx
+
+    if not 1 <= opset <= onnx.defs.onnx_opset_version():
+        raise UserError(f"--opset {opset}: this onnx writes opsets 1 to {onnx.defs.onnx_opset_version()}")
     if isinstance(checkpoint, HourglassNet):
         model = checkpoint
         if out is None:
@@ -64,11 +68,22 @@ def export_onnx(checkpoint, out=None, opset: int = DEFAULT_OPSET, tolerance: flo
     with atomic_path(out) as tmp:
         exporter = _export(model, example, tmp, opset)
         _add_metadata(tmp, model)
+        written = _default_domain_opset(tmp)
+        if written != opset:  # the exporters fall back to their own opset when they cannot convert
+            raise UserError(f"--opset {opset}: this torch/onnx cannot export at that opset (it produced opset "
+                            f"{written}); nothing written to {out}")
         diff = max(verify_onnx(tmp, model, batch, seed + batch) for batch in (2, 3))
         if not diff <= tolerance:  # also catches NaN
             raise UserError(f"exported ONNX model differs from PyTorch by {diff:.3g} (> {tolerance:g}); "
                             f"nothing written to {out}")
     return ExportResult(out, diff, exporter, opset)
+
+
+def _default_domain_opset(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
 
 
 def _export(model: HourglassNet, example: torch.Tensor, path: Path, opset: int) -> str:
@@ -107,15 +122,18 @@ def _first_line(exc: Exception) -> str:
 @contextmanager
 def _quiet():
     """Silence the exporters' deprecation warnings and registry log lines (e.g. no torchvision)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # onnxscript logs a whole traceback when it cannot convert to the asked opset (checked after export)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL if logger.name == "onnxscript" else logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _add_metadata(path: Path, model: HourglassNet) -> None:

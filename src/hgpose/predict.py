@@ -307,31 +307,44 @@ def load_boxes_json(path) -> BoxTable:
     return table
 
 
+def load_boxes_file(path) -> BoxTable:
+    """--boxes: a .csv box file (hgpose.box_files) by its suffix, else a COCO annotation or detection file."""
+    from hgpose.box_files import load_boxes_csv
+
+    if Path(path).suffix.lower() != ".csv":
+        return load_boxes_json(path)
+    table = BoxTable(Path(path), 1)
+    for name, (image_id, boxes) in load_boxes_csv(path).items():
+        table.by_name[name] = ImageBoxes(image_id, name, boxes, [f"box {i + 1}" for i in range(len(boxes))])
+    return table
+
+
 def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predictions",
                   min_confidence: float = 0.2, batch_size: int = 32, device="cpu", progress: bool = True,
                   overlays: bool = True) -> PredictSummary:
     """Predict on image files and folders: writes out/keypoints.json (COCO keypoint results) and
-    out/<stem>_pose.jpg overlays. Unreadable images and degenerate boxes are reported and skipped.
+    out/<stem>_pose.jpg overlays, each person's box labelled with its index in keypoints.json and its
+    score. Unreadable images and degenerate boxes are reported and skipped.
 
-    With boxes_json, a folder is the root its file names are relative to (its listed images are used,
-    subfolders included) and a file is matched by its path's tail; image ids and the person category
-    id come from the file and pixels are taken as stored (COCO annotations refer to them). Otherwise
-    image ids run 1, 2, ... in input order and each photo's EXIF orientation is applied.
+    boxes_json: a COCO annotation file, a COCO detection results list, or a .csv box file
+    (hgpose.box_files). With it, a folder is the root its file names are relative to (its listed
+    images are used, subfolders included) and a file is matched by its path's tail; image ids and the
+    person category id come from the file and pixels are taken as stored (COCO annotations refer to
+    them). Otherwise image ids run 1, 2, ... in input order and each photo's EXIF orientation is applied.
     """
-    from tqdm import tqdm
-
     from hgpose.draw import draw_pose
     from hgpose.evaluate import coco_results
+    from hgpose.progress import progress_bar
 
     out = Path(out)
-    table = load_boxes_json(boxes_json) if boxes_json is not None else None
+    table = load_boxes_file(boxes_json) if boxes_json is not None else None
     jobs, skipped = _predict_jobs(paths, table, exclude=out if out.is_dir() else None)
     if not jobs:
         listed = f" listed in {boxes_json}" if table is not None and table.by_name else ""
         raise UserError(f"no images{listed} found in " + ", ".join(map(str, paths)))
     upright = table is None  # COCO annotations refer to stored pixels; a photo is meant upright
     predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
-    bar = tqdm(total=len(jobs), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(jobs), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
     skipped_people: list[tuple[str, str]] = []
 
     def skip(path: Path, reason: str):
@@ -369,18 +382,21 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
                     _skip_person(skipped_people, bar, path, image_id, labels[keep[i]], bboxes[i],
                                  "box outside the image")
                 crops, crop_boxes = crops[inside], crop_boxes[inside]
-            yield crops, crop_boxes, (path, image_id, name)
+            person_boxes = bboxes[inside] if bboxes is not None else None
+            yield crops, crop_boxes, (path, image_id, name, person_boxes)
 
     results, written, stems, people, done = [], [], set(), 0, 0
-    for (path, image_id, name), keypoints in predictor.predict_crops_many(items()):
-        people, done = people + len(keypoints), done + 1
+    for (path, image_id, name, person_boxes), keypoints in predictor.predict_crops_many(items()):
+        people, done, first, entries = people + len(keypoints), done + 1, len(results), []
         if len(keypoints):
             entries = coco_results(np.full(len(keypoints), image_id), keypoints[..., :2], keypoints[..., 2],
                                    table.category_id if table is not None else 1)
             results += [entry | {"file_name": name} for entry in entries]
         if overlays:
+            # each person labelled with its index in keypoints.json and its score
+            labels = [f"#{first + i} {entry['score']:.2f}" for i, entry in enumerate(entries)]
             written += _write_overlay(path, keypoints, out / _unique_name(path.stem, stems), upright,
-                                      min_confidence, draw_pose)
+                                      min_confidence, draw_pose, person_boxes, labels)
         bar.update()
     bar.close()
     results_path = atomic_write_json(out / "keypoints.json", results, indent=None)
@@ -415,13 +431,14 @@ def _skip_person(skipped_people: list, bar, path: Path, image_id: int, label: st
     bar.write(f"{path}: {note}", file=sys.stderr)
 
 
-def _write_overlay(path: Path, keypoints, target: Path, upright: bool, min_confidence: float, draw_pose) -> list:
+def _write_overlay(path: Path, keypoints, target: Path, upright: bool, min_confidence: float, draw_pose,
+                   person_boxes, labels) -> list:
     """The overlay of one image, drawn on the same view (upright or stored) the keypoints refer to."""
     try:
         image = read_image(path, upright=upright)
     except UserError:
         return []
-    drawn = draw_pose(image, keypoints, min_confidence)
+    drawn = draw_pose(image, keypoints, min_confidence, boxes=as_boxes(person_boxes, image.shape), labels=labels)
     ok, encoded = cv2.imencode(".jpg", drawn[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
     return [atomic_write_bytes(target, encoded.tobytes())] if ok else []
 

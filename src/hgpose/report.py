@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hgpose.fileio import UserError, atomic_path, atomic_write_json, atomic_write_text, read_json
+from hgpose.run_info import identity_markdown, run_identity
 
 REQUIRED_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_pck")
 TABLE1_COLUMNS = ("Description", "Epoch", "Training loss", "Validation loss", "Validation accuracy")
@@ -168,8 +169,12 @@ def selection_markdown(selection: Selection) -> str:
     return "\n".join(lines)
 
 
-def figure2(metrics: list[dict], title: str | None = None):
-    """Figure 2 as a matplotlib Figure (no pyplot: nothing global, no display needed)."""
+def figure2(metrics: list[dict], title: str | None = None, subtitle: str | None = None):
+    """Figure 2 as a matplotlib Figure (no pyplot: nothing global, no display needed).
+
+    Losses are drawn on a log axis, so that one epoch whose loss spikes (a bad batch, an LR too high)
+    does not flatten every other epoch into a line; epochs are integer ticks; a panel gets a legend
+    only when it has something to label."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -185,9 +190,12 @@ def figure2(metrics: list[dict], title: str | None = None):
             ax.set_xlabel("epoch")
             if not shown:
                 ax.text(0.5, 0.5, "needs 2 or more epochs", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
                 continue
             epochs = [m["epoch"] for m in shown]
-            ax.plot(epochs, [m[column] for m in shown], marker=".", color=f"C{col}")
+            values = [m[column] for m in shown]
+            ax.plot(epochs, values, marker=".", color=f"C{col}")
             if drop is not None and drop >= first_epoch:
                 ax.axvline(drop - 0.5, color="grey", linestyle="--", linewidth=1,
                            label=f"LR drop (after epoch {drop - 1})")
@@ -198,13 +206,21 @@ def figure2(metrics: list[dict], title: str | None = None):
             if column != "val_pck" and best["val_pck"] >= first_epoch:  # the selected model, on the losses
                 ax.axvline(best["val_pck"], color="C2", linestyle=":", linewidth=1,
                            label=f"selected (best PCK): epoch {best['val_pck']}")
-            if column != "val_pck":
+            finite = [v for v in values if math.isfinite(v)]
+            if column != "val_pck" and finite and min(finite) > 0:
+                ax.set_yscale("log")
+                ax.set_ylabel("log scale", fontsize=8)
+            elif column != "val_pck":
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+            if len(epochs) == 1:  # one point: an x range of its own, not matplotlib's +-0.05 around it
+                ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""),
+                     fontsize="medium" if subtitle else "large")
     return fig
 
 
@@ -216,19 +232,22 @@ def write_report(run_dir) -> dict[str, Path]:
     metrics = read_metrics(run_dir / "metrics.csv")
     rows = table1(metrics)
     selection = select_model(run_dir, metrics)
+    identity = run_identity(run_dir)
     outputs = {}
-    fig = figure2(metrics, title=f"{run_dir.name}: training loss, validation loss and validation PCK")
+    fig = figure2(metrics, title=f"{run_dir.resolve().name}: training loss, validation loss and validation PCK",
+                  subtitle=identity_markdown(identity).replace("`", ""))
     for suffix in ("png", "pdf"):
         path = run_dir / f"figure2.{suffix}"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=suffix, dpi=150)
         fig.set_layout_engine("none")  # keep the layout the first save computed: the second is faster
         outputs[path.name] = path
-    markdown = table1_markdown(rows) + "\n\n" + selection_markdown(selection) + "\n"
+    markdown = (table1_markdown(rows) + "\n\n" + selection_markdown(selection) + "\n\n"
+                + identity_markdown(identity) + "\n")
     outputs["table1.md"] = atomic_write_text(run_dir / "table1.md", markdown)
     outputs["table1.csv"] = atomic_write_text(run_dir / "table1.csv", table1_csv(rows))
     outputs["report.json"] = atomic_write_json(run_dir / "report.json", _json_ready(
-        {"table1": rows, "selected_model": asdict(selection)}))
+        {"table1": rows, "selected_model": asdict(selection), "run": identity}))
     return outputs
 
 

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from hgpose.coco_names import NUM_KEYPOINTS, PERSON_CATEGORY
 from hgpose.data.coco import annotation_path
 from hgpose.fileio import atomic_write_json
+from hgpose.progress import progress_bar
 
 GENERATOR_VERSION = 1
 SPLITS = ("train2017", "val2017")
@@ -736,7 +736,7 @@ def generate_dataset(
         workers = 1
     start = time.perf_counter()
     results: dict[str, dict[int, list[dict]]] = {s: {} for s in SPLITS}
-    bar = tqdm(total=len(tasks), desc="synth", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(tasks), desc="synth", unit="img", disable=not progress, leave=False)
     if workers == 1:
         for task in tasks:
             results[task[1]][task[2]] = _render_task(task)[1]

@@ -43,6 +43,8 @@ from hgpose.evaluate import infer, pck, seed_normalizer
 from hgpose.fileio import UserError, atomic_write_text, disk_errors, exclusive_lock, sweep_temp_files
 from hgpose.model import ModelConfig, build_model, save_model, to_model_input
 from hgpose.precision import PRECISIONS, autocast, resolve_precision
+from hgpose.progress import progress_bar
+from hgpose.run_info import write_run_info
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_pck", "epoch_seconds"]
 # options that may differ on --resume without changing the run's result
@@ -488,6 +490,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
         if resume:
             log(f"resuming {run_dir}: it stopped before its first checkpoint, so it starts at epoch 1")
         _write_run_config(run_dir, config)
+        if not (run_dir / "run_info.json").is_file():
+            write_run_info(run_dir)  # hgpose version and commit, for the report
         log(f"training {run_dir}: {len(train_set)} train / {len(val_set)} val instances, "
             f"{'cache' if train_set.using_cache else 'raw JPEG'} data, device {device}, "
             f"{ctx.world_size} process(es), precision {precision}")
@@ -532,7 +536,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
             started = time.perf_counter()
             train_model.train()
             steps_in_epoch = skip + len(loader)
-            bar = tqdm(total=steps_in_epoch, initial=skip, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+            bar = progress_bar(total=steps_in_epoch, initial=skip, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                        disable=not (is_main and config.progress), dynamic_ncols=True, leave=False)
             step = skip
             images_done = 0

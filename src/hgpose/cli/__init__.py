@@ -10,6 +10,7 @@ import sys
 
 from hgpose import __version__
 from hgpose.allocator import keep_freed_memory
+from hgpose.cli.common import HelpFormatter
 from hgpose.fileio import UserError
 
 # the order `hgpose --help` lists them in; any other module found here is listed after these
@@ -26,6 +27,7 @@ def _command_modules():
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hgpose",
+        formatter_class=HelpFormatter,
         description="Train, evaluate and explain a stacked-hourglass human pose estimator on COCO keypoints.",
         epilog="Run `hgpose COMMAND --help` for the options of one command.",
     )
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=module.HELP,
             description=getattr(module, "DESCRIPTION", module.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from hgpose.cli.common import add_device_argument
+from hgpose.cli.common import add_device_argument, check_output_path, require_at_least
 from hgpose.fileio import UserError
 from hgpose.precision import PRECISIONS
 
@@ -14,7 +14,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model weights (.safetensors)")
+    parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT", help="model weights (.safetensors)")
     parser.add_argument("--data", type=Path, required=True, help="COCO-style data root")
     parser.add_argument("--split", default="val2017",
                         help="split name (annotations/person_keypoints_<split>.json), or train/val")
@@ -30,13 +30,17 @@ def add_arguments(parser):
                         help="seed: pooled over keypoints against the true positions; bearpaw: also "
                              "bearpaw/pytorch-pose's accuracy() (argmax targets, batch means of joint means)")
     parser.add_argument("--pck-curve", action="store_true", help="PCK at r = 0.05, 0.1, ..., 1")
-    parser.add_argument("--cache", default="auto", help="auto (use a current prepared cache) or off")
+    parser.add_argument("--cache", choices=("auto", "off"), default="auto",
+                        help="auto (use a current prepared cache) or off")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def run(args):
     from hgpose.evaluate import DEFAULT_CURVE_THRESHOLDS, evaluate_checkpoint, format_evaluation
 
+    require_at_least(args, 1, "batch_size", "input_size")
+    require_at_least(args, 0, "workers")
+    check_output_path(args.out, "--out", directory=False)
     result = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
         precision=args.precision, workers=args.workers, out=args.out,

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from hgpose.cli.common import add_device_argument
+from hgpose.cli.common import add_device_argument, check_output_path, require_at_least
 from hgpose.device import resolve_device
 from hgpose.fileio import UserError
 
@@ -41,6 +41,8 @@ def run(args):
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
     if args.show < 1 or args.batch_size < 1:
         raise UserError("--show and --batch-size must be >= 1")
+    require_at_least(args, 0, "seed")
+    check_output_path(args.out, "--out", directory=True)
     path = write_explore_report(
         args.checkpoint, args.data, split=args.split, samples=args.samples, out=args.out,
         device=resolve_device(args.device), show=args.show, occlusion_samples=args.occlusion_samples,

@@ -1,5 +1,7 @@
 from pathlib import Path
 
+from hgpose.cli.common import check_output_path
+
 HELP = "export a checkpoint to ONNX (dynamic batch) and check it against PyTorch with onnxruntime"
 DESCRIPTION = (
     HELP + ". The ONNX model takes float32 RGB images (N, 3, S, S) in [0, 1] (uint8 / 255) and returns "
@@ -19,6 +21,7 @@ def add_arguments(parser):
 def run(args):
     from hgpose.export import TOLERANCE, export_onnx
 
+    check_output_path(args.out, "--out", directory=False)
     result = export_onnx(args.checkpoint, args.out, opset=args.opset)
     print(f"wrote {result.path} (opset {result.opset}, {result.exporter} exporter, dynamic batch)")
     print(f"onnxruntime vs PyTorch on random batches of 2 and 3: max abs difference "

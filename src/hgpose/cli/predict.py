@@ -1,7 +1,8 @@
+import math
 import sys
 from pathlib import Path
 
-from hgpose.cli.common import add_device_argument
+from hgpose.cli.common import add_device_argument, check_output_path
 from hgpose.device import resolve_device
 from hgpose.fileio import UserError
 
@@ -9,9 +10,13 @@ HELP = "predict keypoints on images or folders: COCO results JSON and skeleton o
 DESCRIPTION = (
     HELP + ". Each person is a box (from --boxes, --box, or the whole image); writes OUT/keypoints.json "
     "(COCO keypoint results, all 17 keypoints with their confidence) and OUT/<stem>_pose.jpg per image "
-    "(left limbs orange, right limbs blue; keypoints under --min-confidence hidden). Photos are turned "
-    "upright by their EXIF orientation, except with --boxes (COCO annotations refer to stored pixels)."
+    "(left limbs orange, right limbs blue; keypoints under --min-confidence hidden; each person's box "
+    "labelled #index score, its index in keypoints.json). Photos are turned upright by their EXIF "
+    "orientation, except with --boxes (COCO annotations refer to stored pixels)."
 )
+
+
+NO_BOXES = "no person boxes given"
 
 
 def add_arguments(parser):
@@ -19,9 +24,10 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
                         help="model weights (.safetensors)")
     boxes = parser.add_mutually_exclusive_group()
-    boxes.add_argument("--boxes", type=Path, metavar="COCO_JSON",
-                       help="COCO annotation file whose person boxes to use: a folder PATH is the root its "
-                            "file names are relative to, a file is matched by the tail of its path; its image "
+    boxes.add_argument("--boxes", type=Path, metavar="FILE",
+                       help="person boxes per image: a COCO annotation file, a COCO detection results file, or "
+                            "a CSV file of file_name,x,y,w,h[,score] rows. A folder PATH is the root its file "
+                            "names are relative to, a file is matched by the tail of its path; the file's image "
                             "ids and person category id are used in the results, its pixels taken as stored")
     boxes.add_argument("--box", metavar="X,Y,W,H", help="one person box used for every image")
     parser.add_argument("--out", type=Path, default=Path("predictions"), metavar="DIR", help="output folder")
@@ -37,8 +43,8 @@ def parse_box(text: str) -> list[float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != 4 or values[2] <= 0 or values[3] <= 0:
-        raise UserError(f"--box {text}: expected four numbers x,y,w,h with w and h > 0")
+    if len(values) != 4 or not all(map(math.isfinite, values)) or values[2] <= 0 or values[3] <= 0:
+        raise UserError(f"--box {text}: expected four finite numbers x,y,w,h with w and h > 0")
     return values
 
 
@@ -47,6 +53,13 @@ def run(args):
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= args.min_confidence <= 1:
+        raise UserError(f"--min-confidence must be between 0 and 1 (a heatmap peak), got {args.min_confidence}")
+    check_output_path(args.out, "--out", directory=True)
+    if args.boxes is None and args.box is None:
+        print(f"{NO_BOXES}: each whole image is treated as one person; for images with several people pass "
+              "--boxes FILE (a COCO annotation file, or a CSV of file_name,x,y,w,h rows) or --box X,Y,W,H",
+              file=sys.stderr)
     summary = predict_paths(
         args.checkpoint, args.paths, boxes_json=args.boxes, box=parse_box(args.box) if args.box else None,
         out=args.out, min_confidence=args.min_confidence, batch_size=args.batch_size,

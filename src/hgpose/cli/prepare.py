@@ -1,7 +1,9 @@
 from pathlib import Path
 
+from hgpose.cli.common import check_output_path, require_at_least
 from hgpose.data.cache import prepare_cache, read_cache_meta
 from hgpose.data.coco import annotation_path, load_split
+from hgpose.fileio import UserError
 
 HELP = "crop every kept person of a COCO-style dataset once into a fast on-disk cache"
 DESCRIPTION = (
@@ -10,29 +12,29 @@ DESCRIPTION = (
     "It takes 3 x input_size^2 bytes per person (about 29 GB for train2017 at 256 px), reserved before "
     "any work: a full disk is an error at once. Two prepares of the same cache: the second waits."
 )
-# In a help string "%(default).0s" prints nothing, and stops the formatter appending "(default: None)"
-# where the default is not a value (required, computed, or a flag).
-NO_DEFAULT = "%(default).0s"
 
 
 def add_arguments(parser):
     parser.add_argument("--data", type=Path, required=True, metavar="DIR",
-                        help="COCO-style root: DIR/annotations/person_keypoints_<split>.json, images in DIR/<split>/"
-                        + NO_DEFAULT)
+                        help="COCO-style root: DIR/annotations/person_keypoints_<split>.json, images in DIR/<split>/")
     parser.add_argument("--splits", nargs="+", default=["train2017", "val2017"], metavar="SPLIT",
-                        help="annotation files to prepare (the held-out validation part shares train2017's cache; "
-                             "default: train2017 val2017)" + NO_DEFAULT)
+                        help="annotation files to prepare (the held-out validation part shares train2017's cache)")
     parser.add_argument("--input-size", type=int, default=256, metavar="N", help="crop side in pixels")
-    parser.add_argument("--cache-dir", type=Path, default=None, metavar="D",
-                        help="where caches go when DIR is read-only (default DIR/hgpose_cache); "
-                             "pass the same to training" + NO_DEFAULT)
+    parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                        help="where caches go when DIR is read-only (default: DIR/hgpose_cache); "
+                             "pass the same to training")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="processes decoding images (default: all CPUs)" + NO_DEFAULT)
-    parser.add_argument("--force", action="store_true", help="rebuild even a current cache" + NO_DEFAULT)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars" + NO_DEFAULT)
+                        help="processes decoding images (default: all CPUs)")
+    parser.add_argument("--force", action="store_true", help="rebuild even a current cache")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def run(args):
+    require_at_least(args, 1, "workers")
+    if args.input_size < 4 or args.input_size % 4:
+        raise UserError(f"--input-size must be a positive multiple of 4 (a model input; its heatmaps are a quarter "
+                        f"of it), got {args.input_size}")
+    check_output_path(args.cache_dir, "--cache-dir", directory=True)
     indexes = [load_split(args.data, split) for split in args.splits]  # every file checked before any work
     for split, index in zip(args.splits, indexes):
         print(index.describe())

@@ -2,6 +2,7 @@ import re
 import sys
 from pathlib import Path
 
+from hgpose.cli.common import check_output_path, require_at_least
 from hgpose.fileio import UserError
 
 HELP = "generate a synthetic person-keypoint dataset in the COCO 2017 layout"
@@ -16,7 +17,7 @@ MIN_SIDE, MAX_SIDE = 32, 4096
 def add_arguments(parser):
     parser.add_argument("out", type=Path, metavar="OUT", help="dataset root to write")
     parser.add_argument("--train-images", type=int, default=800, metavar="N", help="images in train2017")
-    parser.add_argument("--val-images", type=int, default=150, metavar="M", help="images in val2017")
+    parser.add_argument("--val-images", type=int, default=150, metavar="N", help="images in val2017")
     parser.add_argument("--image-size", default="320x240", metavar="WxH", help="image width x height in pixels")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed: same seed, same dataset")
 
@@ -39,8 +40,8 @@ def run(args):
     for flag, n in (("--train-images", args.train_images), ("--val-images", args.val_images)):
         if not 0 <= n <= MAX_IMAGES_PER_SPLIT:
             raise UserError(f"{flag}: must be between 0 and {MAX_IMAGES_PER_SPLIT}, got {n}")
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"{args.out}: exists and is not a directory")
+    require_at_least(args, 0, "seed")
+    check_output_path(args.out, "OUT", directory=True)
     stats = generate_dataset(args.out, args.train_images, args.val_images, size, args.seed,
                              progress=sys.stderr.isatty())
     tr, va = stats["train2017"], stats["val2017"]

@@ -1,4 +1,3 @@
-import argparse
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -39,7 +38,8 @@ OPTIONS = [
 
 def add_arguments(parser):
     parser.add_argument("--data", type=Path, help="COCO-style root with annotations/ and image folders")
-    parser.add_argument("--out", type=Path, help="run directory (default: runs/train, runs/train2, ...)")
+    parser.add_argument("--out", type=Path, metavar="RUN_DIR",
+                        help="run directory (default: runs/train, runs/train2, ...)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--config", type=Path, metavar="YAML",
                         help="start from a file of options with the keys of a run's config.yaml (e.g. "
@@ -58,7 +58,6 @@ def add_arguments(parser):
                         help="no progress bar (one line per epoch only)")
     parser.add_argument("--no-report", action="store_true", help="skip writing Figure 2 and Table 1 at the end")
     add_model_arguments(parser)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def _given(args) -> dict:

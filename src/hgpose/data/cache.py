@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from hgpose.data.coco import INDEX_VERSION, MAX_IMAGE_PIXELS, PersonIndex, load_annotation_file
 from hgpose.data.images import read_crops
 from hgpose.data.loader import single_threaded_opencv
 from hgpose.data.transforms import CROP_PADDING
 from hgpose.fileio import UserError, atomic_write_json
+from hgpose.progress import progress_bar
 
 # Bump when decoding or cropping changes the pixels: old caches then read as stale.
 CACHE_VERSION = 1
@@ -379,7 +379,7 @@ def _crop_all(index: PersonIndex, crops_file: Path, size: int, workers, progress
     per_chunk = int(np.clip(len(jobs) // (workers * 8), 1, 64))
     chunks = [jobs[i : i + per_chunk] for i in range(0, len(jobs), per_chunk)]
     problems: dict[int, str] = {}
-    bar = tqdm(total=n, desc=f"prepare {index.split} ({size}px)", unit="crop", disable=not progress,
+    bar = progress_bar(total=n, desc=f"prepare {index.split} ({size}px)", unit="crop", disable=not progress,
                dynamic_ncols=True)
     try:
         if workers == 1:

@@ -346,9 +346,8 @@ def lesion_study(model: HourglassNet, images, keypoints, visibility, normalizer:
                  stack: int = -1, batch_size: int = DEFAULT_BATCH, progress: bool = False) -> LesionStudy:
     """PCK (the seed's) on crops (N, 3, S, S) with true keypoints (N, K, 2) and COCO visibility (N, K),
     intact and with each level's skip branch, then its low branch, zeroed in turn."""
-    from tqdm import tqdm
-
     from hgpose.evaluate import pck, seed_normalizer
+    from hgpose.progress import progress_bar
 
     images, device = _images(images), _device(model)
     normalizer = seed_normalizer(model.config.heatmap_size) if normalizer is None else normalizer
@@ -357,7 +356,7 @@ def lesion_study(model: HourglassNet, images, keypoints, visibility, normalizer:
     coords = [[] for _ in conditions]
     with _evaluating(model):
         batches = list(_batches(images, batch_size))
-        for _, batch in tqdm(batches, desc="lesions", leave=False, disable=not progress):
+        for _, batch in progress_bar(batches, desc="lesions", leave=False, disable=not progress):
             features = model.stem(to_model_input(batch.to(device)))
             with _stem_given(model):
                 for c, (level, branch) in enumerate(conditions):

@@ -83,7 +83,7 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
     (skip vs low, lesion study, failures) use, 0 = all; show: samples drawn in the per-sample figures
     (heatmaps, saliency), occlusion_samples of them also get the (slower) occlusion maps.
     """
-    from tqdm import tqdm
+    from hgpose.progress import progress_bar
 
     started = time.perf_counter()
     device = torch.device(device)
@@ -98,7 +98,7 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
     out = Path(out)
     # before the progress bar, so that a bad --data or --split is one clean line
     data_set = load_samples(data, split, config.input_size, samples, seed, _checkpoint_path(checkpoint))
-    bar = tqdm(total=len(SECTION_TITLES) + 1, desc="explore", unit="step", disable=not progress,
+    bar = progress_bar(total=len(SECTION_TITLES) + 1, desc="explore", unit="step", disable=not progress,
                dynamic_ncols=True)
     try:
         return _analyse_and_write(model, data_set, bar, checkpoint, data, split, samples, out, show,
