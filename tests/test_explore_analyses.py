@@ -8,7 +8,6 @@ import pytest
 
 from hgpose.explore import attribution, calibration, dependency, probes
 
-
 # --- probes ------------------------------------------------------------------------------------------
 
 
@@ -74,13 +73,13 @@ def test_ece_of_a_perfectly_calibrated_set_is_about_zero_and_of_an_overconfident
     confidence = rng.uniform(size=(20000, 2))
     correct = rng.uniform(size=confidence.shape) < confidence
     counted = np.ones_like(correct)
-    calibrated = calibration.calibration(confidence, correct, counted)
+    calibrated = calibration.calibrate(confidence, correct, counted)
     assert calibrated.ece < 0.02 and np.all(calibrated.per_joint_ece < 0.03)
     assert 0.8 < calibrated.auroc < 0.9  # confidence = probability: AUROC 5/6 in theory
     curve = calibrated.overall
     filled = curve.count > 0
     np.testing.assert_allclose(curve.accuracy[filled], curve.confidence[filled], atol=0.03)
-    over = calibration.calibration(np.clip(confidence + 0.3, 0, 1), correct, counted)
+    over = calibration.calibrate(np.clip(confidence + 0.3, 0, 1), correct, counted)
     assert over.ece > 0.2
     assert calibration.auroc(confidence[:, 0], np.ones(20000, bool)) != calibration.auroc(confidence[:, 0],
                                                                                           correct[:, 0])
@@ -91,7 +90,7 @@ def test_calibration_ignores_keypoints_that_do_not_count():
     confidence = np.array([[0.9, 0.9], [0.1, 0.9]])
     correct = np.array([[True, False], [False, False]])
     counted = np.array([[True, False], [True, False]])
-    result = calibration.calibration(confidence, correct, counted)
+    result = calibration.calibrate(confidence, correct, counted)
     assert result.overall.count.sum() == 2 and result.ece == pytest.approx(0.1)
     assert np.isnan(result.per_joint_ece[1]) and result.auroc == 1.0
 

@@ -70,7 +70,7 @@ class Calibration:
     mean_confidence: float
 
 
-def calibration(confidence, correct, counted, bins: int = DEFAULT_BINS) -> Calibration:
+def calibrate(confidence, correct, counted, bins: int = DEFAULT_BINS) -> Calibration:
     """Calibration of confidences (N, K) against correctness (N, K) over the keypoints that count (N, K)."""
     confidence = np.asarray(confidence, np.float64)
     correct, counted = np.asarray(correct, bool), np.asarray(counted, bool)
