@@ -148,3 +148,24 @@ def pooled_pck_intervals(correct, counted, resamples: int = BOOTSTRAP_RESAMPLES,
         values = per_sample_hits.sum(axis=1) / per_sample_total.sum()
     return (_percentile_interval(values, resampled, n, resamples, level),
             _percentile_interval(values - values[0], resampled - resampled[:, :1], n, resamples, level))
+
+
+def paired_difference_intervals(correct_a, correct_b, counted, resamples: int = BOOTSTRAP_RESAMPLES,
+                                level: float = 0.95, seed: int = 0) -> tuple[Interval, Interval]:
+    """Per-joint (K,) and pooled () PCK difference b - a of two models on the same samples (correct_a,
+    correct_b, counted: (N, K)), with a paired bootstrap over people."""
+    counted = np.asarray(counted, bool)
+    a = np.asarray(correct_a, bool) & counted
+    b = np.asarray(correct_b, bool) & counted
+    n = len(counted)
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    totals = counted[draws].sum(axis=1).astype(np.float64)  # (R, K)
+    diff = (b[draws].sum(axis=1) - a[draws].sum(axis=1)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_joint = np.where(totals > 0, diff / totals, np.nan)
+        pooled = diff.sum(axis=1) / totals.sum(axis=1)
+        count = counted.sum(axis=0)
+        joint_value = np.where(count > 0, (b.sum(0) - a.sum(0)) / np.maximum(count, 1), np.nan)
+        pooled_value = (b.sum() - a.sum()) / counted.sum() if counted.any() else np.nan
+    return (_percentile_interval(joint_value, per_joint, n, resamples, level),
+            _percentile_interval(pooled_value, pooled, n, resamples, level))
