@@ -196,25 +196,107 @@ def test_lesioned_context_restores_the_branch(trained):
 # --- the report -----------------------------------------------------------------------------------------
 
 
+def _report_options(synth_dataset, out):
+    return ["--data", str(synth_dataset), "--samples", "10", "--probe-samples", "16", "--dependency-samples", "3",
+            "--show", "2", "--occlusion-samples", "1", "--attribution-samples", "1", "--ig-steps", "4",
+            "--out", str(out), "--device", "cpu"]
+
+
 def test_explore_command_writes_a_self_contained_report_with_every_section(trained, synth_dataset, tmp_path,
                                                                          capsys):
     out = tmp_path / "report"
-    code = main(["explore", "--checkpoint", str(trained.path), "--data", str(synth_dataset),
-                 "--samples", "10", "--show", "2", "--occlusion-samples", "1", "--out", str(out),
-                 "--device", "cpu"])
+    code = main(["explore", "--checkpoint", str(trained.path), *_report_options(synth_dataset, out)])
     assert code in (0, None)
     html = (out / "index.html").read_text(encoding="utf-8")
     headings = re.findall(r"<h2>(.*?)</h2>", html)
-    assert headings == list(SECTION_TITLES) == ["Heatmaps", "Activations", "Skip vs low branch", "Saliency",
-                                                "Occlusion sensitivity", "Lesion study", "Where it fails"]
+    assert headings == [t for t in SECTION_TITLES if t != "Over training"]  # that one needs --run
     for section in re.findall(r"<section.*?</section>", html, flags=re.S):
         assert re.search(r'<p class="intro">.{200,}?</p>', section), "a section lacks its explanation"
+        assert re.search(r'<p class="cost">\d+ ', section), "a section does not state its sample count"
         assert "data:image/png;base64," in section
     # self-contained: no scripts, no external resources
     assert "<script" not in html and not re.search(r'(src|href)="(?!data:|#)', html)
+    # the header: the subset's PCK with its interval next to the whole split's, and a warning for 10 samples
+    assert "PCK on the whole split" in html and "95% bootstrap interval" in html
+    assert 'class="warning"' in html and "Only 10 samples" in html
+    assert "Only 10 samples" in capsys.readouterr().err
     summary = json.loads((out / "explore.json").read_text())
     assert summary["samples"] == 10 and set(summary["lesions"]) >= {"intact", "level 2 low"}
-    assert "wrote" in capsys.readouterr().out
+    assert summary["split_pck"]["pck"] is not None  # val2017 is larger than 10: one evaluation pass
+    low, high = summary["pck"]["interval"]
+    assert low <= summary["pck"]["overall"] <= high
+    assert summary["probes"]["samples"] == 16 and summary["dependency"]["samples"] == 3
+    assert summary["attributions"]["samples"] == 1 and 0 <= summary["calibration"]["ece"] <= 1
+    # sentences computed from the figures, not fixed claims
+    assert "joint-like blobs" not in html and "often the joint's left/right twin" not in html
+    assert "by construction" in html
+
+
+def test_failures_verdict_is_withheld_when_intervals_overlap():
+    from hgpose.explore.calibration import pck_intervals
+    from hgpose.explore.sections import hardest_easiest
+
+    rng = np.random.default_rng(0)
+    counted = np.ones((12, 17), bool)
+    close = rng.uniform(size=(12, 17)) < np.linspace(0.4, 0.6, 17)
+    joint, _ = pck_intervals(close, counted)
+    assert "No joint is clearly hardest" in hardest_easiest(joint.value, joint)
+    counted = np.ones((400, 17), bool)
+    apart = rng.uniform(size=(400, 17)) < np.linspace(0.1, 0.9, 17)
+    joint, _ = pck_intervals(apart, counted)
+    verdict = hardest_easiest(joint.value, joint)
+    assert verdict.startswith("Hardest joint: nose; easiest: right_ankle"), verdict
+
+
+def test_randomisation_check_separates_the_trained_model_from_a_randomised_one(trained):
+    """IG maps of the trained model barely survive re-initialising the weights, while the same model's maps
+    computed with another step count (a change that should not matter) agree almost perfectly."""
+    from hgpose.explore import attribution
+
+    labelled = np.argwhere(trained.visibility[:2] == 2)
+    joints = sorted({int(j) for _, j in labelled})[:3]
+    images = trained.images[:2]
+    ig = attribution.integrated_gradients(trained.model, images, joints, steps=16)
+    ig_again = attribution.integrated_gradients(trained.model, images, joints, steps=24)
+    gradient = attribution.input_gradient(trained.model, images, joints)
+    check = attribution.randomisation_check(trained.model, images, joints, ig, gradient, steps=16)
+    stable = np.mean([attribution.rank_correlation(a, b) for a, b in zip(ig.reshape(-1, *ig.shape[2:]),
+                                                                          ig_again.reshape(-1, *ig.shape[2:]))])
+    randomised = np.nanmean(check.integrated_gradients)
+    assert check.integrated_gradients.shape == check.input_gradient.shape == (2, len(joints))
+    assert stable > 0.9 and randomised < 0.6 and stable - randomised > 0.4, (stable, randomised)
+    # deletion in IG's order lowers the confidence faster than a random order
+    ordered = attribution.deletion_area(attribution.deletion_curve(trained.model, images, joints, ig))
+    shuffled = attribution.deletion_area(attribution.deletion_curve(trained.model, images, joints, None))
+    assert ordered.mean() < shuffled.mean(), (ordered, shuffled)
+
+
+def test_joint_dependency_hiding_a_joint_hurts_that_joint_most(trained):
+    from hgpose.explore import joint_dependency
+
+    result = joint_dependency(trained.model, trained.images[:8], trained.keypoints[:8], trained.visibility[:8])
+    assert result.confidence_drop.shape == result.shift.shape == (17, 17)
+    diagonal = np.nanmean(np.diag(result.confidence_drop))
+    off = np.nanmean(result.confidence_drop[~np.eye(17, dtype=bool)])
+    assert diagonal > 2 * off and diagonal > 0.03, (diagonal, off)
+    assert list(result.masked) == list(((trained.visibility[:8] == 1) | (trained.visibility[:8] == 2)).sum(0))
+
+
+def test_explore_compare_puts_two_models_side_by_side(trained, synth_dataset, tmp_path):
+    random_path = save_model(build_model(CONFIG, seed=5), tmp_path / "random.safetensors")
+    out = tmp_path / "compare"
+    code = main(["explore", "--checkpoint", str(trained.path), "--compare", str(random_path), "--data",
+                 str(synth_dataset), "--split", "train2017", "--samples", "24", "--probe-samples", "24",
+                 "--dependency-samples", "2", "--out", str(out), "--device", "cpu"])
+    assert code in (0, None)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    from hgpose.explore.compare import COMPARE_TITLES
+
+    assert re.findall(r"<h2>(.*?)</h2>", html) == list(COMPARE_TITLES)
+    summary = json.loads((out / "explore.json").read_text())
+    pck = summary["pck"]
+    assert pck["b"] < pck["a"] and pck["b_minus_a_interval"][1] < 0  # an untrained B is clearly worse
+    assert pck["b_minus_a"] == pytest.approx(pck["b"] - pck["a"])
 
 
 def test_explore_command_reports_a_missing_split_in_one_line(trained, synth_dataset, tmp_path, capsys):

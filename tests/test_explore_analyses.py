@@ -41,13 +41,13 @@ def test_probe_uses_only_labelled_samples_for_position_and_reads_visibility():
     noise = rng.normal(size=features.shape)
     result = probes.linear_probes({"signal": features, "noise": noise}, keypoints, visibility)
     assert result.labelled[0] == 130 and result.position_r2[0, 0] > 0.9
-    assert result.visible_accuracy[0, 0] > 0.75 and abs(result.visible_accuracy[1, 0] - 0.5) < 0.15
+    assert result.visible_auroc[0, 0] > 0.75 and abs(result.visible_auroc[1, 0] - 0.5) < 0.15
 
 
 def test_probe_is_nan_with_too_few_samples():
     features, keypoints = _planted(n=8, k=1)
     result = probes.linear_probes({"s": features}, keypoints, np.full((8, 1), 2))
-    assert np.isnan(result.position_r2[0, 0]) and np.isnan(result.visible_accuracy[0, 0])
+    assert np.isnan(result.position_r2[0, 0]) and np.isnan(result.visible_auroc[0, 0])
 
 
 def test_cka_of_a_representation_with_itself_is_one_and_invariant_to_rotation_and_scale():

@@ -1,7 +1,7 @@
 """Where joint information lives: linear probes on each stage's pooled activations, and linear CKA
 between stages (Kornblith et al. 2019).
 
-A probe is a cross-validated linear read-out (scikit-learn ridge regression / ridge classifier, the
+A probe is a cross-validated linear read-out (scikit-learn ridge regression, the
 regularisation chosen inside each training fold by
 efficient leave-one-out) of a joint's position, or of whether it is labelled
 visible, from one stage's activations, average-pooled to a small grid so that every stage gives a
@@ -72,7 +72,7 @@ class Probes:
     stages: list[str]
     position_r2: np.ndarray  # (S, K) out-of-fold R^2 of the joint's (x, y), pooled over both; NaN: too few
     position_error: np.ndarray  # (S, K) out-of-fold mean distance, heatmap pixels
-    visible_accuracy: np.ndarray  # (S, K) out-of-fold balanced accuracy of "labelled visible (v = 2)"
+    visible_auroc: np.ndarray  # (S, K) out-of-fold AUROC of reading "labelled visible (v = 2)"; 0.5 chance
     labelled: np.ndarray  # (K,) samples with the joint labelled (the position probes' sample count)
     samples: int
     folds: int
@@ -84,12 +84,6 @@ def _ridge():
     from sklearn.linear_model import RidgeCV
 
     return RidgeCV(alphas=RIDGE_ALPHAS)
-
-
-def _ridge_classifier():
-    from sklearn.linear_model import RidgeClassifierCV
-
-    return RidgeClassifierCV(alphas=RIDGE_ALPHAS, class_weight="balanced")
 
 
 def probe_position(features, targets, folds: int = 5, seed: int = 0) -> tuple[float, float]:
@@ -108,19 +102,25 @@ def probe_position(features, targets, folds: int = 5, seed: int = 0) -> tuple[fl
     return float(r2), float(np.linalg.norm(predicted - targets, axis=1).mean())
 
 
-def probe_label(features, labels, folds: int = 5, seed: int = 0) -> float:
-    """Out-of-fold balanced accuracy of a ridge classifier of binary labels (n,) from features (n, D);
-    0.5 is chance. NaN when the rarer class has fewer than 2 samples."""
-    from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+def probe_labels(features, labels, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold AUROC of a ridge read-out of each column of binary labels (n, M) from features (n, D),
+    all columns in one multi-output fit per fold (each column its own regularisation); 0.5 is chance.
+    NaN for a column whose rarer class has fewer than 2 samples."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import KFold, cross_val_predict
 
-    labels = np.asarray(labels).astype(int)
-    rarer = min(int(labels.sum()), int((1 - labels).sum()))
-    if rarer < 2:
-        return float("nan")
-    cv = StratifiedKFold(min(folds, rarer), shuffle=True, random_state=seed)
-    predicted = cross_val_predict(_ridge_classifier(), np.asarray(features, np.float64), labels, cv=cv)
-    return float(balanced_accuracy_score(labels, predicted))
+    labels = np.asarray(labels).astype(np.float64)
+    result = np.full(labels.shape[1], np.nan)
+    if len(labels) < 2 * folds:
+        return result
+    scores = cross_val_predict(RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=True), np.asarray(features, np.float64),
+                               2 * labels - 1, cv=KFold(folds, shuffle=True, random_state=seed))
+    scores = scores.reshape(len(labels), -1)  # one column comes back flat
+    for m in range(labels.shape[1]):
+        if min(labels[:, m].sum(), (1 - labels[:, m]).sum()) >= 2:
+            result[m] = roc_auc_score(labels[:, m], scores[:, m])
+    return result
 
 
 def linear_probes(features: dict[str, np.ndarray], keypoints, visibility, folds: int = 5, seed: int = 0
@@ -132,14 +132,14 @@ def linear_probes(features: dict[str, np.ndarray], keypoints, visibility, folds:
     n, k = visibility.shape
     labelled = (visibility == 1) | (visibility == 2)
     stages = list(features)
-    r2, error, accuracy = (np.full((len(stages), k), np.nan) for _ in range(3))
+    r2, error, auroc = (np.full((len(stages), k), np.nan) for _ in range(3))
     for s, name in enumerate(stages):
         x = np.asarray(features[name])
         for j in range(k):
             rows = labelled[:, j]
             r2[s, j], error[s, j] = probe_position(x[rows], keypoints[rows, j], folds, seed)
-            accuracy[s, j] = probe_label(x, visibility[:, j] == 2, folds, seed)
-    return Probes(stages, r2, error, accuracy, labelled.sum(axis=0), n, folds)
+        auroc[s] = probe_labels(x, visibility == 2, folds, seed)
+    return Probes(stages, r2, error, auroc, labelled.sum(axis=0), n, folds)
 
 
 def linear_cka(x, y) -> float:

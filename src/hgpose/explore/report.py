@@ -224,7 +224,7 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
     probe_seconds = time.perf_counter() - timer.started
     sections.append(sc.probes_section(probes, cka, probe_seconds))
     numbers["probes"] = {"stages": probes.stages, "position_r2": probes.position_r2,
-                         "visible_accuracy": probes.visible_accuracy, "labelled": probes.labelled,
+                         "visible_auroc": probes.visible_auroc, "labelled": probes.labelled,
                          "samples": probes.samples, "cka": cka, "seconds": probe_seconds}
     timer.done()
 

@@ -145,9 +145,9 @@ def probes_section(probes, cka, seconds: float) -> Section:
         image(fg.matrix_figure(probes.position_r2, labels, fg.SHORT_NAMES, "held-out R² of a linear read-out of "
                                "each joint's position (0: no better than the mean position)", vmin=0, vmax=1,
                                label="R²"), "probe R² per stage and joint"),
-        image(fg.matrix_figure(probes.visible_accuracy, labels, fg.SHORT_NAMES, "held-out balanced accuracy "
-                               "of reading 'labelled visible' (v = 2) (0.5: chance)", vmin=0.5, vmax=1,
-                               label="balanced accuracy"), "visibility probe per stage and joint"),
+        image(fg.matrix_figure(probes.visible_auroc, labels, fg.SHORT_NAMES, "held-out AUROC of reading "
+                               "'labelled visible' (v = 2) (0.5: chance)", vmin=0.5, vmax=1, label="AUROC"),
+              "visibility probe per stage and joint"),
         table(("joint", "best stage", "its R²", f"first stage with R² >= {PROBE_LEVEL}"), rows),
         image(fg.matrix_figure(cka, labels, labels, "linear CKA between stages (1: the same representation up "
                                "to rotation and scale)", vmin=0, vmax=1, label="CKA", cell=0.6),
@@ -168,8 +168,9 @@ def probes_section(probes, cka, seconds: float) -> Section:
         f"stage's activations are average-pooled to at most 4x4 cells and a ridge regression (scikit-learn, "
         f"{probes.folds}-fold cross-validated, regularisation chosen inside each training fold) predicts the "
         "joint's (x, y) on held-out samples; the score is R², 1 for a perfect read-out and 0 or below for none "
-        "better than always guessing the mean position. The second matrix does the same for whether the joint "
-        "is labelled visible. Linear CKA compares two stages' representations of the same samples: high CKA "
+        "better than always guessing the mean position. The second matrix asks the same of whether the joint is "
+        "labelled visible (v = 2), scored by the held-out AUROC (0.5: chance, 1: perfect). Linear CKA "
+        "compares two stages' representations of the same samples: high CKA "
         "means the two stages encode these samples alike."), body,
         f"{probes.samples} samples (a joint's position probe uses those where it is labelled: "
         f"{int(probes.labelled.min())}-{int(probes.labelled.max())}), {len(labels)} stages x 17 joints, "
