@@ -114,12 +114,12 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
     model = load_explore_model(checkpoint, device)
     out = Path(out)
     largest = 0 if 0 in (samples, probe_samples) else max(samples, probe_samples, dependency_samples)
-    # before the progress bar, so that a bad --data or --split is one clean line
-    loaded = load_samples(data, split, model.config.input_size, largest, seed, _checkpoint_path(checkpoint))
     if run is not None:
         from hgpose.explore.trajectory import epoch_checkpoints
 
-        epoch_checkpoints(run)  # a bad --run is one clean line too
+        epoch_checkpoints(run)  # a bad --run is one clean line, before any work
+    # before the progress bar, so that a bad --data or --split is one clean line
+    loaded = load_samples(data, split, model.config.input_size, largest, seed, _checkpoint_path(checkpoint))
     steps = len(SECTION_TITLES) + (1 if run is not None else 0)  # every section but over training, + writing
     bar = tqdm(total=steps, desc="explore", unit="step", disable=not progress, dynamic_ncols=True)
     try:

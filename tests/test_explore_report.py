@@ -1,0 +1,103 @@
+"""The explore report of a real training run (`--run`, over-training section from its per-epoch
+checkpoints), checked in a real browser: headless Chromium loads every image and shows every section."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from hgpose.cli import main
+from hgpose.explore.sections import SECTION_TITLES
+from hgpose.explore.trajectory import chosen_epochs, lr_drop_epoch
+from hgpose.model import ModelConfig
+from hgpose.train import TrainConfig, train
+
+TINY = ModelConfig(depth=2, features=32, input_size=64)
+BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                if shutil.which(name)), None)
+
+# Added to a copy of the page only (the report itself has no script): after load, record on <body> how many
+# images there are, how many decoded (naturalWidth > 0), and the section headings the browser shows.
+PROBE_SCRIPT = """<script>window.addEventListener("load", () => {
+  const images = [...document.images];
+  document.body.setAttribute("data-images", images.length);
+  document.body.setAttribute("data-loaded", images.filter(i => i.complete && i.naturalWidth > 0).length);
+  document.body.setAttribute("data-sections",
+    [...document.querySelectorAll("section > h2")].filter(h => h.offsetHeight > 0).map(h => h.textContent).join("|"));
+});</script>"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(synth_dataset, tmp_path_factory):
+    """A real three-epoch training run of a tiny model (per-epoch checkpoints, metrics.csv)."""
+    out = tmp_path_factory.mktemp("explore_run") / "run"
+    config = TrainConfig(data=str(synth_dataset), out=str(out), epochs=3, batch_size=8, workers=0, progress=False,
+                         cache="off", model=TINY, subset=16, lr_patience=1)
+    return train(config)
+
+
+def rendered(page, tmp_path) -> dict[str, str]:
+    """The <body> attributes the probe script set, after Chromium loaded a copy of the page."""
+    copy = tmp_path / f"rendered_{page.parent.name}.html"
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE_SCRIPT + "</body>"), encoding="utf-8")
+    result = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                             "--dump-dom", copy.as_uri()], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", result.stdout)
+    assert body, "Chromium printed no DOM"
+    return dict(re.findall(r'data-(\w+)="([^"]*)"', body.group(1)))
+
+
+def test_epoch_choice_and_lr_drop(tmp_path):
+    assert chosen_epochs(range(1, 21), 5) == [1, 5, 10, 15, 20]
+    assert chosen_epochs([1, 2, 3], 2) == [1, 2, 3]
+    (tmp_path / "metrics.csv").write_text("epoch,lr,train_loss\n1,0.001,1\n2,0.001,1\n3,0.0002,1\n4,0.0002,1\n")
+    assert lr_drop_epoch(tmp_path) == 3
+    (tmp_path / "metrics.csv").write_text("epoch,lr\n1,0.001\n2,0.001\n")
+    assert lr_drop_epoch(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_explore_run_report_renders_in_chromium_with_every_image_and_section(run_dir, tmp_path):
+    out = tmp_path / "explore"
+    code = main(["explore", "--run", str(run_dir), "--every", "2", "--samples", "8", "--probe-samples", "0",
+                 "--dependency-samples", "2", "--show", "1", "--occlusion-samples", "1", "--attribution-samples", "1",
+                 "--ig-steps", "4", "--out", str(out), "--device", "cpu"])
+    assert code in (0, None)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r"<h2>(.*?)</h2>", html) == list(SECTION_TITLES)  # --run adds "Over training"
+    summary = json.loads((out / "explore.json").read_text())
+    assert summary["over_training"]["epochs"] == [1, 2, 3]
+    assert summary["checkpoint"].endswith("best.safetensors")
+    assert len(summary["over_training"]["cka_to_final"][-1]) == len(summary["probes"]["stages"])
+    assert summary["over_training"]["cka_to_final"][-1][0] == pytest.approx(1.0)  # the last epoch vs itself
+    if BROWSER is None:
+        pytest.skip("no headless Chromium installed (apt-get install chromium)")
+    seen = rendered(out / "index.html", tmp_path)
+    assert int(seen["images"]) == html.count("<img ") > 20
+    assert seen["loaded"] == seen["images"], seen
+    assert seen["sections"].split("|") == list(SECTION_TITLES)
+    # the check can fail: a page with one broken image is caught
+    broken = tmp_path / "broken" / "index.html"
+    broken.parent.mkdir()
+    broken.write_text(re.sub(r'src="data:image/png;base64,[^"]{40}', 'src="data:image/png;base64,AAAA', html,
+                             count=1), encoding="utf-8")
+    seen = rendered(broken, tmp_path)
+    assert int(seen["loaded"]) == int(seen["images"]) - 1
+
+
+def test_explore_run_errors_are_one_line(run_dir, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for args, expected in (([str(tmp_path / "missing")], "not a directory"),
+                           ([str(bare), "--checkpoint", str(run_dir / "best.safetensors")], "checkpoints")):
+        code = main(["explore", "--run", *args, "--data", "x", "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    code = main(["explore", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--checkpoint" in err and len(err.strip().splitlines()) == 1
