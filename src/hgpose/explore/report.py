@@ -240,7 +240,7 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
 
     timer.start("skip vs low branch")
     contributions = an.branch_contributions(model, main.images, batch_size=batch_size)
-    sections.append(sc.branch_section(contributions, study, lesion_changes))
+    sections.append(sc.branch_section(contributions, study, lesion_changes, config))
     numbers["branches"] = {k: np.asarray(v).tolist() for k, v in asdict(contributions).items()} | {
         "skip_share": contributions.skip_share.tolist()}
     timer.done()

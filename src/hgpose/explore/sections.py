@@ -222,7 +222,7 @@ def trajectory_section(trajectory, run, every: int, seconds: float) -> Section:
 # --- 5, 6, 7: skip vs low, saliency, attributions -------------------------------------------------------
 
 
-def branch_section(contributions, study, changes) -> Section:
+def branch_section(contributions, study, changes, config) -> Section:
     def change(level: int, branch: str) -> str:
         i = study.names.index(f"level {level} {branch}")
         return f"{study.overall[i] - study.overall[0]:+.3f} [{changes.low[i]:+.3f}, {changes.high[i]:+.3f}]"
@@ -234,13 +234,14 @@ def branch_section(contributions, study, changes) -> Section:
     dominant = int(np.argmax(contributions.low / np.maximum(contributions.skip, 1e-12)))
     lesions = study.overall[1:] - study.overall[0]
     worst = int(np.argmin(lesions)) + 1
-    depth = len(contributions.skip)
+    longest = 2 * config.depth * config.residuals_per_level + config.innermost_residuals
     return _section("Skip vs low branch", (
         "Every level of the hourglass outputs the sum of two branches: the skip branch, a residual at the "
         "level's own resolution, and the low branch, everything computed at coarser resolutions, upsampled. "
         "The bars are the root-mean-square size of each branch's contribution. That size grows with the depth "
         "of a branch by construction: every pre-activation residual adds its output to its input, and the low "
-        f"branch of level 1 passes through {2 * depth + 1}+ residuals against the skip branch's one, so a larger "
+        f"branch of level 1 chains up to {longest} residuals against the skip branch's "
+        f"{config.residuals_per_level}, so a larger "
         "low RMS at the outer levels is expected of any such network, trained or not. The size-independent "
         "measure is in the last two columns: the change in PCK when that branch is zeroed (the lesion study, "
         "with its 95% paired bootstrap interval)."), [
