@@ -282,6 +282,7 @@ def test_joint_dependency_hiding_a_joint_hurts_that_joint_most(trained):
     assert list(result.masked) == list(((trained.visibility[:8] == 1) | (trained.visibility[:8] == 2)).sum(0))
 
 
+@pytest.mark.slow
 def test_explore_compare_puts_two_models_side_by_side(trained, synth_dataset, tmp_path):
     random_path = save_model(build_model(CONFIG, seed=5), tmp_path / "random.safetensors")
     out = tmp_path / "compare"

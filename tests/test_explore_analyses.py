@@ -141,3 +141,15 @@ def test_deletion_area_is_the_mean_confidence_over_the_removed_fraction():
     assert attribution.deletion_area([1.0, 0.0, 0.0], fractions) == pytest.approx(0.25)
     assert attribution.rank_correlation(np.arange(10), np.arange(10) ** 2) == pytest.approx(1.0)
     assert np.isnan(attribution.rank_correlation(np.ones(5), np.arange(5)))
+
+
+def test_small_stages_are_drawn_as_numbers_and_larger_ones_as_images():
+    from matplotlib.figure import Figure
+
+    from hgpose.explore.figures import _activation_tile
+
+    small, large = Figure().subplots(1, 2)
+    _activation_tile(small, np.array([[0.5, 1.25], [-2.0, 3.0]]))
+    _activation_tile(large, np.zeros((4, 4)))
+    assert sorted(t.get_text() for t in small.texts) == ["-2", "0.5", "1.2", "3"] and not small.images
+    assert len(large.images) == 1 and not large.texts
