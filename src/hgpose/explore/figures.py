@@ -11,6 +11,7 @@ import io
 import cv2
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.draw import POINT_COLOURS, draw_pose
@@ -169,14 +170,16 @@ def _joint_grid(crop, maps, coords, titles, cmap, signed: bool = False, extent=N
     k = len(maps)
     cols = 6
     rows = -(-(k + 1) // cols)
-    fig, axes = _axes_grid(rows, cols, cell=1.5 if not colorbar else 1.8)
+    fig, axes = _axes_grid(rows, cols, cell=1.5 if not colorbar else 2.0)
+    if colorbar:  # room for each map's colour bar and its tick labels
+        fig.subplots_adjust(left=0.01, right=0.95, wspace=0.45)
     axes[0, 0].imshow(hwc(crop), extent=_extent(size))
     axes[0, 0].set_title("input", fontsize=9)
     grey = _grey(crop)
     for j in range(k):
         ax = axes.flat[j + 1]
         ax.imshow(grey, cmap="gray", extent=_extent(size), vmin=0, vmax=255)
-        limit = max(float(np.nanmax(np.abs(maps[j]))), 1e-12)
+        limit = float(np.nanmax(np.abs(maps[j]))) or 1.0  # an all-zero map: a plain 0-1 scale
         norm = {"vmin": -limit, "vmax": limit} if signed else {"vmin": 0, "vmax": limit}
         shown = ax.imshow(maps[j], cmap=cmap, alpha=0.7, extent=extent or _extent(size), **norm)
         ax.plot(*coords[j], "x", ms=6, color=np.array(POINT_COLOURS[j]) / 255, mew=1.5)
@@ -185,6 +188,8 @@ def _joint_grid(crop, maps, coords, titles, cmap, signed: bool = False, extent=N
         ax.set_ylim(size - 0.5, -0.5)
         if colorbar:
             bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+            bar.locator = MaxNLocator(4)
+            bar.update_ticks()
             bar.ax.tick_params(labelsize=6)
             bar.solids.set_alpha(1)
     return to_png(fig)
