@@ -15,7 +15,7 @@ DESCRIPTION = (
 
 def add_arguments(parser):
     parser.add_argument("--checkpoint", type=Path, metavar="CKPT",
-                        help="model weights (.safetensors); default with --run: RUN/best.safetensors")
+                        help="model weights (.safetensors); with --run, RUN/best.safetensors when not given")
     parser.add_argument("--run", type=Path, metavar="RUN_DIR",
                         help="a training run directory: adds the over-training section from its per-epoch "
                              "checkpoints (RUN/checkpoints/epoch_NNN.safetensors)")
@@ -24,7 +24,7 @@ def add_arguments(parser):
     parser.add_argument("--compare", type=Path, metavar="CKPT_B",
                         help="a second checkpoint: write a side-by-side comparison with differences instead")
     parser.add_argument("--data", type=Path, metavar="DIR",
-                        help="COCO-format data root (default with --run: the run's data)")
+                        help="COCO-format data root; with --run, the run's data root when not given")
     parser.add_argument("--split", default="val2017",
                         help="annotation split (annotations/person_keypoints_<split>.json), or train/val: "
                              "the held-out parts of the checkpoint's training run")
