@@ -62,7 +62,7 @@ def test_epoch_choice_and_lr_drop(tmp_path):
 
 
 @pytest.mark.slow
-def test_explore_run_report_renders_in_chromium_with_every_image_and_section(run_dir, tmp_path):
+def test_explore_run_report_has_every_section_and_renders_in_chromium(run_dir, tmp_path, capsys):
     out = tmp_path / "explore"
     code = main(["explore", "--run", str(run_dir), "--every", "2", "--samples", "8", "--probe-samples", "0",
                  "--dependency-samples", "2", "--show", "1", "--occlusion-samples", "1", "--attribution-samples", "1",
@@ -70,11 +70,33 @@ def test_explore_run_report_renders_in_chromium_with_every_image_and_section(run
     assert code in (0, None)
     html = (out / "index.html").read_text(encoding="utf-8")
     assert re.findall(r"<h2>(.*?)</h2>", html) == list(SECTION_TITLES)  # --run adds "Over training"
+    for section in re.findall(r"<section.*?</section>", html, flags=re.S):
+        assert re.search(r'<p class="intro">.{200,}?</p>', section), "a section lacks its explanation"
+        assert re.search(r'<p class="cost">\d+ ', section), "a section does not state its sample count"
+        assert "data:image/png;base64," in section
+    # self-contained: no scripts, no external resources
+    assert "<script" not in html and not re.search(r'(src|href)="(?!data:|#)', html)
+    # the header: the subset's PCK with its interval next to the whole split's, and a warning for 8 samples
+    assert "PCK on the whole split" in html and "95% bootstrap interval" in html
+    assert 'class="warning"' in html and "Only 8 samples" in html and "Only 8 samples" in capsys.readouterr().err
+    # sentences computed from the figures, not fixed claims
+    assert "joint-like blobs" not in html and "often the joint's left/right twin" not in html
+    assert "by construction" in html and "Left/right swaps over all 8 samples" in html
+
     summary = json.loads((out / "explore.json").read_text())
-    assert summary["over_training"]["epochs"] == [1, 2, 3]
-    assert summary["checkpoint"].endswith("best.safetensors")
-    assert len(summary["over_training"]["cka_to_final"][-1]) == len(summary["probes"]["stages"])
-    assert summary["over_training"]["cka_to_final"][-1][0] == pytest.approx(1.0)  # the last epoch vs itself
+    assert summary["checkpoint"].endswith("best.safetensors") and summary["samples"] == 8
+    assert summary["split_pck"]["pck"] is not None  # val2017 holds more than 8: one evaluation pass
+    low, high = summary["pck"]["interval"]
+    assert low <= summary["pck"]["overall"] <= high
+    assert set(summary["lesions"]) >= {"intact", "level 2 low"}
+    assert summary["dependency"]["samples"] == 2 and summary["attributions"]["samples"] == 1
+    assert summary["probes"]["samples"] == summary["loaded_samples"] > 8
+    assert 0 <= summary["calibration"]["ece"] <= 1
+    trajectory = summary["over_training"]
+    assert trajectory["epochs"] == [1, 2, 3] and trajectory["lr_drop"] == lr_drop_epoch(run_dir)
+    assert len(trajectory["cka_to_final"][-1]) == len(summary["probes"]["stages"])
+    assert trajectory["cka_to_final"][-1][0] == pytest.approx(1.0)  # the last epoch against itself
+
     if BROWSER is None:
         pytest.skip("no headless Chromium installed (apt-get install chromium)")
     seen = rendered(out / "index.html", tmp_path)
