@@ -1,5 +1,6 @@
-"""hgpose.explore: array shapes of every analysis, saliency locality and lesions on a briefly trained
-model, and the HTML report with all seven sections."""
+"""hgpose.explore on a briefly trained model: array shapes of every analysis, saliency locality, lesions,
+the attribution randomisation check, joint dependency, the failures verdict, `--compare` and errors (the
+full report of a training run, rendered in Chromium: tests/test_explore_report.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from hgpose.data.coco import load_split
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import seed_normalizer
-from hgpose.explore.report import SECTION_TITLES
 from hgpose.model import ModelConfig, build_model, save_model, to_model_input
 
 CONFIG = ModelConfig(depth=2, features=64, input_size=64)
@@ -196,25 +196,72 @@ def test_lesioned_context_restores_the_branch(trained):
 # --- the report -----------------------------------------------------------------------------------------
 
 
-def test_explore_command_writes_a_self_contained_report_with_every_section(trained, synth_dataset, tmp_path,
-                                                                         capsys):
-    out = tmp_path / "report"
-    code = main(["explore", "--checkpoint", str(trained.path), "--data", str(synth_dataset),
-                 "--samples", "10", "--show", "2", "--occlusion-samples", "1", "--out", str(out),
-                 "--device", "cpu"])
+def test_failures_verdict_is_withheld_when_intervals_overlap():
+    from hgpose.explore.calibration import pck_intervals
+    from hgpose.explore.sections import hardest_easiest
+
+    rng = np.random.default_rng(0)
+    counted = np.ones((12, 17), bool)
+    close = rng.uniform(size=(12, 17)) < np.linspace(0.4, 0.6, 17)
+    joint, _ = pck_intervals(close, counted)
+    assert "No joint is clearly hardest" in hardest_easiest(joint.value, joint)
+    counted = np.ones((400, 17), bool)
+    apart = rng.uniform(size=(400, 17)) < np.linspace(0.1, 0.9, 17)
+    joint, _ = pck_intervals(apart, counted)
+    verdict = hardest_easiest(joint.value, joint)
+    assert verdict.startswith("Hardest joint: nose; easiest: right_ankle"), verdict
+
+
+def test_randomisation_check_separates_the_trained_model_from_a_randomised_one(trained):
+    """IG maps of the trained model barely survive re-initialising the weights, while the same model's maps
+    computed with another step count (a change that should not matter) agree almost perfectly."""
+    from hgpose.explore import attribution
+
+    labelled = np.argwhere(trained.visibility[:2] == 2)
+    joints = sorted({int(j) for _, j in labelled})[:3]
+    images = trained.images[:2]
+    ig = attribution.integrated_gradients(trained.model, images, joints, steps=16)
+    ig_again = attribution.integrated_gradients(trained.model, images, joints, steps=24)
+    gradient = attribution.input_gradient(trained.model, images, joints)
+    check = attribution.randomisation_check(trained.model, images, joints, ig, gradient, steps=16)
+    stable = np.mean([attribution.rank_correlation(a, b) for a, b in zip(ig.reshape(-1, *ig.shape[2:]),
+                                                                          ig_again.reshape(-1, *ig.shape[2:]))])
+    randomised = np.nanmean(check.integrated_gradients)
+    assert check.integrated_gradients.shape == check.input_gradient.shape == (2, len(joints))
+    assert stable > 0.9 and randomised < 0.6 and stable - randomised > 0.4, (stable, randomised)
+    # deletion in IG's order lowers the confidence faster than a random order
+    ordered = attribution.deletion_area(attribution.deletion_curve(trained.model, images, joints, ig))
+    shuffled = attribution.deletion_area(attribution.deletion_curve(trained.model, images, joints, None))
+    assert ordered.mean() < shuffled.mean(), (ordered, shuffled)
+
+
+def test_joint_dependency_hiding_a_joint_hurts_that_joint_most(trained):
+    from hgpose.explore import joint_dependency
+
+    result = joint_dependency(trained.model, trained.images[:8], trained.keypoints[:8], trained.visibility[:8])
+    assert result.confidence_drop.shape == result.shift.shape == (17, 17)
+    diagonal = np.nanmean(np.diag(result.confidence_drop))
+    off = np.nanmean(result.confidence_drop[~np.eye(17, dtype=bool)])
+    assert diagonal > 2 * off and diagonal > 0.03, (diagonal, off)
+    assert list(result.masked) == list(((trained.visibility[:8] == 1) | (trained.visibility[:8] == 2)).sum(0))
+
+
+@pytest.mark.slow
+def test_explore_compare_puts_two_models_side_by_side(trained, synth_dataset, tmp_path):
+    random_path = save_model(build_model(CONFIG, seed=5), tmp_path / "random.safetensors")
+    out = tmp_path / "compare"
+    code = main(["explore", "--checkpoint", str(trained.path), "--compare", str(random_path), "--data",
+                 str(synth_dataset), "--split", "train2017", "--samples", "16", "--probe-samples", "16",
+                 "--dependency-samples", "2", "--out", str(out), "--device", "cpu"])
     assert code in (0, None)
     html = (out / "index.html").read_text(encoding="utf-8")
-    headings = re.findall(r"<h2>(.*?)</h2>", html)
-    assert headings == list(SECTION_TITLES) == ["Heatmaps", "Activations", "Skip vs low branch", "Saliency",
-                                                "Occlusion sensitivity", "Lesion study", "Where it fails"]
-    for section in re.findall(r"<section.*?</section>", html, flags=re.S):
-        assert re.search(r'<p class="intro">.{200,}?</p>', section), "a section lacks its explanation"
-        assert "data:image/png;base64," in section
-    # self-contained: no scripts, no external resources
-    assert "<script" not in html and not re.search(r'(src|href)="(?!data:|#)', html)
+    from hgpose.explore.compare import COMPARE_TITLES
+
+    assert re.findall(r"<h2>(.*?)</h2>", html) == list(COMPARE_TITLES)
     summary = json.loads((out / "explore.json").read_text())
-    assert summary["samples"] == 10 and set(summary["lesions"]) >= {"intact", "level 2 low"}
-    assert "wrote" in capsys.readouterr().out
+    pck = summary["pck"]
+    assert pck["b"] < pck["a"] and pck["b_minus_a_interval"][1] < 0  # an untrained B is clearly worse
+    assert pck["b_minus_a"] == pytest.approx(pck["b"] - pck["a"])
 
 
 def test_explore_command_reports_a_missing_split_in_one_line(trained, synth_dataset, tmp_path, capsys):

@@ -4,28 +4,46 @@ from hgpose.cli.common import add_device_argument, check_output_path, require_at
 from hgpose.device import resolve_device
 from hgpose.fileio import UserError
 
-HELP = "look inside a trained model: a self-contained HTML report of seven analyses"
+HELP = "look inside a trained model: a self-contained HTML report of its analyses"
 DESCRIPTION = (
-    HELP + " (heatmaps, activations, skip vs low branch, saliency, occlusion sensitivity, lesion study, "
-    "where it fails). Writes OUT/index.html (images embedded; open it in any browser) and OUT/explore.json. "
-    "The same analyses are functions in hgpose.explore."
+    HELP + " (heatmaps, activations, linear probes and CKA, skip vs low branch, saliency, Integrated "
+    "Gradients with sanity checks, occlusion, joint dependency, lesion study, calibration, where it fails; "
+    "with --run also how they change over training; with --compare two models side by side). Writes "
+    "OUT/index.html (images embedded; open it in any browser) and OUT/explore.json. The same analyses are "
+    "functions in hgpose.explore."
 )
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
-                        help="model weights (.safetensors)")
-    parser.add_argument("--data", type=Path, required=True, metavar="DIR", help="COCO-format data root")
+    parser.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                        help="model weights (.safetensors); with --run, RUN/best.safetensors when not given")
+    parser.add_argument("--run", type=Path, metavar="RUN_DIR",
+                        help="a training run directory: adds the over-training section from its per-epoch "
+                             "checkpoints (RUN/checkpoints/epoch_NNN.safetensors)")
+    parser.add_argument("--every", type=int, default=5, metavar="K",
+                        help="with --run: analyse the first, every K-th and the last epoch")
+    parser.add_argument("--compare", type=Path, metavar="CKPT_B",
+                        help="a second checkpoint: write a side-by-side comparison with differences instead")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help="COCO-format data root; with --run, the run's data root when not given")
     parser.add_argument("--split", default="val2017",
                         help="annotation split (annotations/person_keypoints_<split>.json), or train/val: "
                              "the held-out parts of the checkpoint's training run")
     parser.add_argument("--samples", type=int, default=64, metavar="N",
-                        help="seeded random person instances of the split to analyse (0: all of them)")
+                        help="seeded random person instances for skip vs low, lesions and failures (0: all)")
+    parser.add_argument("--probe-samples", type=int, default=256, metavar="N",
+                        help="instances for the probes, CKA, calibration and over-training sections (0: all)")
+    parser.add_argument("--dependency-samples", type=int, default=16, metavar="N",
+                        help="instances for the joint-dependency matrix (one forward pass per labelled joint)")
     parser.add_argument("--show", type=int, default=4, metavar="K",
                         help="samples drawn in the per-sample figures")
     parser.add_argument("--occlusion-samples", type=int, default=2, metavar="K",
                         help="of the shown samples, how many get occlusion maps (each re-runs the network "
                              "about 225 times)")
+    parser.add_argument("--attribution-samples", type=int, default=2, metavar="K",
+                        help="of the shown samples, how many get Integrated Gradients and its checks")
+    parser.add_argument("--ig-steps", type=int, default=20, metavar="N",
+                        help="integration steps of Integrated Gradients")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sample choice")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="crops per forward pass")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
@@ -33,19 +51,49 @@ def add_arguments(parser):
     add_device_argument(parser)
 
 
-def run(args):
-    from hgpose.explore.report import write_explore_report
+def _run_data(run: Path) -> Path:
+    import yaml
 
-    for name in ("samples", "show", "occlusion_samples"):
+    config = run / "config.yaml"
+    try:
+        data = (yaml.safe_load(config.read_text()) or {}).get("data")
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise UserError(f"{config}: cannot read the run's data root ({exc}); pass --data") from None
+    if not data:
+        raise UserError(f"{config}: names no data root; pass --data")
+    return Path(data)
+
+
+def run(args):
+    for name in ("samples", "show", "occlusion_samples", "probe_samples", "dependency_samples",
+                 "attribution_samples"):
         if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
-    if args.show < 1 or args.batch_size < 1:
-        raise UserError("--show and --batch-size must be >= 1")
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("show", "batch_size", "every", "ig_steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     require_at_least(args, 0, "seed")
+    if args.run is not None and not args.run.is_dir():
+        raise UserError(f"--run {args.run}: not a directory")
+    checkpoint = args.checkpoint or (args.run / "best.safetensors" if args.run else None)
+    if checkpoint is None:
+        raise UserError("give --checkpoint CKPT, or --run RUN_DIR")
+    data = args.data or (_run_data(args.run) if args.run else None)
+    if data is None:
+        raise UserError("give --data DIR (the COCO-format data root)")
     check_output_path(args.out, "--out", directory=True)
-    path = write_explore_report(
-        args.checkpoint, args.data, split=args.split, samples=args.samples, out=args.out,
-        device=resolve_device(args.device), show=args.show, occlusion_samples=args.occlusion_samples,
-        seed=args.seed, batch_size=args.batch_size,
-    )
+    device = resolve_device(args.device)
+    common = dict(split=args.split, samples=args.samples, out=args.out, device=device, seed=args.seed,
+                  batch_size=args.batch_size, probe_samples=args.probe_samples,
+                  dependency_samples=args.dependency_samples)
+    if args.compare is not None:
+        from hgpose.explore.compare import write_compare_report
+
+        path = write_compare_report(checkpoint, args.compare, data, **common)
+    else:
+        from hgpose.explore.report import write_explore_report
+
+        path = write_explore_report(checkpoint, data, show=args.show, occlusion_samples=args.occlusion_samples,
+                                    attribution_samples=args.attribution_samples, ig_steps=args.ig_steps,
+                                    run=args.run, every=args.every, **common)
     print(f"wrote {path}")

@@ -1,5 +1,6 @@
-"""Instruments for looking inside a trained hourglass: analyses returning arrays (hgpose.explore.analyses)
-and the self-contained HTML report of `hgpose explore` (hgpose.explore.report)."""
+"""Instruments for looking inside a trained hourglass: analyses returning arrays (hgpose.explore.analyses,
+.probes, .dependency, .attribution, .calibration, .trajectory) and the self-contained HTML report of
+`hgpose explore` (hgpose.explore.report, .compare)."""
 
 from hgpose.explore.analyses import (
     BranchContributions,
@@ -22,17 +23,41 @@ from hgpose.explore.analyses import (
     to_input_coords,
     uniform_share,
 )
+from hgpose.explore.attribution import (
+    RandomisationCheck,
+    deletion_area,
+    deletion_curve,
+    input_gradient,
+    integrated_gradients,
+    randomisation_check,
+    rank_correlation,
+)
+from hgpose.explore.calibration import Calibration, calibrate, pck_intervals, pooled_pck_intervals, reliability
+from hgpose.explore.dependency import JointDependency, joint_dependency
+from hgpose.explore.probes import Probes, cka_matrix, linear_cka, linear_probes, pooled_stages
+from hgpose.explore.trajectory import TrainingTrajectory, training_trajectory
 
 __all__ = [
     "BranchContributions", "Failures", "LesionStudy", "Occlusion", "activations", "branch_contributions",
     "decode", "failures", "heatmaps", "lesion_study", "lesioned", "level_resolutions", "occlusion",
     "saliency", "saliency_share", "stage_names", "target_heatmaps", "to_input_coords", "uniform_share",
-    "write_explore_report",
+    "RandomisationCheck", "deletion_area", "deletion_curve", "input_gradient", "integrated_gradients",
+    "randomisation_check", "rank_correlation", "Calibration", "calibrate", "pck_intervals",
+    "pooled_pck_intervals", "reliability", "JointDependency", "joint_dependency", "Probes", "cka_matrix",
+    "linear_cka", "linear_probes", "pooled_stages", "TrainingTrajectory", "training_trajectory",
+    "write_explore_report", "write_compare_report",
 ]
 
 
 def write_explore_report(*args, **kwargs):
     """See hgpose.explore.report.write_explore_report (imported lazily: it pulls in matplotlib)."""
     from hgpose.explore.report import write_explore_report as write
+
+    return write(*args, **kwargs)
+
+
+def write_compare_report(*args, **kwargs):
+    """See hgpose.explore.compare.write_compare_report (imported lazily: it pulls in matplotlib)."""
+    from hgpose.explore.compare import write_compare_report as write
 
     return write(*args, **kwargs)

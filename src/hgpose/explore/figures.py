@@ -11,6 +11,7 @@ import io
 import cv2
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.draw import POINT_COLOURS, draw_pose
@@ -113,13 +114,30 @@ def activation_figure(crop, stages: dict, top: int = 7) -> bytes:
     axes[0, 0].set_title("input", fontsize=8)
     for r, (name, maps) in enumerate(stages.items()):
         maps = np.asarray(maps, np.float32)
-        axes[r, 1].imshow(maps.mean(axis=0), cmap="viridis")
+        _activation_tile(axes[r, 1], maps.mean(axis=0))
         axes[r, 1].set_title(f"{name} {maps.shape[1]}x{maps.shape[2]} mean", fontsize=7)
         strongest = np.argsort(-maps.mean(axis=(1, 2)))[:top]
         for c, channel in enumerate(strongest, start=2):
-            axes[r, c].imshow(maps[channel], cmap="viridis")
+            _activation_tile(axes[r, c], maps[channel])
             axes[r, c].set_title(f"ch {channel}", fontsize=7)
     return to_png(fig)
+
+
+SMALL_STAGE = 2  # stages this small (1x1, 2x2) are printed as numbers: as colours they are flat tiles
+
+
+def _activation_tile(ax, tile):
+    if tile.shape[-1] > SMALL_STAGE:
+        ax.imshow(tile, cmap="viridis")
+        return
+    ax.set_xlim(-0.5, tile.shape[1] - 0.5)
+    ax.set_ylim(tile.shape[0] - 0.5, -0.5)
+    size = 8 if tile.shape[-1] == 1 else 6
+    for (y, x), value in np.ndenumerate(tile):
+        ax.text(x, y, f"{value:.2g}", ha="center", va="center", fontsize=size)
+    ax.set_axis_on()
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def branch_figure(contributions) -> bytes:
@@ -143,26 +161,37 @@ def branch_figure(contributions) -> bytes:
     return to_png(fig)
 
 
-def _joint_grid(crop, maps, coords, titles, cmap, signed: bool = False, extent=None) -> bytes:
-    """The crop and one map per joint (3 rows x 6 columns), maps over the greyed crop."""
+def _joint_grid(crop, maps, coords, titles, cmap, signed: bool = False, extent=None, colorbar: bool = False
+                ) -> bytes:
+    """The crop and one map per joint (3 rows x 6 columns), maps over the greyed crop. Every joint's map has
+    its own colour scale (0 or -max|map| to max|map|), so a weak map is as visible as a strong one;
+    `colorbar` puts that scale beside each map."""
     size = crop.shape[-1]
     k = len(maps)
     cols = 6
     rows = -(-(k + 1) // cols)
-    fig, axes = _axes_grid(rows, cols, cell=1.5)
+    fig, axes = _axes_grid(rows, cols, cell=1.5 if not colorbar else 2.0)
+    if colorbar:  # room for each map's colour bar and its tick labels
+        fig.subplots_adjust(left=0.01, right=0.95, wspace=0.45)
     axes[0, 0].imshow(hwc(crop), extent=_extent(size))
     axes[0, 0].set_title("input", fontsize=9)
     grey = _grey(crop)
-    limit = max(float(np.nanmax(np.abs(maps))), 1e-12)
     for j in range(k):
         ax = axes.flat[j + 1]
         ax.imshow(grey, cmap="gray", extent=_extent(size), vmin=0, vmax=255)
+        limit = float(np.nanmax(np.abs(maps[j]))) or 1.0  # an all-zero map: a plain 0-1 scale
         norm = {"vmin": -limit, "vmax": limit} if signed else {"vmin": 0, "vmax": limit}
-        ax.imshow(maps[j], cmap=cmap, alpha=0.7, extent=extent or _extent(size), **norm)
+        shown = ax.imshow(maps[j], cmap=cmap, alpha=0.7, extent=extent or _extent(size), **norm)
         ax.plot(*coords[j], "x", ms=6, color=np.array(POINT_COLOURS[j]) / 255, mew=1.5)
         ax.set_title(titles[j], fontsize=8)
         ax.set_xlim(-0.5, size - 0.5)
         ax.set_ylim(size - 0.5, -0.5)
+        if colorbar:
+            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+            bar.locator = MaxNLocator(4)
+            bar.update_ticks()
+            bar.ax.tick_params(labelsize=6)
+            bar.solids.set_alpha(1)
     return to_png(fig)
 
 
@@ -181,17 +210,18 @@ def occlusion_figure(crop, result, what: str) -> bytes:
     extent = (centres[0] - half, centres[-1] + half, centres[-1] + half, centres[0] - half)
     if what == "confidence_drop":
         titles = [f"{SHORT_NAMES[j]} max {maps[j].max():.2f}" for j in range(len(maps))]
-        return _joint_grid(crop, maps, result.coords, titles, "RdBu_r", signed=True, extent=extent)
+        return _joint_grid(crop, maps, result.coords, titles, "RdBu_r", signed=True, extent=extent, colorbar=True)
     titles = [f"{SHORT_NAMES[j]} max {maps[j].max():.0f}px" for j in range(len(maps))]
-    return _joint_grid(crop, maps, result.coords, titles, "Greens", extent=extent)
+    return _joint_grid(crop, maps, result.coords, titles, "Greens", extent=extent, colorbar=True)
 
 
-def lesion_figure(study) -> bytes:
+def lesion_figure(study, interval=None) -> bytes:
+    """PCK per condition; interval (hgpose.explore.calibration.Interval of the (M,) PCKs) as error bars."""
     fig = Figure(figsize=(8, 0.35 * len(study.names) + 1))
     ax = fig.subplots()
     y = np.arange(len(study.names))
     colours = ["#555555" if not b else "#4c72b0" if b == "skip" else "#dd8452" for b in study.branch]
-    ax.barh(y, study.overall, color=colours)
+    ax.barh(y, study.overall, color=colours, **_error_bars(study.overall, interval, "xerr"))
     ax.axvline(study.overall[0], color="black", lw=0.8, ls="--")
     ax.set_yticks(y, [n + (" zeroed" if b else "") for n, b in zip(study.names, study.branch)], fontsize=9)
     ax.invert_yaxis()
@@ -203,17 +233,154 @@ def lesion_figure(study) -> bytes:
     return to_png(fig)
 
 
-def per_joint_figure(per_joint, counted) -> bytes:
+def _error_bars(values, interval, axis: str) -> dict:
+    if interval is None:
+        return {}
+    values = np.nan_to_num(np.asarray(values, np.float64))
+    low = np.clip(values - np.nan_to_num(interval.low, nan=0.0), 0, None)
+    high = np.clip(np.nan_to_num(interval.high, nan=0.0) - values, 0, None)
+    return {axis: np.stack([low, high]), "capsize": 2, "error_kw": {"elinewidth": 0.8}}
+
+
+def per_joint_figure(per_joint, counted, interval=None) -> bytes:
+    """Per-joint PCK bars; interval (per-joint Interval) as 95% bootstrap error bars."""
     fig = Figure(figsize=(10, 3.2))
     ax = fig.subplots()
     x = np.arange(len(per_joint))
     colours = [np.array(c) / 255 for c in POINT_COLOURS]
-    ax.bar(x, np.nan_to_num(per_joint), color=colours)
+    ax.bar(x, np.nan_to_num(per_joint), color=colours, **_error_bars(per_joint, interval, "yerr"))
     labels = [f"{n} ({c})" for n, c in zip(SHORT_NAMES, counted)]
     ax.set_xticks(x, labels, fontsize=8, rotation=40, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("PCK")
-    ax.set_title("per-joint PCK (orange: left, blue: right, green: nose; labelled keypoints in brackets)",
-                 fontsize=9)
+    ax.set_title("per-joint PCK (orange: left, blue: right, green: nose; labelled keypoints in brackets"
+                 + ("; bars: 95% bootstrap interval)" if interval is not None else ")"), fontsize=9)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+# --- the second edition's figures -----------------------------------------------------------------------
+
+
+def matrix_figure(matrix, row_labels, col_labels, title: str, cmap: str = "viridis", vmin=None, vmax=None,
+                  label: str = "", annotate: bool = True, cell: float = 0.42) -> bytes:
+    """A labelled matrix with a colour bar, values printed in the cells (NaN cells left blank)."""
+    matrix = np.asarray(matrix, np.float64)
+    rows, cols = matrix.shape
+    fig = Figure(figsize=(max(4.0, cols * cell + 2.6), max(2.6, rows * cell + 1.6)))
+    ax = fig.subplots()
+    shown = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(np.arange(cols), col_labels, fontsize=8, rotation=45 if cols > 8 else 0,
+                  ha="right" if cols > 8 else "center")
+    ax.set_yticks(np.arange(rows), row_labels, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    if annotate:
+        low, high = shown.get_clim()
+        for (i, j), value in np.ndenumerate(matrix):
+            if np.isfinite(value):
+                dark = (value - low) / max(high - low, 1e-12) < 0.5
+                ax.text(j, i, f"{value:.2f}".replace("0.", ".").replace("-.", "-."), ha="center", va="center",
+                        fontsize=6, color="white" if dark and cmap == "viridis" else "black")
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def reliability_figure(result) -> bytes:
+    """Reliability diagram (accuracy per confidence bin, with the keypoint count per bin) and per-joint
+    ECE and AUROC bars. result: hgpose.explore.calibration.Calibration."""
+    fig = Figure(figsize=(11, 3.6))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 3]})
+    curve = result.overall
+    centres = (curve.edges[1:] + curve.edges[:-1]) / 2
+    width = curve.edges[1] - curve.edges[0]
+    filled = curve.count > 0
+    ax1.bar(centres[filled], curve.accuracy[filled], width * 0.9, color="#4c72b0", label="fraction correct")
+    ax1.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="perfect calibration")
+    ax1.plot(curve.confidence[filled], curve.accuracy[filled], "o", color="#dd8452", ms=4,
+             label="bin's mean confidence")
+    for x, n, a in zip(centres[filled], curve.count[filled], curve.accuracy[filled]):
+        ax1.text(x, min(a, 0.93) + 0.02, str(n), ha="center", fontsize=6)
+    ax1.set_xlim(0, 1)
+    ax1.set_ylim(0, 1)
+    ax1.set_xlabel("confidence (heatmap peak, clipped to [0, 1])")
+    ax1.set_ylabel("fraction of keypoints correct (PCK)")
+    ax1.set_title(f"all joints: ECE {result.ece:.3f}, AUROC {result.auroc:.3f}", fontsize=9)
+    ax1.legend(fontsize=7, loc="upper left")
+    x = np.arange(len(result.per_joint_ece))
+    ax2.bar(x - 0.2, np.nan_to_num(result.per_joint_ece), 0.4, color="#dd8452", label="ECE (0 = calibrated)")
+    ax2.bar(x + 0.2, np.nan_to_num(result.per_joint_auroc), 0.4, color="#4c72b0",
+            label="AUROC correct vs wrong (0.5 = chance)")
+    ax2.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax2.set_xticks(x, [f"{n} ({c})" for n, c in zip(SHORT_NAMES, result.counted)], fontsize=7, rotation=40,
+                   ha="right")
+    ax2.set_ylim(0, 1)
+    ax2.legend(fontsize=7, loc="upper right")
+    ax2.set_title("per joint (keypoints counted in brackets)", fontsize=9)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def epoch_figure(epochs, series: dict, title: str, ylabel: str, lr_drop=None, ylim=None, best=None) -> bytes:
+    """Lines against epoch, one per series entry {label: (E,) values}; the LR drop dashed."""
+    fig = Figure(figsize=(9, 3.4))
+    ax = fig.subplots()
+    colours = [POINT_COLOURS[j] for j in range(len(POINT_COLOURS))] if len(series) == len(POINT_COLOURS) else None
+    for i, (label, values) in enumerate(series.items()):
+        kwargs = {"color": np.array(colours[i]) / 255} if colours else {}
+        ax.plot(epochs, values, "o-", ms=3, lw=1.2, label=label, **kwargs)
+    if lr_drop is not None:
+        ax.axvline(lr_drop - 0.5, color="black", ls="--", lw=0.8, label=f"LR drop (epoch {lr_drop})")
+    if best is not None:
+        ax.axvline(best, color="grey", ls=":", lw=0.8, label=f"selected model (epoch {best})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=7, ncol=1 + len(series) // 8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def attribution_figure(crop, joints, gradient, ig, random_gradient, random_ig, coords, correlations) -> bytes:
+    """One row per joint: input gradient, Integrated Gradients, then both for the randomised model; each map
+    scaled to its own 99th percentile. correlations: (J, 2) rank correlation trained vs randomised
+    (gradient, IG)."""
+    size = crop.shape[-1]
+    fig, axes = _axes_grid(len(joints), 4, cell=2.0, title_space=0.45)
+    grey = _grey(crop)
+    columns = (("input gradient", gradient), ("Integrated Gradients", ig),
+               ("gradient, random model", random_gradient), ("IG, random model", random_ig))
+    for r, j in enumerate(joints):
+        for c, (label, maps) in enumerate(columns):
+            ax = axes[r, c]
+            ax.imshow(grey, cmap="gray", extent=_extent(size), vmin=0, vmax=255)
+            top = max(float(np.percentile(maps[r], 99)), 1e-12)
+            ax.imshow(np.clip(maps[r] / top, 0, 1), cmap="inferno", alpha=0.75, extent=_extent(size))
+            ax.plot(*coords[j], "x", ms=6, color="cyan", mew=1.5)
+            extra = f" (\u03c1 {correlations[r, c - 2]:.2f})" if c >= 2 else ""
+            ax.set_title(f"{SHORT_NAMES[j]}\n{label}{extra}", fontsize=8)
+    return to_png(fig)
+
+
+def deletion_figure(fractions, curves: dict, samples: int) -> bytes:
+    """Mean confidence against the fraction of pixels removed, one line per order {label: (M, F)} with a
+    band of +- 2 standard errors over the M sample-joint pairs."""
+    fig = Figure(figsize=(6.5, 3.4))
+    ax = fig.subplots()
+    for label, values in curves.items():
+        values = np.asarray(values, np.float64).reshape(-1, len(fractions))
+        mean = values.mean(axis=0)
+        error = 2 * values.std(axis=0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0 * mean
+        ax.plot(fractions, mean, "o-", ms=3, label=label)
+        ax.fill_between(fractions, mean - error, mean + error, alpha=0.2)
+    ax.set_xlabel("fraction of the crop's pixels replaced by grey")
+    ax.set_ylabel("joint confidence (heatmap peak)")
+    ax.set_title(f"deletion curves, mean of {samples} sample-joint pairs (band: +-2 standard errors)", fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return to_png(fig)

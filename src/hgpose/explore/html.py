@@ -12,6 +12,10 @@ body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #
 h1 { margin-top: 28px; } h2 { margin-top: 44px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 h3 { margin: 20px 0 6px; font-size: 16px; }
 p.intro { max-width: 900px; } .note { color: #555; font-size: 14px; }
+p.cost { color: #666; font-size: 13px; font-style: italic; }
+p.warning { background: #fff3cd; border: 1px solid #e0c060; padding: 6px 10px; max-width: 900px; }
+.side { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+.side > div { flex: 1 1 560px; min-width: 0; }
 img.figure { max-width: 100%; height: auto; display: block; margin: 8px 0 16px; border: 1px solid #eee; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
 th, td { border: 1px solid #ddd; padding: 3px 10px; text-align: right; }
@@ -65,10 +69,12 @@ class Section:
     title: str
     intro: str  # plain text: what the section shows and how to read it
     body: list[str] = field(default_factory=list)  # HTML fragments
+    cost: str = ""  # plain text: the samples it used and what it cost
 
     def html(self) -> str:
+        cost = paragraph(self.cost, "cost") if self.cost else ""
         return (f'<section id="{esc(self.anchor)}"><h2>{esc(self.title)}</h2>'
-                f'{paragraph(self.intro, "intro")}{"".join(self.body)}</section>')
+                f'{paragraph(self.intro, "intro")}{cost}{"".join(self.body)}</section>')
 
 
 def page(title: str, header: list[str], sections: list[Section]) -> str:

@@ -1,0 +1,504 @@
+"""The sections of the explore report: each turns an analysis's arrays into figures, tables and sentences
+computed from those arrays (no sentence states a finding the figures do not show)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hgpose.coco_names import KEYPOINT_NAMES
+from hgpose.explore import analyses as an
+from hgpose.explore import figures as fg
+from hgpose.explore.attribution import DELETION_FRACTIONS, deletion_area
+from hgpose.explore.html import Section, gallery, image, paragraph, table
+
+SECTION_TITLES = (
+    "Heatmaps", "Activations", "Where joint information lives", "Over training", "Skip vs low branch",
+    "Saliency", "Attributions, checked", "Occlusion sensitivity", "Joint dependency", "Lesion study",
+    "Calibration", "Where it fails",
+)
+SALIENCY_RADIUS = 0.1  # of the crop side: "near the joint"
+PROBE_LEVEL = 0.5  # "a stage encodes a joint" when its probe's held-out R² reaches this
+ATTRIBUTED_JOINTS = (9, 16, 0, 8, 14, 5)  # preferred joints drawn in the attribution figure (wrist first)
+
+
+def fmt(x, digits: int = 3) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _title(name: str) -> Section:
+    anchor = name.lower().replace(",", "").replace(" ", "-")
+    return Section(anchor, name, "")
+
+
+def _section(title: str, intro: str, body, cost: str = "") -> Section:
+    assert title in SECTION_TITLES, title
+    section = _title(title)
+    section.intro, section.body, section.cost = intro, list(body), cost
+    return section
+
+
+def _cost(samples: int, seconds: float | None = None, what: str = "samples") -> str:
+    return f"{samples} {what}" + (f", {seconds:.1f} s" if seconds is not None else "") + "."
+
+
+def twin_of(joint: int) -> int | None:
+    name = KEYPOINT_NAMES[joint]
+    for a, b in (("left_", "right_"), ("right_", "left_")):
+        if name.startswith(a):
+            return KEYPOINT_NAMES.index(b + name[len(a):])
+    return None
+
+
+def twin_confusions(coords, keypoints, visibility, normalizer: float) -> dict:
+    """Predicted keypoints that land on their left/right twin: within the PCK radius (0.5 normalizer) of the
+    twin's true position and closer to it than to their own, among keypoints whose twin is labelled too."""
+    coords, keypoints = np.asarray(coords, np.float64), np.asarray(keypoints, np.float64)
+    labelled = (np.asarray(visibility) == 1) | (np.asarray(visibility) == 2)
+    radius = 0.5 * normalizer
+    swapped = considered = 0
+    for j in range(keypoints.shape[1]):
+        t = twin_of(j)
+        if t is None:
+            continue
+        both = labelled[:, j] & labelled[:, t]
+        own = np.linalg.norm(coords[both, j] - keypoints[both, j], axis=-1)
+        other = np.linalg.norm(coords[both, j] - keypoints[both, t], axis=-1)
+        swapped += int(((other < own) & (other < radius)).sum())
+        considered += int(both.sum())
+    return {"swapped": swapped, "considered": considered}
+
+
+# --- 1, 2: heatmaps, activations ----------------------------------------------------------------------
+
+
+def heatmaps_section(crops, predicted, targets, coords, confidence, data_set, shown, config, twins) -> Section:
+    scale = config.input_size / config.heatmap_size
+    body = []
+    for i, position in enumerate(shown):
+        truth = an.to_input_coords(data_set.keypoints[position], config.input_size, config.heatmap_size)
+        figure = fg.heatmap_figure(crops[i].numpy(), predicted[i], targets[i],
+                                   an.to_input_coords(coords[i], config.input_size, config.heatmap_size),
+                                   confidence[i], truth, data_set.visibility[position])
+        body += [f"<h3>sample {i + 1} (annotation {int(data_set.ann_ids[position])})</h3>",
+                 image(figure, f"heatmaps of sample {i + 1}")]
+    share = twins["swapped"] / twins["considered"] if twins["considered"] else float("nan")
+    body.append(paragraph(
+        f"Left/right swaps over all {len(data_set.images)} samples: {twins['swapped']} of the "
+        f"{twins['considered']} predicted left or right keypoints whose twin is labelled too ({fmt(100 * share, 1)}%) "
+        "lie within the PCK radius of the twin's true position and closer to it than to their own.", "note"))
+    return _section("Heatmaps", (
+        f"The network answers with one {config.heatmap_size}x{config.heatmap_size} map per joint (each "
+        f"heatmap pixel covers {scale:g}x{scale:g} input pixels). Training pulls each map towards a small "
+        "Gaussian at the true joint; the predicted keypoint is the map's highest point and its height is the "
+        "confidence shown after the joint's name. Rows 1 and 3: the predicted map of each joint over the "
+        "crop (cyan cross: the decoded keypoint); rows 2 and 4: the training target (white ring: the true "
+        "keypoint). The first column draws the whole predicted skeleton (orange: left limbs, blue: right, "
+        "green: head and trunk) and the labelled truth."), body, _cost(len(shown), what="samples drawn"))
+
+
+def activations_section(crops, stages: dict) -> Section:
+    body = []
+    for i in range(len(crops)):
+        per_sample = {name: maps[i] for name, maps in stages.items()}
+        body += [f"<h3>sample {i + 1}</h3>", image(fg.activation_figure(crops[i].numpy(), per_sample),
+                                                   f"activations of sample {i + 1}")]
+    small = [name for name, maps in stages.items() if maps.shape[-1] <= fg.SMALL_STAGE]
+    if small:
+        body.append(paragraph(f"Stages of {fg.SMALL_STAGE}x{fg.SMALL_STAGE} pixels or fewer ({', '.join(small)}) "
+                              "are printed as numbers: as colours each would be a flat tile.", "note"))
+    return _section("Activations", (
+        "The feature maps the hourglass computes, one row per stage, on the way down and back up: the stem's "
+        "output; down i, level i after max-pooling and its first residual (half the resolution each time); "
+        "the bottleneck at the lowest resolution; then up i, the output of level i, where the upsampled "
+        "coarse features are added to that level's skip branch. The first map of a row is the mean over all "
+        "channels, the others are the channels with the largest mean activation on this sample. Each tile is "
+        "scaled to its own range, so compare shapes, not brightness between tiles. What each stage encodes "
+        "about the joints is measured, not eyeballed, in the next section."), body,
+        _cost(len(crops), what="samples drawn"))
+
+
+# --- 3, 4: probes and CKA, over training --------------------------------------------------------------
+
+
+def probe_findings(probes) -> list[tuple[str, str, str, str]]:
+    """Per joint: (joint, best stage, its R², first stage reaching PROBE_LEVEL or '-')."""
+    rows = []
+    for j, name in enumerate(KEYPOINT_NAMES):
+        column = probes.position_r2[:, j]
+        if not np.isfinite(column).any():
+            rows.append((name, "-", "-", "-"))
+            continue
+        best = int(np.nanargmax(column))
+        reaching = np.flatnonzero(np.nan_to_num(column, nan=-np.inf) >= PROBE_LEVEL)
+        rows.append((name, probes.stages[best], fmt(column[best], 2),
+                     probes.stages[reaching[0]] if len(reaching) else "-"))
+    return rows
+
+
+def probes_section(probes, cka, seconds: float) -> Section:
+    labels = probes.stages
+    mean_r2 = np.nanmean(probes.position_r2, axis=1) if np.isfinite(probes.position_r2).any() else None
+    rows = probe_findings(probes)
+    body = [
+        image(fg.matrix_figure(probes.position_r2, labels, fg.SHORT_NAMES, "held-out R² of a linear read-out of "
+                               "each joint's position (0: no better than the mean position)", vmin=0, vmax=1,
+                               label="R²"), "probe R² per stage and joint"),
+        image(fg.matrix_figure(probes.visible_auroc, labels, fg.SHORT_NAMES, "held-out AUROC of reading "
+                               "'labelled visible' (v = 2) (0.5: chance)", vmin=0.5, vmax=1, label="AUROC"),
+              "visibility probe per stage and joint"),
+        table(("joint", "best stage", "its R²", f"first stage with R² >= {PROBE_LEVEL}"), rows),
+        image(fg.matrix_figure(cka, labels, labels, "linear CKA between stages (1: the same representation up "
+                               "to rotation and scale)", vmin=0, vmax=1, label="CKA", cell=0.6),
+              "CKA between stages"),
+    ]
+    if mean_r2 is not None:
+        best_stage = int(np.nanargmax(mean_r2))
+        neighbours = [cka[i, i + 1] for i in range(len(labels) - 1)]
+        change = int(np.argmin(neighbours))
+        body.insert(2, paragraph(
+            f"Averaged over joints, the position read-out is best at {labels[best_stage]} "
+            f"(R² {fmt(mean_r2[best_stage], 2)}); by stage: "
+            + ", ".join(f"{s} {fmt(v, 2)}" for s, v in zip(labels, mean_r2)) + ". The largest change of "
+            f"representation between neighbouring stages is from {labels[change]} to {labels[change + 1]} "
+            f"(CKA {fmt(neighbours[change], 2)}).", "note"))
+    return _section("Where joint information lives", (
+        "A linear probe asks whether a joint's position can be read from one stage by a linear map: each "
+        f"stage's activations are average-pooled to at most 4x4 cells and a ridge regression (scikit-learn, "
+        f"{probes.folds}-fold cross-validated, regularisation chosen inside each training fold) predicts the "
+        "joint's (x, y) on held-out samples; the score is R², 1 for a perfect read-out and 0 or below for none "
+        "better than always guessing the mean position. The second matrix asks the same of whether the joint is "
+        "labelled visible (v = 2), scored by the held-out AUROC (0.5: chance, 1: perfect). Linear CKA "
+        "compares two stages' representations of the same samples: high CKA "
+        "means the two stages encode these samples alike."), body,
+        f"{probes.samples} samples (a joint's position probe uses those where it is labelled: "
+        f"{int(probes.labelled.min())}-{int(probes.labelled.max())}), {len(labels)} stages x 17 joints, "
+        f"{seconds:.1f} s.")
+
+
+def trajectory_section(trajectory, run, every: int, seconds: float) -> Section:
+    epochs = trajectory.epochs
+    drop = trajectory.lr_drop
+    stage_r2 = {s: np.nanmean(trajectory.probe_r2[:, i], axis=1) if np.isfinite(trajectory.probe_r2[:, i]).any()
+                else np.full(len(epochs), np.nan) for i, s in enumerate(trajectory.stages)}
+    body = [
+        image(fg.epoch_figure(epochs, {**{"all joints (pooled)": trajectory.pck},
+                                       **{n: trajectory.per_joint_pck[:, j] for j, n in enumerate(fg.SHORT_NAMES)}},
+                              "PCK per joint on the probe samples", "PCK", drop, (0, 1)), "PCK per epoch"),
+        image(fg.epoch_figure(epochs, stage_r2, "mean held-out probe R² over joints, per stage", "R²", drop),
+              "probe R² per epoch"),
+        image(fg.epoch_figure(epochs, dict(zip(trajectory.stages, trajectory.cka_to_final.T)),
+                              f"linear CKA of each stage with the same stage at epoch {epochs[-1]}", "CKA", drop,
+                              (0, 1.02)), "CKA to the final model per epoch"),
+        image(fg.epoch_figure(epochs, {f"level {i + 1}": trajectory.skip_share[:, i]
+                                       for i in range(trajectory.skip_share.shape[1])},
+                              "skip share of each level's output RMS, skip / (skip + low)", "skip share", drop,
+                              (0, 1)), "skip share per epoch"),
+    ]
+    final = trajectory.pck[-1]
+    reached = np.flatnonzero(trajectory.pck >= 0.9 * final) if np.isfinite(final) and final > 0 else []
+    settled = {s: epochs[np.flatnonzero(trajectory.cka_to_final[:, i] >= 0.9)[0]]
+               for i, s in enumerate(trajectory.stages) if (trajectory.cka_to_final[:, i] >= 0.9).any()}
+    facts = [f"Pooled PCK on these samples goes from {fmt(trajectory.pck[0])} at epoch {epochs[0]} to "
+             f"{fmt(final)} at epoch {epochs[-1]}"
+             + (f"; it first reaches 90% of its final value at epoch {epochs[reached[0]]}." if len(reached) else ".")]
+    if settled:
+        first, last = min(settled, key=settled.get), max(settled, key=settled.get)
+        facts.append(f"Among the epochs analysed, {first} is the first stage to reach CKA 0.9 with its final form "
+                     f"(epoch {settled[first]}) and {last} the last (epoch {settled[last]}).")
+    facts.append(f"The learning rate drops at epoch {drop}." if drop else "The learning rate never drops in this run.")
+    body.insert(1, paragraph(" ".join(facts), "note"))
+    return _section("Over training", (
+        f"The same measurements at the per-epoch checkpoints of {run} (the first epoch, every {every}th and the "
+        "last): per-joint PCK, the probes of the previous section averaged over joints, how similar each stage "
+        "already is to its final form (linear CKA with the last epoch's same stage), and the skip/low balance "
+        "of the next section. The dashed line marks the learning-rate drop. A stage whose CKA reaches 1 early "
+        "stopped changing early; probe R² rising before PCK would mean the information is there before the "
+        "head reads it out."), body,
+        f"{len(epochs)} epochs ({', '.join(map(str, epochs))}) x {trajectory.samples} samples, {seconds:.1f} s.")
+
+
+# --- 5, 6, 7: skip vs low, saliency, attributions -------------------------------------------------------
+
+
+def branch_section(contributions, study, changes, config) -> Section:
+    def change(level: int, branch: str) -> str:
+        i = study.names.index(f"level {level} {branch}")
+        return f"{study.overall[i] - study.overall[0]:+.3f} [{changes.low[i]:+.3f}, {changes.high[i]:+.3f}]"
+
+    rows = [(f"level {i + 1}", f"{r}x{r}", fmt(s), fmt(lo), f"{100 * sh:.0f}%", change(i + 1, "skip"),
+             change(i + 1, "low"))
+            for i, (r, s, lo, sh) in enumerate(zip(contributions.resolution, contributions.skip,
+                                                   contributions.low, contributions.skip_share))]
+    dominant = int(np.argmax(contributions.low / np.maximum(contributions.skip, 1e-12)))
+    lesions = study.overall[1:] - study.overall[0]
+    worst = int(np.argmin(lesions)) + 1
+    longest = 2 * config.depth * config.residuals_per_level + config.innermost_residuals
+    return _section("Skip vs low branch", (
+        "Every level of the hourglass outputs the sum of two branches: the skip branch, a residual at the "
+        "level's own resolution, and the low branch, everything computed at coarser resolutions, upsampled. "
+        "The bars are the root-mean-square size of each branch's contribution. That size grows with the depth "
+        "of a branch by construction: every pre-activation residual adds its output to its input, and the low "
+        f"branch of level 1 chains up to {longest} residuals against the skip branch's "
+        f"{config.residuals_per_level}, so a larger "
+        "low RMS at the outer levels is expected of any such network, trained or not. The size-independent "
+        "measure is in the last two columns: the change in PCK when that branch is zeroed (the lesion study, "
+        "with its 95% paired bootstrap interval)."), [
+        image(fg.branch_figure(contributions), "skip and low branch sizes per level"),
+        table(("level", "resolution", "skip RMS", "low RMS", "skip share", "PCK change, skip zeroed",
+               "PCK change, low zeroed"), rows),
+        paragraph(f"By size, the low branch weighs most relative to the skip branch at level {dominant + 1} "
+                  f"({contributions.resolution[dominant]}x{contributions.resolution[dominant]}); by effect, zeroing "
+                  f"the {study.branch[worst]} branch of level {study.level[worst]} costs the most PCK "
+                  f"({lesions[worst - 1]:+.3f}).", "note"),
+    ], _cost(contributions.samples))
+
+
+def saliency_section(crops, maps, coords, shares, uniform) -> Section:
+    body = []
+    for i in range(len(crops)):
+        figure = fg.saliency_figure(crops[i].numpy(), maps[i], coords[i], shares[i])
+        body += [f"<h3>sample {i + 1}</h3>", image(figure, f"saliency of sample {i + 1}")]
+    mean = float(np.nanmean(shares))
+    return _section("Saliency", (
+        "For each joint: the gradient of that joint's heatmap peak with respect to every input pixel (the "
+        "largest absolute value over the three colour channels), drawn over the greyed crop, each map scaled "
+        "to its own maximum; the cross is the predicted joint. Bright pixels are those whose slightest "
+        "change would move the joint's confidence most. The percentage after each name is the share of the "
+        f"saliency within {SALIENCY_RADIUS:.0%} of the crop side of the predicted joint; a map spread evenly "
+        f"over the crop would put {uniform:.0%} there. The next section checks whether such maps depend on "
+        "the trained weights at all."), body + [paragraph(
+        f"Over these {len(crops)} samples x {maps.shape[1]} joints, {mean:.0%} of the saliency lies that close to "
+        f"the predicted joint, {mean / uniform:.1f} times the uniform share.", "note")],
+        _cost(len(crops), what="samples drawn"))
+
+
+@dataclass
+class AttributionResult:
+    ig: np.ndarray  # (N, K, S, S)
+    check: object  # hgpose.explore.attribution.RandomisationCheck
+    deletion: dict  # {order: (M, F)} over the labelled (sample, joint) pairs
+    labelled: np.ndarray  # (N, K) bool
+    steps: int
+
+
+def attribution_numbers(result: AttributionResult | None) -> dict:
+    if result is None:
+        return {"samples": 0}
+    pairs = result.labelled
+    return {
+        "samples": len(result.labelled), "pairs": int(pairs.sum()), "ig_steps": result.steps,
+        "rank_correlation_trained_vs_random": {
+            "integrated_gradients": float(np.nanmean(result.check.integrated_gradients[pairs])),
+            "input_gradient": float(np.nanmean(result.check.input_gradient[pairs]))},
+        "deletion_fractions": list(DELETION_FRACTIONS),
+        "deletion_mean_curve": {k: v.mean(axis=0) for k, v in result.deletion.items()},
+        "deletion_area": {k: float(deletion_area(v).mean()) for k, v in result.deletion.items()},
+    }
+
+
+def _attributed_joints(labelled_row, count: int = 4) -> list[int]:
+    preferred = [j for j in ATTRIBUTED_JOINTS if labelled_row[j]]
+    rest = [j for j in range(len(labelled_row)) if labelled_row[j] and j not in preferred]
+    return (preferred + rest)[:count] or [0]
+
+
+def attribution_section(crops, gradients, coords, result: AttributionResult | None, seconds: float) -> Section:
+    intro = (
+        "Integrated Gradients (Captum) attributes a joint's confidence to the pixels by integrating the gradient "
+        "along the straight path from a uniform grey image to the crop, so the attributions add up to the "
+        "change in confidence; the plain input gradient of the Saliency section is shown beside it. Two checks "
+        "say whether a map is about the model: the model-randomisation test (Adebayo et al. 2018) recomputes "
+        "the maps with every weight re-initialised and reports their rank correlation with the trained model's "
+        "(near 0: the map depends on what was learned, passes; near 1: it mostly shows the image, fails); and a "
+        "deletion curve replaces the most attributed pixels by grey first and follows the joint's confidence, "
+        "against a random order (a faithful map makes it fall faster: lower mean confidence).")
+    if result is None:
+        return _section("Attributions, checked", intro, [paragraph(
+            "No sample was chosen for attributions (--attribution-samples 0).", "note")], "0 samples.")
+    check, pairs = result.check, result.labelled
+    body = []
+    for i in range(len(crops)):
+        joints = _attributed_joints(pairs[i])
+        correlations = np.stack([check.input_gradient[i, joints], check.integrated_gradients[i, joints]], axis=1)
+        figure = fg.attribution_figure(crops[i].numpy(), joints, gradients[i, joints], result.ig[i, joints],
+                                       check.random_maps_gradient[i, joints], check.random_maps_ig[i, joints],
+                                       coords[i], correlations)
+        body += [f"<h3>sample {i + 1}</h3>", image(figure, f"attributions of sample {i + 1}")]
+    ig_rho = float(np.nanmean(check.integrated_gradients[pairs]))
+    grad_rho = float(np.nanmean(check.input_gradient[pairs]))
+    areas = {k: float(deletion_area(v).mean()) for k, v in result.deletion.items()}
+    rows = [("Integrated Gradients", fmt(ig_rho), fmt(areas["Integrated Gradients"])),
+            ("input gradient", fmt(grad_rho), fmt(areas["input gradient"])),
+            ("random order", "-", fmt(areas["random order"]))]
+    count = int(pairs.sum())
+    body += [
+        image(fg.deletion_figure(DELETION_FRACTIONS, result.deletion, count), "deletion curves"),
+        table(("map", "rank correlation, trained vs randomised model", "deletion: mean confidence"), rows),
+        paragraph(
+            f"Over {count} labelled sample-joint pairs: under weight randomisation Integrated Gradients keeps a rank "
+            f"correlation of {ig_rho:.2f} and the input gradient {grad_rho:.2f} "
+            f"({'IG changes more' if ig_rho < grad_rho else 'the gradient changes more'}). Removing pixels in "
+            f"IG's order gives a mean confidence of {areas['Integrated Gradients']:.3f}, in the gradient's "
+            f"{areas['input gradient']:.3f}, in random order {areas['random order']:.3f}.", "note"),
+    ]
+    return _section("Attributions, checked", intro, body,
+                    f"{len(crops)} samples x 17 joints, IG with {result.steps} steps; the randomised model's maps "
+                    f"and {len(DELETION_FRACTIONS)}-point deletion curves in 3 orders; {seconds:.1f} s.")
+
+
+# --- 8, 9: occlusion, joint dependency ------------------------------------------------------------------
+
+
+def occlusion_section(crops, results, input_size: int) -> Section:
+    body = []
+    local = considered = 0
+    for i, (crop, result) in enumerate(zip(crops, results)):
+        body += [f"<h3>sample {i + 1}: confidence drop</h3>",
+                 image(fg.occlusion_figure(crop.numpy(), result, "confidence_drop"), "confidence drop"),
+                 f"<h3>sample {i + 1}: location shift (input pixels)</h3>",
+                 image(fg.occlusion_figure(crop.numpy(), result, "shift"), "location shift")]
+        centres = result.centres
+        for j in range(len(result.confidence_drop)):
+            y, x = np.unravel_index(np.argmax(result.confidence_drop[j]), result.confidence_drop[j].shape)
+            distance = np.hypot(centres[x] - result.coords[j, 0], centres[y] - result.coords[j, 1])
+            local += int(distance <= result.patch)
+            considered += 1
+    if not results:
+        body.append(paragraph("No sample was chosen for occlusion maps (--occlusion-samples 0).", "note"))
+    else:
+        body.append(paragraph(
+            f"For {local} of these {considered} sample-joint maps the largest confidence drop comes from a patch "
+            "centred within one patch width of the joint's own predicted position; for the others the most "
+            "damaging patch lies elsewhere on the crop.", "note"))
+    patch, stride = an.occlusion_defaults(input_size)
+    return _section("Occlusion sensitivity", (
+        f"A grey square of {patch}x{patch} input pixels is slid over the crop in steps of {stride} "
+        "pixels and the network is run again at every position. Each joint's first map shows how much its "
+        "confidence falls when the square covers that spot (red: falls, blue: rises), the second how far "
+        "its predicted location moves. Every map has its own colour scale, shown by its colour bar, so a joint "
+        "that barely reacts is as visible as one that reacts strongly: read the bar before comparing joints. "
+        "Unlike saliency, which asks about infinitesimal changes, this asks about hiding a whole region."), body,
+        _cost(len(results), what="samples") if results else "0 samples.")
+
+
+def dependency_section(dependency, samples: int, seconds: float) -> Section:
+    names = list(fg.SHORT_NAMES)
+    pairs = dependency.strongest_pairs(5)
+    listed = "; ".join(f"hiding {KEYPOINT_NAMES[j]} lowers {KEYPOINT_NAMES[i]}'s confidence by {v:.3f}"
+                       for i, j, v in pairs) or "none measured"
+    twin_values = [dependency.confidence_drop[j, t] for j in range(17) if (t := twin_of(j)) is not None]
+    off = dependency.confidence_drop[~np.eye(17, dtype=bool)]
+    twin_mean, off_mean = float(np.nanmean(twin_values)), float(np.nanmean(off))
+    body = [
+        image(fg.matrix_figure(dependency.confidence_drop, names, names, "confidence drop of joint (row) when "
+                               "joint (column) is hidden", cmap="RdBu_r",
+                               vmin=-np.nanmax(np.abs(dependency.confidence_drop)),
+                               vmax=np.nanmax(np.abs(dependency.confidence_drop)), label="confidence drop",
+                               cell=0.5), "joint dependency: confidence drop"),
+        image(fg.matrix_figure(dependency.shift, names, names, "shift of joint (row), input pixels, when joint "
+                               "(column) is hidden", cmap="Greens", vmin=0, label="input pixels", cell=0.5),
+              "joint dependency: location shift"),
+        paragraph(f"Strongest off-diagonal pairs: {listed}. Between left/right twins the mean drop is "
+                  f"{twin_mean:.3f}, against {off_mean:.3f} over all off-diagonal pairs.", "note"),
+    ]
+    return _section("Joint dependency", (
+        "Which joints the model looks at to find a joint: in every sample each labelled joint j in turn is "
+        f"hidden under a grey disc of radius {dependency.radius:g} input pixels (the occlusion patch's size) at "
+        "its true position, and every joint i's confidence drop and location shift are recorded; entry (i, j) "
+        "is the mean over the samples where j is labelled. The diagonal is a joint hiding itself. A large "
+        "off-diagonal entry means joint i's prediction relies on the image around joint j."), body,
+        f"{samples} samples, {int(dependency.masked.sum())} masked keypoints (one forward pass each), {seconds:.1f} s.")
+
+
+# --- 10, 11, 12: lesions, calibration, failures --------------------------------------------------------
+
+
+def lesion_section(study, n: int, values, changes, seconds: float) -> Section:
+    intact = study.overall[0]
+    rows = [(name + (" zeroed" if branch else ""), fmt(v), f"{lo:.3f}-{hi:.3f}",
+             "" if not branch else f"{v - intact:+.3f}", "" if not branch else f"{clo:+.3f} to {chi:+.3f}")
+            for name, branch, v, lo, hi, clo, chi in zip(study.names, study.branch, study.overall, values.low,
+                                                        values.high, changes.low, changes.high)]
+    worst = int(np.argmin(study.overall[1:])) + 1
+    clear = [name for name, lo, hi in zip(study.names[1:], changes.low[1:], changes.high[1:]) if hi < 0]
+    return _section("Lesion study", (
+        "Each level's skip branch, then its low branch, is replaced by zeros in turn (the level then outputs "
+        f"only the other branch) and the PCK over the {n} samples is measured again, against the intact "
+        "model. Zeroing the low branch of level i removes everything coarser than that level; zeroing its "
+        "skip branch removes the detail at that resolution. The network was never trained to work without a "
+        "branch, so a drop measures how much it relies on that scale, not whether the scale is redundant. "
+        "Intervals are 95% bootstraps over people; the change's interval is paired (the same people resampled "
+        "for both conditions)."), [
+        image(fg.lesion_figure(study, values), "PCK with each branch zeroed"),
+        table(("condition", "PCK", "95% interval", "change", "change, 95% interval"), rows),
+        paragraph(f"The largest loss: zeroing the {study.branch[worst]} branch of level {study.level[worst]} "
+                  f"takes PCK from {intact:.3f} to {study.overall[worst]:.3f}. "
+                  f"{len(clear)} of the {len(study.names) - 1} lesions lower PCK beyond their interval"
+                  + (f" ({', '.join(clear)})." if clear else "."), "note"),
+    ], _cost(n, seconds))
+
+
+def calibration_section(result, samples: int, seconds: float) -> Section:
+    rows = [(name, str(int(c)), fmt(e), fmt(a)) for name, c, e, a in
+            zip(KEYPOINT_NAMES, result.counted, result.per_joint_ece, result.per_joint_auroc)]
+    gap = result.mean_confidence - result.accuracy
+    verdict = ("over-confident" if gap > 0 else "under-confident") if abs(gap) > 1e-9 else "exactly calibrated"
+    worst = int(np.nanargmax(result.per_joint_ece)) if np.isfinite(result.per_joint_ece).any() else None
+    finding = (f"Over {int(result.counted.sum())} labelled keypoints the mean confidence is "
+               f"{result.mean_confidence:.3f} and the fraction correct {result.accuracy:.3f}: the peak is "
+               f"{verdict} on average by {abs(gap):.3f}. ECE {fmt(result.ece)}; AUROC {fmt(result.auroc)}"
+               + (f". The least calibrated joint is {KEYPOINT_NAMES[worst]} (ECE {fmt(result.per_joint_ece[worst])})."
+                  if worst is not None else "."))
+    return _section("Calibration", (
+        "Can the heatmap peak be read as the probability that the keypoint is right? Keypoints are grouped by "
+        "confidence (the peak, clipped to [0, 1]) into ten bins, and each bin's fraction correct under the "
+        "seed's PCK is drawn against its mean confidence: on the diagonal the peak is calibrated, below it "
+        "over-confident. ECE (expected calibration error) is the count-weighted mean gap between the two; AUROC "
+        "(scikit-learn) is how well the confidence ranks correct above wrong keypoints, whatever its scale "
+        "(0.5: not at all, 1: perfectly)."), [
+        image(fg.reliability_figure(result), "reliability diagram and per-joint calibration"),
+        paragraph(finding, "note"),
+        table(("joint", "keypoints", "ECE", "AUROC"), rows),
+    ], _cost(samples, seconds))
+
+
+def failures_section(result, data_set, coords, config, n: int, interval) -> Section:
+    tiles = []
+    scale = config.input_size / config.heatmap_size
+    for position in result.worst:
+        crop = data_set.images[position].numpy()
+        pred = an.to_input_coords(coords[position], config.input_size, config.heatmap_size)
+        truth = an.to_input_coords(data_set.keypoints[position], config.input_size, config.heatmap_size)
+        drawn = fg.pose_on_crop(crop, pred, np.ones(len(pred)), truth, data_set.visibility[position],
+                                scale=max(1, 256 // config.input_size))
+        tiles.append((fg.encode_png(drawn), f"annotation {int(data_set.ann_ids[position])}: mean error "
+                                            f"{result.errors[position] * scale:.1f} input px"))
+    return _section("Where it fails", (
+        f"Per-joint PCK over the {n} samples (the seed's: a keypoint is correct within 0.5 c of the truth, "
+        f"c = {config.heatmap_size / 10:g} heatmap pixels; bars coloured by side, the number of "
+        "labelled keypoints under each name, error bars the 95% bootstrap interval over people), then the "
+        "samples with the largest mean distance between predicted and labelled keypoints: the predicted "
+        "skeleton, and the labelled truth as white rings."), [
+        image(fg.per_joint_figure(result.per_joint, result.counted, interval), "per-joint PCK"),
+        paragraph(hardest_easiest(result.per_joint, interval), "note"),
+        "<h3>worst samples</h3>", gallery(tiles),
+    ], _cost(n))
+
+
+def hardest_easiest(per_joint, interval) -> str:
+    """The hardest and easiest joint, named only when their bootstrap intervals do not overlap."""
+    measured = np.flatnonzero(~np.isnan(per_joint))
+    if not len(measured):
+        return "None of these samples has a labelled keypoint on its heatmap."
+    ranked = measured[np.argsort(per_joint[measured], kind="stable")]
+    hardest, easiest = ranked[0], ranked[-1]
+    described = (f"lowest PCK: {KEYPOINT_NAMES[hardest]} ({fmt(per_joint[hardest])}, interval "
+                 f"{fmt(interval.low[hardest])}-{fmt(interval.high[hardest])}); highest: {KEYPOINT_NAMES[easiest]} "
+                 f"({fmt(per_joint[easiest])}, {fmt(interval.low[easiest])}-{fmt(interval.high[easiest])})")
+    if interval.overlaps(hardest, easiest):
+        return (f"No joint is clearly hardest or easiest on these samples: the {described} have overlapping "
+                "95% intervals.")
+    return f"Hardest joint: {KEYPOINT_NAMES[hardest]}; easiest: {KEYPOINT_NAMES[easiest]} (the {described}; " \
+           "the intervals do not overlap)."
