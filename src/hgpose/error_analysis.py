@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hgpose.coco_names import FLIP_PAIRS, KEYPOINT_NAMES
+from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.oks import (
     COCO_SIGMAS,
     MAX_DETECTIONS,
@@ -45,10 +45,9 @@ MATCH_OKS = 0.1
 
 def flip_permutation(num_keypoints: int = len(KEYPOINT_NAMES)) -> np.ndarray:
     """perm[j] = the left/right twin of keypoint j (j itself for the nose)."""
-    perm = np.arange(num_keypoints)
-    for left, right in FLIP_PAIRS:
-        perm[left], perm[right] = right, left
-    return perm
+    from hgpose.flip import flip_permutation as permutation
+
+    return np.asarray(permutation(num_keypoints))
 
 
 @dataclass

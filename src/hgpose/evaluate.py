@@ -31,6 +31,7 @@ PCK_THRESHOLD = 0.5  # r
 DEFAULT_CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
 PCK_STYLES = ("seed", "bearpaw")
+DECODE_METHODS = ("quarter", "dark")
 
 
 def seed_normalizer(heatmap_size: int) -> float:
@@ -41,13 +42,16 @@ def seed_normalizer(heatmap_size: int) -> float:
 # --- decoding ------------------------------------------------------------------------------------
 
 
-def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_heatmaps(heatmaps: torch.Tensor, method: str = "quarter") -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K, H, W) heatmaps -> coords (N, K, 2) float32 (x, y) in heatmap pixel-centre coordinates
     and confidence (N, K) = the heatmap maximum.
 
-    Argmax, then a quarter pixel toward the larger neighbour in x and in y where both neighbours
-    exist (no shift when they are equal). Runs on the tensor's device with no host sync.
+    Argmax, then "quarter": a quarter pixel toward the larger neighbour in x and in y where both
+    neighbours exist (no shift when they are equal), or "dark": the Taylor step of DARK on the
+    smoothed log heatmap (hgpose.dark). Runs on the tensor's device with no host sync.
     """
+    if method not in DECODE_METHODS:
+        raise UserError(f"--decode must be one of {', '.join(DECODE_METHODS)}, got {method!r}")
     heatmaps = heatmaps.float()
     n, k, h, w = heatmaps.shape
     flat = heatmaps.reshape(n, k, h * w)  # reshape, not view: channels-last outputs are not contiguous
@@ -58,6 +62,10 @@ def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         at = (y + dy).clamp(0, h - 1) * w + (x + dx).clamp(0, w - 1)
         return flat.gather(-1, at.unsqueeze(-1)).squeeze(-1)
 
+    if method == "dark":
+        from hgpose.dark import dark_offsets
+
+        return torch.stack([x, y], dim=-1).float() + dark_offsets(heatmaps, x, y), confidence
     inner_x = (x > 0) & (x < w - 1)
     inner_y = (y > 0) & (y < h - 1)
     shift_x = torch.sign(value_at(1, 0) - value_at(-1, 0)) * inner_x
@@ -255,15 +263,18 @@ def _gather_ranks(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 @torch.no_grad()  # not inference_mode: the channels-last parameters must stay usable for training
 def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool = True,
           compute_loss: bool = True, bearpaw: bool = False, progress: bool = True,
-          desc: str = "val") -> Inference:
+          desc: str = "val", flip_test: bool = False, decode: str = "quarter") -> Inference:
     """Run `model` (eval mode, last stack) over `loader`'s batches and decode every prediction.
 
     Results stay on the device until the end (one transfer, no per-batch host sync). Under
     torch.distributed every rank returns the whole split, each sample once (padding repeats dropped
     by index). channels_last converts the model in place (as training does). The model's train/eval
-    mode is restored afterwards.
+    mode is restored afterwards. flip_test averages each crop's heatmaps with its mirror's
+    (hgpose.flip); decode is a decode_heatmaps method.
     """
     from tqdm import tqdm
+
+    from hgpose.flip import flip_test as flip_test_heatmaps
 
     device = torch.device(device)
     was_training = model.training
@@ -283,9 +294,9 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
             valid = batch["valid"].to(device, non_blocking=True)
             visibility = batch["visibility"].to(device, non_blocking=True) * valid.unsqueeze(-1)
             with autocast(device, precision):
-                heatmaps = model(images)
+                heatmaps = flip_test_heatmaps(model, images) if flip_test else model(images)
             heatmaps = heatmaps.float()
-            coords, confidence = decode_heatmaps(heatmaps)
+            coords, confidence = decode_heatmaps(heatmaps, decode)
             if compute_loss or bearpaw:
                 targets, _ = render_heatmaps(keypoints, visibility, heatmaps.shape[-1])
             if compute_loss:
