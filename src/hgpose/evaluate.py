@@ -473,11 +473,15 @@ def load_eval_index(data_root, split: str, checkpoint: Path):
 def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_size: int = 32, device="auto",
                         precision: str = "auto", workers: int = 0, out=None, thresholds=None,
                         pck_style: str = "seed", input_size: int | None = None, progress: bool = True,
-                        cache="auto") -> dict:
+                        cache="auto", boxes=None, min_box_score: float = 0.0, flip_test: bool = False,
+                        decode: str = "quarter", plots: bool = False) -> dict:
     """The library behind `hgpose evaluate`: run a checkpoint over a split and compute every metric.
 
     Writes the metrics JSON to `out` and the COCO results beside it (<stem>_keypoints.json), both
     atomically. Returns the metrics, with the COCO results list under "coco_results".
+    `boxes`: a COCO detection results file; AP is then also computed on those boxes by the top-down
+    protocol (hgpose.protocol), its results written to <stem>_keypoints_detected.json. flip_test and
+    decode apply to every pass; plots draws the error breakdowns beside `out`.
     """
     from hgpose.cli.common import resolve_device
     from hgpose.data.dataset import PersonDataset
@@ -488,6 +492,15 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
         raise UserError(f"--pck-style must be one of {', '.join(PCK_STYLES)}, got {pck_style!r}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if decode not in DECODE_METHODS:
+        raise UserError(f"--decode must be one of {', '.join(DECODE_METHODS)}, got {decode!r}")
+    if plots and out is None:
+        raise UserError("--plots writes its figures beside --out FILE.json: give --out")
+    detections = None
+    if boxes is not None:  # read before the model runs: a bad file fails at once
+        from hgpose.detections import read_detections
+
+        detections = read_detections(boxes, min_box_score)
     checkpoint = Path(checkpoint)
     config = read_model_config(checkpoint)
     if input_size is not None and input_size != config.input_size:
@@ -505,7 +518,7 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     model = load_model(checkpoint, device=device)
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, device=device)
     inference = infer(model, loader, device=device, precision=precision, bearpaw=pck_style == "bearpaw",
-                      progress=progress, desc=f"evaluate {split}")
+                      progress=progress, desc=f"evaluate {split}", flip_test=flip_test, decode=decode)
     result = {
         "checkpoint": str(checkpoint),
         "data": str(data_root),
@@ -516,13 +529,43 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
         "pck_style": pck_style,
         **evaluate_inference(inference, dataset, thresholds),
     }
+    _add_protocol(result, model, detections, index, config, batch_size=batch_size, device=device,
+                  precision=precision, workers=workers, flip_test=flip_test, decode=decode, progress=progress)
     if out is not None:
         out = Path(out)
         results_file = out.with_name(f"{out.stem}_keypoints.json")
         result["results_file"] = str(results_file)
         atomic_write_json(results_file, result["coco_results"], indent=None)
-        atomic_write_json(out, {k: v for k, v in result.items() if k != "coco_results"})
+        if detections is not None:
+            detected_file = out.with_name(f"{out.stem}_keypoints_detected.json")
+            result["detected_boxes"]["results_file"] = str(detected_file)
+            atomic_write_json(detected_file, result["detected_coco_results"], indent=None)
+        atomic_write_json(out, {k: v for k, v in result.items() if not k.endswith("coco_results")})
+        if plots:
+            from hgpose.protocol import write_error_figures
+
+            result["plots"] = [str(p) for p in write_error_figures(result, out)]
     return result
+
+
+def _add_protocol(result: dict, model, detections, index, config, **run) -> None:
+    """The top-down protocol's additions: which boxes each AP used, per-keypoint AP and the error
+    breakdown on ground-truth boxes, and with detections the whole block on detected boxes."""
+    from hgpose.protocol import GROUND_TRUTH_BOXES, ap_analysis, evaluate_detected_boxes, load_coco
+
+    result["protocol"] = {"flip_test": run["flip_test"], "decode": run["decode"],
+                          "pck_boxes": f"{GROUND_TRUTH_BOXES} (PCK is a ground-truth-box metric)"}
+    result["coco_boxes"] = GROUND_TRUTH_BOXES
+    coco = load_coco(index.annotation_file)
+    valid_ids = {r["image_id"] for r in result["coco_results"]}
+    result.update(ap_analysis(coco, result["coco_results"], sorted(valid_ids)))
+    if detections is not None:
+        only_images = np.unique(index.image_ids) if index.split in HELD_OUT_SPLITS else None  # part of train2017
+        block, results = evaluate_detected_boxes(model, detections, index.annotation_file, index.image_dir,
+                                                 index.split, coco, input_size=config.input_size,
+                                                 only_images=only_images, **run)
+        result["detected_boxes"] = block
+        result["detected_coco_results"] = results
 
 
 def headline_pck(result: dict) -> float | None:
@@ -553,15 +596,54 @@ def format_evaluation(result: dict) -> str:
     if "pck_bearpaw" in result:
         lines.append(f"  {'bearpaw/pytorch-pose':<22}{_fmt(result['pck_bearpaw']['overall']):>7}"
                      f"   (mean over {result['pck_bearpaw']['batches']} batches of per-joint means)")
-    lines.append(f"{'joint':<16}{'all':>7}{'v=2':>7}{'v=1':>7}{'n':>8}")
+    keypoint_aps = _keypoint_ap_columns(result)
+    lines.append(f"{'joint':<16}{'all':>7}{'v=2':>7}{'v=1':>7}{'n':>8}"
+                 + "".join(f"{title:>10}" for title, _ in keypoint_aps))
     for name in pcks["all"]["per_joint"]:
         lines.append(f"{name:<16}{_fmt(pcks['all']['per_joint'][name]):>7}{_fmt(pcks['v2']['per_joint'][name]):>7}"
-                     f"{_fmt(pcks['v1']['per_joint'][name]):>7}{pcks['all']['per_joint_counted'][name]:>8}")
+                     f"{_fmt(pcks['v1']['per_joint'][name]):>7}{pcks['all']['per_joint_counted'][name]:>8}"
+                     + "".join(f"{_fmt(aps.get(name)):>10}" for _, aps in keypoint_aps))
+    if keypoint_aps:
+        lines.append("  (PCK: ground-truth boxes; " + ", ".join(
+            f"{title}: keypoint AP, {label}" for title, label in _keypoint_ap_labels(result)) + ")")
     if "pck_curve" in result:
         curve = result["pck_curve"]
         points = zip(curve["thresholds"], curve["all"])
         lines.append("PCK curve (all): " + "  ".join(f"r={t:g}:{_fmt(v)}" for t, v in points))
     if result.get("coco"):
-        lines.append("COCO keypoints: " + "  ".join(f"{name} {_fmt(result['coco'][name])}"
-                                                    for name in COCO_STAT_NAMES))
+        lines.append(f"COCO keypoints ({result.get('coco_boxes', 'ground-truth boxes')}): "
+                     + "  ".join(f"{name} {_fmt(result['coco'][name])}" for name in COCO_STAT_NAMES))
+    lines += _error_lines(result.get("errors"), result.get("coco_boxes", "ground-truth boxes"))
+    detected = result.get("detected_boxes")
+    if detected:
+        lines.append(f"COCO keypoints ({detected['boxes']}): "
+                     + "  ".join(f"{name} {_fmt(detected['coco'][name])}" for name in COCO_STAT_NAMES))
+        lines.append(f"  {detected['boxes_evaluated']} of {detected['boxes_in_file']} boxes cropped "
+                     f"(min box score {detected['min_box_score']:g}), "
+                     f"{detected.get('instances_after_nms', 0)} left after {detected['nms']}, "
+                     f"on {detected['images_evaluated']} images; score = {detected['rescoring']}")
+        lines += _error_lines(detected.get("errors"), detected["boxes"])
     return "\n".join(lines)
+
+
+def _keypoint_ap_labels(result: dict) -> list[tuple[str, str]]:
+    labels = []
+    if result.get("per_keypoint_ap"):
+        labels.append(("AP(gt)", result.get("coco_boxes", "ground-truth boxes")))
+    if (result.get("detected_boxes") or {}).get("per_keypoint_ap"):
+        labels.append(("AP(det)", result["detected_boxes"]["boxes"]))
+    return labels
+
+
+def _keypoint_ap_columns(result: dict) -> list[tuple[str, dict]]:
+    columns = {"AP(gt)": result.get("per_keypoint_ap"),
+               "AP(det)": (result.get("detected_boxes") or {}).get("per_keypoint_ap")}
+    return [(title, aps) for title, aps in columns.items() if aps]
+
+
+def _error_lines(errors: dict | None, label: str) -> list[str]:
+    if not errors:
+        return []
+    shares = "  ".join(f"{kind} {_fmt(share)}" for kind, share in errors["overall_fraction"].items())
+    fixed = "  ".join(f"{kind} {_fmt(ap)}" for kind, ap in errors["ap_if_fixed"].items())
+    return [f"  keypoint errors ({label}): {shares}", f"  AP if fixed: {fixed}  (as is {_fmt(errors['ap'])})"]

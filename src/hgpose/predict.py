@@ -189,16 +189,18 @@ def expand_paths(paths, exclude: Path | None = None) -> tuple[list[Path], list[t
     return files, missing
 
 
-def load_boxes_json(path) -> dict[str, tuple[int, np.ndarray]]:
-    """file name -> (image id, (P, 4) person boxes) from a COCO-format annotation file (its images and
-    its non-crowd person annotations; a detection results list is matched by numeric file stems)."""
+def load_boxes_json(path, min_box_score: float = 0.0) -> dict[str, tuple]:
+    """file name -> (image id, (P, 4) person boxes, (P,) detector scores or None) from a COCO-format
+    annotation file (its images and its non-crowd person annotations), or from a COCO detection results
+    list (hgpose.detections: person boxes scoring >= min_box_score; matched by numeric file stems)."""
     data = read_json(path, "boxes file")
     if isinstance(data, list):  # COCO detection results: no file names, ids are the numeric stems
-        by_id: dict[int, list] = {}
-        for det in data:
-            if isinstance(det, dict) and det.get("category_id", 1) == 1 and "bbox" in det:
-                by_id.setdefault(int(det["image_id"]), []).append(det["bbox"])
-        return {f"#{i}": (i, np.asarray(b, np.float64).reshape(-1, 4)) for i, b in by_id.items()}
+        from hgpose.detections import read_detections
+
+        detections = read_detections(path, min_box_score)
+        return {f"#{i}": (int(i), detections.bboxes[detections.image_ids == i],
+                          detections.scores[detections.image_ids == i])
+                for i in np.unique(detections.image_ids)}
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UserError(f"{path}: expected a COCO annotation file with 'images' and 'annotations'")
     person_ids = {c.get("id") for c in data.get("categories", []) if c.get("name") == "person"} or {1}
@@ -207,7 +209,7 @@ def load_boxes_json(path) -> dict[str, tuple[int, np.ndarray]]:
         if ann.get("category_id") in person_ids and not ann.get("iscrowd", 0) and "bbox" in ann:
             boxes.setdefault(ann["image_id"], []).append(ann["bbox"])
     try:
-        return {Path(im["file_name"]).name: (int(im["id"]), np.asarray(boxes.get(im["id"], []), np.float64))
+        return {Path(im["file_name"]).name: (int(im["id"]), np.asarray(boxes.get(im["id"], []), np.float64), None)
                 for im in data["images"]}
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path}: an image entry lacks a file_name or an integer id") from None
@@ -221,7 +223,7 @@ def _lookup(table: dict, path: Path):
 
 def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predictions",
                   min_confidence: float = 0.2, batch_size: int = 32, device="cpu", progress: bool = True,
-                  overlays: bool = True) -> PredictSummary:
+                  overlays: bool = True, min_box_score: float = 0.0) -> PredictSummary:
     """Predict on image files and folders: writes out/keypoints.json (COCO keypoint results; image_id
     from boxes_json, matched by file name, else 1, 2, ... in input order) and out/<stem>_pose.jpg
     overlays. Unreadable images are reported on stderr and skipped."""
@@ -234,7 +236,7 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     files, skipped = expand_paths(paths, exclude=out if out.is_dir() else None)
     if not files:
         raise UserError("no images found in " + ", ".join(map(str, paths)))
-    table = load_boxes_json(boxes_json) if boxes_json is not None else None
+    table = load_boxes_json(boxes_json, min_box_score) if boxes_json is not None else None
     predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
 
@@ -245,13 +247,13 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
 
     def items():
         for number, path in enumerate(files, start=1):
-            image_id, boxes = number, None
+            image_id, boxes, box_scores = number, None, None
             if table is not None:
                 found = _lookup(table, path)
                 if found is None:
                     skip(path, f"not listed in {boxes_json}")
                     continue
-                image_id, boxes = found
+                image_id, boxes, box_scores = found
             elif box is not None:
                 boxes = [box]
             try:
@@ -259,13 +261,18 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
             except UserError as exc:
                 skip(path, str(exc).removeprefix(f"{path}: "))
                 continue
-            yield image, boxes, (path, image_id, image)
+            yield image, boxes, (path, image_id, image, box_scores)
 
     results, written, stems, people, done = [], [], set(), 0, 0
-    for (path, image_id, image), keypoints in predictor.predict_many(items()):
+    for (path, image_id, image, box_scores), keypoints in predictor.predict_many(items()):
         people, done = people + len(keypoints), done + 1
         if len(keypoints):
             entries = coco_results(np.full(len(keypoints), image_id), keypoints[..., :2], keypoints[..., 2])
+            if box_scores is not None:  # detections: the detector's score, and the protocol's instance score
+                from hgpose.oks import rescore
+
+                for entry, box_score, score in zip(entries, box_scores, rescore(box_scores, keypoints[..., 2])):
+                    entry.update(box_score=float(box_score), score=float(score))
             results += [entry | {"file_name": path.name} for entry in entries]
         if overlays:
             target = out / _unique_name(path.stem, stems)

@@ -19,8 +19,11 @@ def add_arguments(parser):
     boxes = parser.add_mutually_exclusive_group()
     boxes.add_argument("--boxes", type=Path, metavar="COCO_JSON",
                        help="COCO annotation file whose person boxes to use (images matched by file name; "
-                            "its image ids are used in the results)")
+                            "its image ids are used in the results), or a COCO detection results file "
+                            "(images matched by numeric file name; the detector score is kept as box_score)")
     boxes.add_argument("--box", metavar="X,Y,W,H", help="one person box used for every image")
+    parser.add_argument("--min-box-score", type=float, default=0.0, metavar="F",
+                        help="with a COCO detection results file as --boxes: boxes scoring below F are not used")
     parser.add_argument("--out", type=Path, default=Path("predictions"), metavar="DIR", help="output folder")
     parser.add_argument("--min-confidence", type=float, default=0.2, metavar="F",
                         help="keypoints below this heatmap peak are not drawn (the JSON keeps them all)")
@@ -47,7 +50,7 @@ def run(args):
     summary = predict_paths(
         args.checkpoint, args.paths, boxes_json=args.boxes, box=parse_box(args.box) if args.box else None,
         out=args.out, min_confidence=args.min_confidence, batch_size=args.batch_size,
-        device=resolve_device(args.device), overlays=not args.no_overlays,
+        device=resolve_device(args.device), overlays=not args.no_overlays, min_box_score=args.min_box_score,
     )
     print(f"{summary.people} people in {summary.images} images -> {summary.results}"
           + (f" and {len(summary.overlays)} overlays in {args.out}" if summary.overlays else ""))
