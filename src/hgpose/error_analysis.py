@@ -29,12 +29,14 @@ from hgpose.oks import (
     COCO_SIGMAS,
     MAX_DETECTIONS,
     GroundTruth,
-    _chunks,
+    _blocks,
+    average_precisions,
     coco_keypoint_ap,
     greedy_match,
     keypoint_similarity,
     layout,
-    oks_table,
+    pair_oks,
+    pairs_of,
 )
 
 ERROR_TYPES = ("good", "jitter", "inversion", "swap", "miss")
@@ -94,20 +96,23 @@ def analyze_errors(gt: GroundTruth, det_image_ids, det_keypoints, det_scores, ev
     target = np.full((len(det_scores), k, 2), np.nan)  # the matched person's keypoint
     matched_people = np.zeros(len(gt.image_ids), dtype=bool)
     matched_count = 0
-    per_image = places.det_slot.shape[1] * max(places.gt_slot.shape[1], 1) * k * 3
-    for part in _chunks(len(places.image_ids), per_image):
-        det_slot, gt_slot = places.det_slot[part], places.gt_slot[part]
+    for _, det_slot, gt_slot in _blocks(places, k * 4):
         if det_slot.shape[1] == 0 or gt_slot.shape[1] == 0:
             continue
-        _, ks = oks_table(det_keypoints, gt, det_slot, gt_slot, sigmas)  # (C, D, G, K)
+        pairs = pairs_of(det_slot, gt_slot)
+        _, pair_ks = pair_oks(det_keypoints, gt, pairs, sigmas)  # (P, K)
+        pair_visible = gt.keypoints[pairs.gt, :, 2] > 0
+        # tolerant matching: each keypoint may take its twin's prediction (an inverted person is found)
+        twin_ks = keypoint_similarity(det_keypoints[pairs.det][:, perm], gt.keypoints[pairs.gt, :, :2],
+                                      gt.areas[pairs.gt], sigmas)
+        labelled = pair_visible.sum(-1)
+        tolerant = (np.maximum(pair_ks, twin_ks) * pair_visible).sum(-1) / np.maximum(labelled, 1)
+        tolerant = pairs.scatter(np.where(labelled > 0, tolerant, np.nan))  # (C, D, G), NaN: not matchable
+        ks = pairs.scatter(pair_ks)  # (C, D, G, K)
         g = np.maximum(gt_slot, 0)
         gp = gt.keypoints[g]  # (C, G, K, 3)
         visible = (gp[..., 2] > 0) & (gt_slot >= 0)[..., None]
         dp = det_keypoints[np.maximum(det_slot, 0)][..., :2]  # (C, D, K, 2)
-        # twin_ks[..., j]: prediction of j's twin against the person's keypoint j (tolerant matching)
-        twin_ks = keypoint_similarity(dp[:, :, None, perm], gp[:, None, :, :, :2], gt.areas[g][:, None, :], sigmas)
-        tolerant = (np.maximum(ks, twin_ks) * visible[:, None]).sum(-1) / np.maximum(visible.sum(-1), 1)[:, None]
-        tolerant[(det_slot < 0)[:, :, None] | (gt_slot < 0)[:, None, :] | ~visible.any(-1)[:, None, :]] = np.nan
         ignore = np.where(gt_slot < 0, False, gt.ignore[g])
         match, match_ignored = greedy_match(tolerant, det_slot >= 0, ignore, np.zeros_like(ignore), [MATCH_OKS])
         match, use = match[0], (match[0] >= 0) & ~match_ignored[0]  # (C, D)
@@ -162,9 +167,9 @@ def per_keypoint_ap(gt: GroundTruth, det_image_ids, det_keypoints, det_scores, e
                     names=KEYPOINT_NAMES, **kwargs) -> dict[str, float | None]:
     """COCO keypoint AP with OKS restricted to one keypoint type: the ground truth keeps only that
     keypoint (people without it are ignored), the predictions are unchanged."""
-    return {name: coco_keypoint_ap(gt.only_keypoint(j), det_image_ids, det_keypoints, det_scores,
-                                   eval_image_ids, **kwargs)
-            for j, name in enumerate(names)}
+    aps = average_precisions(gt, det_image_ids, det_keypoints, det_scores, eval_image_ids, per_keypoint=True,
+                             **kwargs)
+    return dict(zip(names, aps))
 
 
 # --- the figure -----------------------------------------------------------------------------------------

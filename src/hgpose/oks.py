@@ -56,6 +56,25 @@ def _chunks(count: int, per_item: int):
         yield slice(start, min(start + step, count))
 
 
+def _blocks(places, per_pair: int):
+    """Chunks of images with similar prediction and person counts, trimmed to their own widths (so
+    one crowded image does not pad the rest): yields (image positions, det_slot, gt_slot)."""
+    det_count = (places.det_slot >= 0).sum(axis=1)
+    gt_count = (places.gt_slot >= 0).sum(axis=1)
+    order = np.lexsort((det_count, gt_count))
+    start = 0
+    while start < len(order):
+        width = max(int(det_count[order[start]]), 1) * max(int(gt_count[order[start]]), 1)
+        step = max(1, _CHUNK_ELEMENTS // (width * per_pair))
+        chosen = order[start : start + step]
+        det_width, gt_width = int(det_count[chosen].max()), int(gt_count[chosen].max())
+        while len(chosen) > 1 and det_width * gt_width * per_pair * len(chosen) > 2 * _CHUNK_ELEMENTS:
+            chosen = chosen[: len(chosen) // 2]
+            det_width, gt_width = int(det_count[chosen].max()), int(gt_count[chosen].max())
+        yield chosen, places.det_slot[chosen, :det_width], places.gt_slot[chosen, :gt_width]
+        start += len(chosen)
+
+
 def oks_nms(image_ids, keypoints, scores, areas, threshold: float = NMS_THRESHOLD,
             sigmas=COCO_SIGMAS) -> np.ndarray:
     """Greedy OKS-NMS within each image; returns a keep mask (N,).
@@ -63,35 +82,35 @@ def oks_nms(image_ids, keypoints, scores, areas, threshold: float = NMS_THRESHOL
     In score order, a prediction is dropped when its OKS with an already kept prediction of the same
     image exceeds `threshold`. The OKS between two predictions uses all keypoints and the mean of
     their two areas (as the reference oks_nms). keypoints (N, K, 2+) image pixels; areas (N,) the
-    boxes' w x h. Vectorised over images: the only loop is over score ranks within an image.
+    boxes' w x h. Vectorised over images: images holding the same number n of predictions are done
+    together as (images, n, n) OKS arrays (no padding); the only loop is over score ranks.
     """
     image_ids = np.asarray(image_ids)
     points = np.asarray(keypoints, dtype=np.float64)[..., :2]
     scores = np.asarray(scores, dtype=np.float64)
     areas = np.asarray(areas, dtype=np.float64)
     n = len(scores)
-    keep = np.zeros(n, dtype=bool)
     if n == 0:
-        return keep
+        return np.zeros(0, dtype=bool)
+    keep = np.ones(n, dtype=bool)
     _, group_of = np.unique(image_ids, return_inverse=True)
     order, group_pos, rank = _group_ranks(group_of.reshape(-1), -scores)
-    groups, width = int(group_pos[-1]) + 1, int(rank.max()) + 1
-    slot = np.full((groups, width), -1, dtype=np.int64)  # slot[image, rank] = prediction index
+    counts = np.bincount(group_pos)
+    slot = np.full((len(counts), int(counts.max())), -1, dtype=np.int64)  # slot[image, rank] = prediction
     slot[group_pos, rank] = order
     variances = (2 * np.asarray(sigmas, dtype=np.float64)) ** 2
-    for part in _chunks(groups, width * width * points.shape[1]):
-        index = slot[part]
-        present = index >= 0
-        p = points[np.maximum(index, 0)]  # (C, W, K, 2)
-        a = areas[np.maximum(index, 0)]
-        d2 = ((p[:, :, None] - p[:, None, :]) ** 2).sum(-1)  # (C, W, W, K)
-        mean_area = (a[:, :, None] + a[:, None, :]) / 2
-        oks = np.exp(-d2 / variances / (mean_area[..., None] + _EPS) / 2).mean(-1)  # (C, W, W)
-        kept = present.copy()
-        for r in range(1, width):
-            suppressed = (kept[:, :r] & (oks[:, :r, r] > threshold)).any(axis=1)
-            kept[:, r] &= ~suppressed
-        keep[index[kept]] = True
+    for width in np.unique(counts[counts > 1]):
+        images = np.flatnonzero(counts == width)
+        for part in _chunks(len(images), int(width) ** 2 * points.shape[1]):
+            index = slot[images[part], :width]  # (C, n), every slot filled
+            p, a = points[index], areas[index]
+            d2 = (p[:, :, None, :, 0] - p[:, None, :, :, 0]) ** 2 + (p[:, :, None, :, 1] - p[:, None, :, :, 1]) ** 2
+            mean_area = (a[:, :, None] + a[:, None, :]) / 2 + _EPS
+            oks = np.exp(-d2 / (variances * 2 * mean_area[..., None])).mean(-1)  # (C, n, n)
+            kept = np.ones(index.shape, dtype=bool)
+            for r in range(1, int(width)):
+                kept[:, r] = ~(kept[:, :r] & (oks[:, :r, r] > threshold)).any(axis=1)
+            keep[index] = kept
     return keep
 
 
@@ -186,34 +205,61 @@ def layout(eval_image_ids, gt: GroundTruth, det_image_ids, det_scores, max_dets:
 def keypoint_similarity(det_points, gt_points, gt_areas, sigmas=COCO_SIGMAS) -> np.ndarray:
     """Per-keypoint ks = exp(-d^2 / (2 area (2 sigma)^2)) with broadcasting: det_points (..., K, 2),
     gt_points (..., K, 2), gt_areas (...)."""
-    d2 = ((np.asarray(det_points)[..., :2] - np.asarray(gt_points)[..., :2]) ** 2).sum(-1)
+    det_points, gt_points = np.asarray(det_points), np.asarray(gt_points)
+    d2 = (det_points[..., 0] - gt_points[..., 0]) ** 2 + (det_points[..., 1] - gt_points[..., 1]) ** 2
     variances = (2 * np.asarray(sigmas, dtype=np.float64)) ** 2
-    return np.exp(-d2 / variances / (np.asarray(gt_areas)[..., None] + _EPS) / 2)
+    return np.exp(-d2 / (variances * 2 * (np.asarray(gt_areas)[..., None] + _EPS)))
 
 
-def oks_table(det_points, gt: GroundTruth, det_slot, gt_slot, sigmas=COCO_SIGMAS):
-    """COCOeval's computeOks for a block of images: OKS (C, D, G) and per-keypoint ks (C, D, G, K)
-    (NaN where the slot is padding). A person with no labelled keypoint is compared with its bbox
-    doubled, as COCOeval does (only ignored people have none)."""
-    dp = np.asarray(det_points, dtype=np.float64)[np.maximum(det_slot, 0)][..., :2]  # (C, D, K, 2)
-    g = np.maximum(gt_slot, 0)
-    gp, area, bbox = gt.keypoints[g], gt.areas[g], gt.bboxes[g]  # (C, G, K, 3), (C, G), (C, G, 4)
-    visible = gp[..., 2] > 0  # (C, G, K)
-    ks = keypoint_similarity(dp[:, :, None], gp[:, None, :, :, :2], area[:, None, :], sigmas)
+@dataclass
+class Pairs:
+    """Every (prediction, person) pair of the same image in a block of images: slot positions
+    (c, d, g) in the (C, D, G) layout and indices into the inputs."""
+
+    c: np.ndarray
+    d: np.ndarray
+    g: np.ndarray
+    det: np.ndarray
+    gt: np.ndarray
+    shape: tuple[int, int, int]
+
+    def scatter(self, values: np.ndarray, fill=np.nan) -> np.ndarray:
+        """Pair values (P, ...) -> a padded (C, D, G, ...) array."""
+        out = np.full((*self.shape, *values.shape[1:]), fill, dtype=np.result_type(values, type(fill)))
+        out[self.c, self.d, self.g] = values
+        return out
+
+    def subset(self, mask: np.ndarray) -> Pairs:
+        return Pairs(self.c[mask], self.d[mask], self.g[mask], self.det[mask], self.gt[mask], self.shape)
+
+
+def pairs_of(det_slot: np.ndarray, gt_slot: np.ndarray) -> Pairs:
+    c, d, g = np.nonzero((det_slot >= 0)[:, :, None] & (gt_slot >= 0)[:, None, :])
+    return Pairs(c, d, g, det_slot[c, d], gt_slot[c, g], (len(det_slot), det_slot.shape[1], gt_slot.shape[1]))
+
+
+def box_oks(det_points, gt: GroundTruth, pairs: Pairs, sigmas=COCO_SIGMAS) -> np.ndarray:
+    """COCOeval's OKS against a person with no labelled keypoint (P,): each predicted keypoint's
+    distance to the person's bbox doubled on every side (0 inside it), all keypoints averaged."""
+    det_points = np.asarray(det_points, dtype=np.float64)
+    x, y = det_points[pairs.det, :, 0], det_points[pairs.det, :, 1]  # (P, K)
+    bx, by, bw, bh = (v[:, None] for v in gt.bboxes[pairs.gt].T)
+    dx = np.maximum(0, bx - bw - x) + np.maximum(0, x - (bx + 2 * bw))
+    dy = np.maximum(0, by - bh - y) + np.maximum(0, y - (by + 2 * bh))
+    variances = (2 * np.asarray(sigmas, dtype=np.float64)) ** 2
+    return np.exp(-(dx**2 + dy**2) / (variances * 2 * (gt.areas[pairs.gt][:, None] + _EPS))).mean(-1)
+
+
+def pair_oks(det_points, gt: GroundTruth, pairs: Pairs, sigmas=COCO_SIGMAS):
+    """COCOeval's computeOks on pairs: OKS (P,) and per-keypoint ks (P, K)."""
+    det_points = np.asarray(det_points, dtype=np.float64)[..., :2]
+    ks = keypoint_similarity(det_points[pairs.det], gt.keypoints[pairs.gt, :, :2], gt.areas[pairs.gt], sigmas)
+    visible = gt.keypoints[pairs.gt, :, 2] > 0
     labelled = visible.sum(-1)
-    oks = (ks * visible[:, None]).sum(-1) / np.maximum(labelled, 1)[:, None]
-    if (labelled == 0).any():
-        x0, y0 = bbox[..., 0] - bbox[..., 2], bbox[..., 1] - bbox[..., 3]
-        x1, y1 = bbox[..., 0] + 2 * bbox[..., 2], bbox[..., 1] + 2 * bbox[..., 3]
-        xd, yd = dp[:, :, None, :, 0], dp[:, :, None, :, 1]  # (C, D, 1, K)
-        dx = np.maximum(0, x0[:, None, :, None] - xd) + np.maximum(0, xd - x1[:, None, :, None])
-        dy = np.maximum(0, y0[:, None, :, None] - yd) + np.maximum(0, yd - y1[:, None, :, None])
-        outside = np.zeros_like(dx)  # distance 0 to the doubled box
-        box_ks = keypoint_similarity(np.stack([dx, dy], -1), np.stack([outside, outside], -1),
-                                     area[:, None, :], sigmas)
-        oks = np.where(labelled[:, None, :] > 0, oks, box_ks.mean(-1))
-    invalid = (det_slot < 0)[:, :, None] | (gt_slot < 0)[:, None, :]
-    oks[invalid] = np.nan
+    oks = (ks * visible).sum(-1) / np.maximum(labelled, 1)
+    unlabelled = labelled == 0  # only ignored people have none
+    if unlabelled.any():
+        oks[unlabelled] = box_oks(det_points, gt, pairs.subset(unlabelled), sigmas)
     return oks, ks
 
 
@@ -238,16 +284,15 @@ def greedy_match(oks: np.ndarray, present: np.ndarray, gt_ignore: np.ndarray, gt
         return matched, matched_ignored
     taken = np.zeros((t_count, c, g), dtype=bool)
     valid_gt = ~np.isnan(oks).all(axis=1)  # (C, G)
+    oks = np.nan_to_num(oks, nan=-1.0)
+    preference = np.where(gt_ignore, 0.0, 2.0)[None]  # a non-ignored person outranks any ignored one
     rows = np.arange(c)
     for r in range(d):  # score rank: the only loop, over at most max_dets
-        iou = np.nan_to_num(oks[:, r, :], nan=-1.0)  # (C, G)
+        iou = oks[:, r, :]  # (C, G)
         free = (~taken | gt_crowd[None]) & valid_gt[None]
         candidate = free & (iou[None] >= thresholds[:, None, None]) & present[None, :, r, None]
-        kept, ignored = candidate & ~gt_ignore[None], candidate & gt_ignore[None]
-        has_kept = kept.any(-1)
-        choice = np.where(has_kept, _last_argmax(np.where(kept, iou[None], -2.0)),
-                          _last_argmax(np.where(ignored, iou[None], -2.0)))  # (T, C)
-        found = has_kept | ignored.any(-1)
+        choice = _last_argmax(np.where(candidate, iou[None] + preference, -np.inf))  # (T, C)
+        found = candidate.any(-1)
         matched[:, :, r] = np.where(found, choice, -1)
         matched_ignored[:, :, r] = found & gt_ignore[rows[None], choice]
         t_idx, c_idx = np.nonzero(found)
@@ -260,37 +305,72 @@ def coco_keypoint_ap(gt: GroundTruth, det_image_ids, det_keypoints, det_scores, 
     """COCOeval('keypoints') AP over area "all" at maxDets, vectorised; None when no person counts.
 
     eval_image_ids: the images evaluated (COCOeval's params.imgIds), default those of `gt`."""
+    return average_precisions(gt, det_image_ids, det_keypoints, det_scores, eval_image_ids, False, max_dets,
+                              sigmas, thresholds)[0]
+
+
+def average_precisions(gt: GroundTruth, det_image_ids, det_keypoints, det_scores, eval_image_ids=None,
+                       per_keypoint: bool = False, max_dets: int = MAX_DETECTIONS, sigmas=COCO_SIGMAS,
+                       thresholds=OKS_THRESHOLDS) -> list[float | None]:
+    """[AP] as coco_keypoint_ap, or with per_keypoint one AP per keypoint type k: COCOeval on ground
+    truth that keeps only keypoint k (people without it are ignored), predictions unchanged. The
+    per-keypoint OKS of every pair is computed once and all K matchings run together."""
     det_image_ids = np.asarray(det_image_ids, dtype=np.int64)
+    det_keypoints = np.asarray(det_keypoints, dtype=np.float64)
     det_scores = np.asarray(det_scores, dtype=np.float64)
     eval_image_ids = np.unique(gt.image_ids if eval_image_ids is None else np.asarray(eval_image_ids, np.int64))
     places = layout(eval_image_ids, gt, det_image_ids, det_scores, max_dets)
-    gt_counted = int((~gt.ignore[places.gt_slot[places.gt_slot >= 0]]).sum())
-    if gt_counted == 0:
-        return None
-    per_image = places.det_slot.shape[1] * max(places.gt_slot.shape[1], 1) * gt.keypoints.shape[1]
-    matched_parts, ignored_parts = [], []
-    for part in _chunks(len(places.image_ids), per_image):
-        det_slot, gt_slot = places.det_slot[part], places.gt_slot[part]
-        oks, _ = oks_table(det_keypoints, gt, det_slot, gt_slot, sigmas)
+    if per_keypoint:
+        ignore_variants = gt.crowd[None] | ~(gt.keypoints[:, :, 2] > 0).T  # (K, G)
+    else:
+        ignore_variants = gt.ignore[None]
+    variants, t_count = len(ignore_variants), len(thresholds)
+    gt_counted = (~ignore_variants[:, places.gt_slot[places.gt_slot >= 0]]).sum(axis=1)
+    det_width = places.det_slot.shape[1]
+    matched_all = np.zeros((t_count, variants, len(places.image_ids), det_width), dtype=bool)
+    ignored_all = np.zeros_like(matched_all)
+    for chosen, det_slot, gt_slot in _blocks(places, variants * max(t_count, gt.keypoints.shape[1])):
+        if det_slot.shape[1] == 0 or gt_slot.shape[1] == 0:
+            continue  # nothing to match: every prediction there is a false positive
+        pairs = pairs_of(det_slot, gt_slot)
+        oks, ks = pair_oks(det_keypoints, gt, pairs, sigmas)
+        if per_keypoint:  # keypoint k alone where labelled, else the doubled-bbox OKS (ignored people)
+            visible = gt.keypoints[pairs.gt, :, 2] > 0
+            oks = np.where(visible, ks, box_oks(det_keypoints, gt, pairs, sigmas)[:, None]).T  # (K, P)
+        else:
+            oks = oks[None]
+        (c, d, g) = pairs.shape
+        table = np.full((variants, c, d, g), np.nan)
+        table[:, pairs.c, pairs.d, pairs.g] = oks
         padding = gt_slot < 0
-        ignore = np.where(padding, False, gt.ignore[np.maximum(gt_slot, 0)])
+        ignore = np.where(padding[None], False, ignore_variants[:, np.maximum(gt_slot, 0)])  # (B, C, G)
         crowd = np.where(padding, False, gt.crowd[np.maximum(gt_slot, 0)])
-        matched, ignored = greedy_match(oks, det_slot >= 0, ignore, crowd, thresholds)
-        matched_parts.append(matched)
-        ignored_parts.append(ignored)
-    matched = np.concatenate(matched_parts, axis=1) >= 0  # (T, I, D)
-    ignored = np.concatenate(ignored_parts, axis=1)
+        matched, ignored = greedy_match(table.reshape(variants * c, d, g), np.tile(det_slot >= 0, (variants, 1)),
+                                        ignore.reshape(variants * c, g), np.tile(crowd, (variants, 1)), thresholds)
+        matched_all[:, :, chosen, :d] = matched.reshape(t_count, variants, c, d) >= 0
+        ignored_all[:, :, chosen, :d] = ignored.reshape(t_count, variants, c, d)
     present = places.det_slot >= 0
     # COCOeval's accumulate: dets of all images (image order, then score order), sorted by score
-    scores = det_scores[places.det_slot[present]]
-    order = np.argsort(-scores, kind="mergesort")
-    matched, ignored = matched[:, present][:, order], ignored[:, present][:, order]
+    order = np.argsort(-det_scores[places.det_slot[present]], kind="mergesort")
+    aps: list[float | None] = []
+    for b in range(variants):
+        if gt_counted[b] == 0:
+            aps.append(None)
+            continue
+        matched = matched_all[:, b][:, present][:, order]  # (T, N)
+        ignored = ignored_all[:, b][:, present][:, order]
+        aps.append(_average_precision(matched, ignored, int(gt_counted[b])))
+    return aps
+
+
+def _average_precision(matched: np.ndarray, ignored: np.ndarray, gt_counted: int) -> float:
+    """COCOeval's interpolated precision at 101 recall points, averaged over thresholds (rows)."""
+    if not matched.shape[1]:
+        return 0.0
     tp = np.cumsum(matched & ~ignored, axis=1).astype(np.float64)
     fp = np.cumsum(~matched & ~ignored, axis=1).astype(np.float64)
-    precision = np.zeros((len(thresholds), len(RECALL_THRESHOLDS)))
-    for t in range(len(thresholds)):
-        if not tp.shape[1]:
-            continue
+    precision = np.zeros((len(matched), len(RECALL_THRESHOLDS)))
+    for t in range(len(matched)):
         recall = tp[t] / gt_counted
         prec = tp[t] / (fp[t] + tp[t] + _EPS)
         prec = np.maximum.accumulate(prec[::-1])[::-1]
