@@ -232,3 +232,17 @@ def test_predict_with_a_detection_file_keeps_the_detector_score(tiny_coco, tiny_
         confidence = np.array(r["keypoints"][2::3])
         above = confidence[confidence > 0.2]
         assert r["score"] == pytest.approx(r["box_score"] * (above.mean() if len(above) else 0.0), abs=1e-3)
+
+
+def test_detected_boxes_on_a_held_out_split_count_only_its_images(synth_dataset, tiny_checkpoint, tmp_path):
+    from hgpose.evaluate import evaluate_checkpoint, load_eval_index
+
+    boxes = write_jittered_detections(synth_dataset / "annotations" / "person_keypoints_train2017.json",
+                                      tmp_path / "dets.json")
+    result = evaluate_checkpoint(tiny_checkpoint, synth_dataset, split="val", batch_size=8, device="cpu",
+                                 precision="fp32", progress=False, cache="off", boxes=boxes)
+    held_out = np.unique(load_eval_index(synth_dataset, "val", tiny_checkpoint).image_ids)
+    detected = result["detected_boxes"]
+    assert detected["images_evaluated"] == len(held_out) < 24
+    assert detected["boxes_skipped"]["image outside the split"] > 0
+    assert {r["image_id"] for r in result["detected_coco_results"]} <= set(held_out.tolist())

@@ -560,7 +560,7 @@ def _add_protocol(result: dict, model, detections, index, config, **run) -> None
     valid_ids = {r["image_id"] for r in result["coco_results"]}
     result.update(ap_analysis(coco, result["coco_results"], sorted(valid_ids)))
     if detections is not None:
-        only_images = np.unique(index.image_ids) if index.split in HELD_OUT_SPLITS else None  # part of train2017
+        only_images = np.unique(index.image_ids) if result["split"] in HELD_OUT_SPLITS else None  # part of a file
         block, results = evaluate_detected_boxes(model, detections, index.annotation_file, index.image_dir,
                                                  index.split, coco, input_size=config.input_size,
                                                  only_images=only_images, **run)
@@ -646,4 +646,7 @@ def _error_lines(errors: dict | None, label: str) -> list[str]:
         return []
     shares = "  ".join(f"{kind} {_fmt(share)}" for kind, share in errors["overall_fraction"].items())
     fixed = "  ".join(f"{kind} {_fmt(ap)}" for kind, ap in errors["ap_if_fixed"].items())
-    return [f"  keypoint errors ({label}): {shares}", f"  AP if fixed: {fixed}  (as is {_fmt(errors['ap'])})"]
+    return [f"  keypoint errors ({label}): {shares}",
+            f"    over {errors['matched_predictions']} predictions matched to a person "
+            f"({errors['unmatched_predictions']} unmatched, {errors['unmatched_people']} people without one)",
+            f"  AP if fixed: {fixed}  (as is {_fmt(errors['ap'])})"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,11 @@ def evaluate_detected_boxes(model, detections, annotation_file, image_dir, split
     from hgpose.detections import detection_index
     from hgpose.evaluate import coco_keypoint_stats, coco_results, infer
 
+    if only_images is not None:  # boxes on other images are not even cropped
+        outside = ~np.isin(detections.image_ids, only_images)
+        detections.skipped["image outside the split"] = int(outside.sum())
+        detections = replace(detections, image_ids=detections.image_ids[~outside],
+                             bboxes=detections.bboxes[~outside], scores=detections.scores[~outside])
     index, positions, all_image_ids = detection_index(detections, annotation_file, image_dir, split)
     if only_images is not None:
         all_image_ids = np.intersect1d(all_image_ids, only_images)
