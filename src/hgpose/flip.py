@@ -38,5 +38,8 @@ def flip_test(model, images: torch.Tensor) -> torch.Tensor:
     """(model(x) + flip_back(model(mirror(x)))) / 2 for a batch of model inputs (N, 3, S, S); one
     forward pass over both halves (batch norm is in eval mode, so samples do not interact)."""
     n = len(images)
-    heatmaps = model(torch.cat([images, images.flip(-1)])).float()
+    both = torch.cat([images, images.flip(-1)])
+    if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) and images.shape[1] > 1:
+        both = both.contiguous(memory_format=torch.channels_last)  # keep the layout the caller chose
+    heatmaps = model(both).float()
     return (heatmaps[:n] + flip_back(heatmaps[n:])) / 2
