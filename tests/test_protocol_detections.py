@@ -178,6 +178,7 @@ def test_evaluate_with_detected_boxes_flip_test_dark_and_plots(synth_dataset, ti
     assert set(detected["errors"]["ap_if_fixed"]) == {"jitter", "inversion", "swap", "miss", "all"}
     for name in ("eval_errors.png", "eval_errors_detected.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+    assert written["plots"] == [str(tmp_path / "eval_errors.png"), str(tmp_path / "eval_errors_detected.png")]
     # the AP printed and written is COCOeval's on the written results file, over every image
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(synth_dataset / "annotations" / "person_keypoints_val2017.json"))

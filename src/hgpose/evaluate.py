@@ -540,11 +540,11 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
             detected_file = out.with_name(f"{out.stem}_keypoints_detected.json")
             result["detected_boxes"]["results_file"] = str(detected_file)
             atomic_write_json(detected_file, result["detected_coco_results"], indent=None)
-        atomic_write_json(out, {k: v for k, v in result.items() if not k.endswith("coco_results")})
         if plots:
             from hgpose.protocol import write_error_figures
 
             result["plots"] = [str(p) for p in write_error_figures(result, out)]
+        atomic_write_json(out, {k: v for k, v in result.items() if not k.endswith("coco_results")})
     return result
 
 
