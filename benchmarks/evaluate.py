@@ -4,9 +4,15 @@ Builds a COCO-format annotation file in a temporary directory (6,352 kept people
 plus 4,652 people without keypoints that COCOeval sees and ignores, as in val2017; no images are
 needed after inference), makes heatmaps near the ground truth batch by batch, and times each part:
 decoding, PCK (all / v2 / v1 and a curve), mapping to image pixels + the COCO results list, and
-COCOeval. Usage:
+COCOeval. Then the top-down protocol on detected boxes at the reference detection file's scale
+(--boxes, about 100k person boxes on val2017 before any score threshold): predictions for every box
+(near a person for a third of them, background for the rest), rescoring, OKS-NMS, COCOeval,
+per-keypoint AP and the error analysis. Usage:
 
-    python benchmarks/evaluate.py [--instances 6352] [--images 2693] [--batch-size 32] [--device auto]
+    python benchmarks/evaluate.py [--instances 6352] [--images 2693] [--boxes 100000] [--batch-size 32]
+                                  [--device auto] [--quick]
+
+--quick runs a tenth of that scale, in seconds.
 """
 
 from __future__ import annotations
@@ -78,7 +84,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--boxes", type=int, default=100_000, help="detected boxes for the protocol part")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the scale")
     args = parser.parse_args()
+    if args.quick:
+        args.instances, args.images, args.unlabelled, args.boxes = (
+            max(v // 10, 1) for v in (args.instances, args.images, args.unlabelled, args.boxes))
     device = resolve_device(args.device)
     torch.manual_seed(0)
 
@@ -134,7 +145,9 @@ def main() -> None:
         stats = coco_keypoint_stats(coco, results, index.image_ids)
         times["COCOeval keypoints (loadRes, evaluate, accumulate)"] = time.perf_counter() - start
 
-    width = max(len(k) for k in times)
+        protocol, summary = protocol_times(coco, args.boxes)
+
+    width = max(len(k) for k in (*times, *protocol))
     for name, seconds in times.items():
         print(f"  {name:<{width}}  {seconds:7.3f} s")
     outside = sum(v for k, v in times.items() if k != "index + crop boxes")
@@ -142,6 +155,54 @@ def main() -> None:
     overall = {name: f"{r.overall:.3f}" for name, r in groups.items()}
     print(f"PCK {overall['all']} (v=2 {overall['v2']}, v=1 {overall['v1']}); "
           f"COCO AP {stats['AP']:.3f}, AR {stats['AR']:.3f}")
+    print(f"detected boxes: {summary}")
+    for name, seconds in protocol.items():
+        print(f"  {name:<{width}}  {seconds:7.3f} s")
+    print(f"  {'total after inference':<{width}}  {sum(protocol.values()):7.3f} s")
+
+
+def protocol_times(coco, boxes: int, seed: int = 0) -> tuple[dict, str]:
+    """Time the detected-box protocol after inference on `boxes` synthetic detections."""
+    from hgpose.error_analysis import analyze_errors, per_keypoint_ap
+    from hgpose.oks import GroundTruth, oks_nms, rescore
+
+    rng = np.random.default_rng(seed)
+    gt = GroundTruth.from_coco(coco)
+    image_ids = np.array(sorted(coco.getImgIds()), dtype=np.int64)
+    near = rng.random(boxes) < 1 / 3
+    owner = rng.integers(0, len(gt.image_ids), boxes)
+    det_images = np.where(near, gt.image_ids[owner], rng.choice(image_ids, boxes))
+    x, y, w, h = gt.bboxes[owner].T
+    inside = np.stack([x[:, None] + rng.random((boxes, 17)) * w[:, None],
+                       y[:, None] + rng.random((boxes, 17)) * h[:, None]], -1)
+    labelled = gt.keypoints[owner, :, 2:] > 0
+    points = np.where(near[:, None, None] & labelled, gt.keypoints[owner, :, :2], inside)
+    points = points + rng.normal(0, 1, (boxes, 17, 2)) * np.sqrt(w * h)[:, None, None] * 0.03
+    confidence = rng.random((boxes, 17))
+    box_scores = np.where(near, rng.uniform(0.3, 1.0, boxes), rng.uniform(0.0, 0.6, boxes))
+    times = {}
+    start = time.perf_counter()
+    scores = rescore(box_scores, confidence)
+    times["rescoring (box x mean keypoint confidence > 0.2)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    keep = oks_nms(det_images, points, scores, w * h)
+    times[f"OKS-NMS at 0.9 over {boxes} boxes"] = time.perf_counter() - start
+    start = time.perf_counter()
+    results = coco_results(det_images[keep], points[keep], confidence[keep])
+    for entry, score in zip(results, scores[keep]):
+        entry["score"] = float(score)
+    stats = coco_keypoint_stats(coco, results, image_ids)
+    times["COCO results + COCOeval keypoints"] = time.perf_counter() - start
+    keypoints = np.concatenate([points[keep], confidence[keep, :, None]], -1)
+    start = time.perf_counter()
+    per_keypoint_ap(gt, det_images[keep], keypoints, scores[keep], image_ids)
+    times["per-keypoint AP (17 keypoint types)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    errors = analyze_errors(gt, det_images[keep], keypoints, scores[keep], image_ids).to_dict()
+    times["error analysis (classification + AP if fixed x 5)"] = time.perf_counter() - start
+    summary = (f"{boxes} boxes on {len(image_ids)} images, {int(keep.sum())} after OKS-NMS; AP {stats['AP']:.3f}, "
+               f"AP as recomputed {errors['ap']:.3f}; good {errors['overall_fraction']['good']:.2f}")
+    return times, summary
 
 
 def _sync(device: torch.device) -> None:

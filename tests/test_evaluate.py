@@ -388,7 +388,7 @@ def test_evaluate_checkpoint_end_to_end(synth_dataset, tiny_checkpoint, tmp_path
     assert written["results_file"] == str(results_file)
     coco = COCO(str(synth_dataset / "annotations" / "person_keypoints_val2017.json"))
     assert len(coco.loadRes(str(results_file)).getAnnIds()) == result["instances"] - result["skipped"]
-    assert "COCO keypoints: AP" in format_evaluation(result)
+    assert "COCO keypoints (ground-truth boxes): AP" in format_evaluation(result)
 
 
 def test_evaluate_checkpoint_errors(synth_dataset, tiny_checkpoint, tmp_path):

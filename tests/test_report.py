@@ -76,7 +76,8 @@ def test_write_report(run_dir):
     assert csv_lines[3] == "Best validation accuracy,7,4.19e-05,5.43e-05,0.433"
     text = outputs["table1.md"].read_text()
     assert "epoch 7, `checkpoints/epoch_007.safetensors`" in text
-    assert "Test PCK (val2017, all annotated keypoints v = 1 and 2, `best.safetensors`): 0.441" in text
+    assert "Test PCK (val2017, ground-truth boxes, all annotated keypoints v = 1 and 2, `best.safetensors`): 0.441" \
+        in text
     report = json.loads(outputs["report.json"].read_text())
     assert report["selected_model"]["epoch"] == 7 and report["selected_model"]["test_pck"] == 0.441
 

@@ -31,6 +31,7 @@ PCK_THRESHOLD = 0.5  # r
 DEFAULT_CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
 PCK_STYLES = ("seed", "bearpaw")
+DECODE_METHODS = ("quarter", "dark")
 
 
 def seed_normalizer(heatmap_size: int) -> float:
@@ -41,13 +42,16 @@ def seed_normalizer(heatmap_size: int) -> float:
 # --- decoding ------------------------------------------------------------------------------------
 
 
-def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_heatmaps(heatmaps: torch.Tensor, method: str = "quarter") -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K, H, W) heatmaps -> coords (N, K, 2) float32 (x, y) in heatmap pixel-centre coordinates
     and confidence (N, K) = the heatmap maximum.
 
-    Argmax, then a quarter pixel toward the larger neighbour in x and in y where both neighbours
-    exist (no shift when they are equal). Runs on the tensor's device with no host sync.
+    Argmax, then "quarter": a quarter pixel toward the larger neighbour in x and in y where both
+    neighbours exist (no shift when they are equal), or "dark": the Taylor step of DARK on the
+    smoothed log heatmap (hgpose.dark). Runs on the tensor's device with no host sync.
     """
+    if method not in DECODE_METHODS:
+        raise UserError(f"--decode must be one of {', '.join(DECODE_METHODS)}, got {method!r}")
     heatmaps = heatmaps.float()
     n, k, h, w = heatmaps.shape
     flat = heatmaps.reshape(n, k, h * w)  # reshape, not view: channels-last outputs are not contiguous
@@ -58,6 +62,10 @@ def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         at = (y + dy).clamp(0, h - 1) * w + (x + dx).clamp(0, w - 1)
         return flat.gather(-1, at.unsqueeze(-1)).squeeze(-1)
 
+    if method == "dark":
+        from hgpose.dark import dark_offsets
+
+        return torch.stack([x, y], dim=-1).float() + dark_offsets(heatmaps, x, y), confidence
     inner_x = (x > 0) & (x < w - 1)
     inner_y = (y > 0) & (y < h - 1)
     shift_x = torch.sign(value_at(1, 0) - value_at(-1, 0)) * inner_x
@@ -295,16 +303,18 @@ def _announced(loader) -> tuple[int, int]:
 @torch.no_grad()  # not inference_mode: the channels-last parameters must stay usable for training
 def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool = True,
           compute_loss: bool = True, bearpaw: bool = False, progress: bool = True,
-          desc: str = "val") -> Inference:
+          desc: str = "val", flip_test: bool = False, decode: str = "quarter") -> Inference:
     """Run `model` (eval mode, last stack) over `loader`'s batches and decode every prediction.
 
     Results stay on the device until the end (one transfer, no per-batch host sync), in arrays
     allocated once (memory stays flat over any number of batches). Under torch.distributed every
     rank returns the whole split, each sample once (padding repeats dropped by index).
     channels_last converts the model in place (as training does). The model's train/eval mode is
-    restored afterwards.
+    restored afterwards. flip_test averages each crop's heatmaps with its mirror's (hgpose.flip);
+    decode is a decode_heatmaps method.
     """
     from hgpose.data.loader import device_batches
+    from hgpose.flip import flip_test as flip_test_heatmaps
     from hgpose.progress import progress_bar
 
     device = torch.device(device)
@@ -324,9 +334,9 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
             valid = batch["valid"].to(device, non_blocking=True)
             visibility = batch["visibility"].to(device, non_blocking=True) * valid.unsqueeze(-1)
             with autocast(device, precision):
-                heatmaps = model(images)
+                heatmaps = flip_test_heatmaps(model, images) if flip_test else model(images)
             heatmaps = heatmaps.float()
-            coords, confidence = decode_heatmaps(heatmaps)
+            coords, confidence = decode_heatmaps(heatmaps, decode)
             row = {"indices": batch["index"].to(device), "coords": coords, "confidence": confidence,
                    "gt": keypoints, "visibility": visibility, "valid": valid}
             if compute_loss or bearpaw:
@@ -467,17 +477,19 @@ def evaluate_inference(inference: Inference, dataset, thresholds=None, threshold
     result["coco_results"] = coco_results(image_ids, image_points, inference.confidence[valid],
                                           getattr(dataset.index, "category_id", 1))
     if coco:
-        add_coco_stats(result, dataset.index, image_ids)
+        add_coco_stats(result, dataset.index, image_ids, ground_truth_images=image_ids)
     return result
 
 
-def add_coco_stats(result: dict, index, image_ids) -> None:
+def add_coco_stats(result: dict, index, image_ids, ground_truth_images=None):
     """result["coco"] = COCO keypoint AP of result["coco_results"] over the readable `image_ids`, scored
-    against coco_ground_truth(index); a pycocotools failure is recorded in result["coco_error"] (one
-    line) instead of raised, so the PCK figures computed before are never lost."""
+    against coco_ground_truth(index, ground_truth_images) (None: every image of the file), which is
+    returned for further analyses. A pycocotools failure is recorded in result["coco_error"] (one line)
+    instead of raised, and None returned, so the PCK figures computed before are never lost."""
     try:
-        result["coco"] = coco_keypoint_stats(coco_ground_truth(index, image_ids), result["coco_results"],
-                                             image_ids)
+        coco = coco_ground_truth(index, ground_truth_images)
+        result["coco"] = coco_keypoint_stats(coco, result["coco_results"], image_ids)
+        return coco
     except UserError:
         raise
     except Exception as exc:  # pycocotools on a file from another tool: report, keep the rest
@@ -485,6 +497,7 @@ def add_coco_stats(result: dict, index, image_ids) -> None:
             else f"{type(exc).__name__}: {exc}"
         result["coco"] = None
         result["coco_error"] = f"{index.annotation_file}: COCO AP not computed ({reason})"[:300]
+        return None
 
 
 def coco_ground_truth(index, image_ids=None):
@@ -602,11 +615,15 @@ def load_eval_index(data_root, split: str, checkpoint: Path):
 def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_size: int = 32, device="auto",
                         precision: str = "auto", workers: int = 0, out=None, thresholds=None,
                         pck_style: str = "seed", input_size: int | None = None, progress: bool = True,
-                        cache="auto") -> dict:
+                        cache="auto", boxes=None, min_box_score: float = 0.0, flip_test: bool = False,
+                        decode: str = "quarter", plots: bool = False) -> dict:
     """The library behind `hgpose evaluate`: run a checkpoint over a split and compute every metric.
 
     Writes the metrics JSON to `out` and the COCO results beside it (<stem>_keypoints.json), both
     atomically. Returns the metrics, with the COCO results list under "coco_results".
+    `boxes`: a COCO detection results file; AP is then also computed on those boxes by the top-down
+    protocol (hgpose.protocol), its results written to <stem>_keypoints_detected.json. flip_test and
+    decode apply to every pass; plots draws the error breakdowns beside `out`.
     """
     from hgpose.data.dataset import PersonDataset
     from hgpose.data.loader import make_loader
@@ -617,6 +634,15 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
         raise UserError(f"--pck-style must be one of {', '.join(PCK_STYLES)}, got {pck_style!r}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if decode not in DECODE_METHODS:
+        raise UserError(f"--decode must be one of {', '.join(DECODE_METHODS)}, got {decode!r}")
+    if plots and out is None:
+        raise UserError("--plots writes its figures beside --out FILE.json: give --out")
+    detections = None
+    if boxes is not None:  # read before the model runs: a bad file fails at once
+        from hgpose.detections import read_detections
+
+        detections = read_detections(boxes, min_box_score)
     checkpoint = Path(checkpoint)
     config = read_model_config(checkpoint)
     if input_size is not None and input_size != config.input_size:
@@ -634,7 +660,7 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     model = load_model(checkpoint, device=device)
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, device=device)
     inference = infer(model, loader, device=device, precision=precision, bearpaw=pck_style == "bearpaw",
-                      progress=progress, desc=f"evaluate {split}")
+                      progress=progress, desc=f"evaluate {split}", flip_test=flip_test, decode=decode)
     unreadable = unreadable_images(dataset, inference) if inference.skipped else None
     result = {
         "checkpoint": str(checkpoint),
@@ -650,7 +676,7 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
         result["unreadable"] = unreadable
 
     def write():
-        atomic_write_json(out, {k: v for k, v in result.items() if k != "coco_results"})
+        atomic_write_json(out, {k: v for k, v in result.items() if not k.endswith("coco_results")})
 
     if out is not None:  # PCK first: nothing computed so far is lost if COCOeval then fails
         out = Path(out)
@@ -658,10 +684,44 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
         result["results_file"] = str(results_file)
         atomic_write_json(results_file, result["coco_results"], indent=None)
         write()
-    add_coco_stats(result, index, index.image_ids[inference.indices[inference.valid]])
+    held_out = split in HELD_OUT_SPLITS  # part of an annotation file: its ground truth holds just those images
+    coco = add_coco_stats(result, index, index.image_ids[inference.indices[inference.valid]],
+                          ground_truth_images=np.unique(index.image_ids) if held_out else None)
+    if coco is not None:
+        _add_protocol(result, model, detections, index, config, coco, batch_size=batch_size, device=device,
+                      precision=precision, workers=workers, flip_test=flip_test, decode=decode,
+                      progress=progress)
     if out is not None:
+        if detections is not None:
+            detected_file = out.with_name(f"{out.stem}_keypoints_detected.json")
+            result["detected_boxes"]["results_file"] = str(detected_file)
+            atomic_write_json(detected_file, result["detected_coco_results"], indent=None)
+        if plots:
+            from hgpose.protocol import write_error_figures
+
+            result["plots"] = [str(p) for p in write_error_figures(result, out)]
         write()
     return result
+
+
+def _add_protocol(result: dict, model, detections, index, config, coco, **run) -> None:
+    """The top-down protocol's additions: which boxes each AP used, per-keypoint AP and the error
+    breakdown on ground-truth boxes, and with detections the whole block on detected boxes. `coco`:
+    the ground truth the ground-truth-box AP was scored against (coco_ground_truth)."""
+    from hgpose.protocol import GROUND_TRUTH_BOXES, ap_analysis, evaluate_detected_boxes
+
+    result["protocol"] = {"flip_test": run["flip_test"], "decode": run["decode"],
+                          "pck_boxes": f"{GROUND_TRUTH_BOXES} (PCK is a ground-truth-box metric)"}
+    result["coco_boxes"] = GROUND_TRUTH_BOXES
+    valid_ids = {r["image_id"] for r in result["coco_results"]}
+    result.update(ap_analysis(coco, result["coco_results"], sorted(valid_ids)))
+    if detections is not None:
+        only_images = np.unique(index.image_ids) if result["split"] in HELD_OUT_SPLITS else None  # part of a file
+        block, results = evaluate_detected_boxes(model, detections, index.annotation_file, index.image_dir,
+                                                 index.split, coco, input_size=config.input_size,
+                                                 only_images=only_images, **run)
+        result["detected_boxes"] = block
+        result["detected_coco_results"] = results
 
 
 def headline_pck(result: dict) -> float | None:
@@ -692,21 +752,63 @@ def format_evaluation(result: dict) -> str:
     if "pck_bearpaw" in result:
         lines.append(f"  {'bearpaw/pytorch-pose':<22}{_fmt(result['pck_bearpaw']['overall']):>7}"
                      f"   (mean over {result['pck_bearpaw']['batches']} batches of per-joint means)")
-    lines.append(f"{'joint':<16}{'all':>7}{'v=2':>7}{'v=1':>7}{'n':>8}")
+    keypoint_aps = _keypoint_ap_columns(result)
+    lines.append(f"{'joint':<16}{'all':>7}{'v=2':>7}{'v=1':>7}{'n':>8}"
+                 + "".join(f"{title:>10}" for title, _ in keypoint_aps))
     for name in pcks["all"]["per_joint"]:
         lines.append(f"{name:<16}{_fmt(pcks['all']['per_joint'][name]):>7}{_fmt(pcks['v2']['per_joint'][name]):>7}"
-                     f"{_fmt(pcks['v1']['per_joint'][name]):>7}{pcks['all']['per_joint_counted'][name]:>8}")
+                     f"{_fmt(pcks['v1']['per_joint'][name]):>7}{pcks['all']['per_joint_counted'][name]:>8}"
+                     + "".join(f"{_fmt(aps.get(name)):>10}" for _, aps in keypoint_aps))
+    if keypoint_aps:
+        lines.append("  (PCK: ground-truth boxes; " + ", ".join(
+            f"{title}: keypoint AP, {label}" for title, label in _keypoint_ap_labels(result)) + ")")
     if "pck_curve" in result:
         curve = result["pck_curve"]
         points = zip(curve["thresholds"], curve["all"])
         lines.append("PCK curve (all): " + "  ".join(f"r={t:g}:{_fmt(v)}" for t, v in points))
     if result.get("coco"):
-        lines.append("COCO keypoints: " + "  ".join(f"{name} {_fmt(result['coco'][name])}"
-                                                    for name in COCO_STAT_NAMES))
+        lines.append(f"COCO keypoints ({result.get('coco_boxes', 'ground-truth boxes')}): "
+                     + "  ".join(f"{name} {_fmt(result['coco'][name])}" for name in COCO_STAT_NAMES))
     if result.get("unreadable"):
         bad = result["unreadable"]
         shown = "; ".join(f"{b['file_name']} ({b['problem']})" for b in bad["first"])
         more = f"; and {bad['images'] - len(bad['first'])} more" if bad["images"] > len(bad["first"]) else ""
         lines.append(f"{bad['images']} unreadable images skipped ({result['skipped']} instances), "
                      f"COCO AP covers the readable ones: {shown}{more}")
+    lines += _error_lines(result.get("errors"), result.get("coco_boxes", "ground-truth boxes"))
+    detected = result.get("detected_boxes")
+    if detected:
+        lines.append(f"COCO keypoints ({detected['boxes']}): "
+                     + "  ".join(f"{name} {_fmt(detected['coco'][name])}" for name in COCO_STAT_NAMES))
+        lines.append(f"  {detected['boxes_evaluated']} of {detected['boxes_in_file']} boxes cropped "
+                     f"(min box score {detected['min_box_score']:g}), "
+                     f"{detected.get('instances_after_nms', 0)} left after {detected['nms']}, "
+                     f"on {detected['images_evaluated']} images; score = {detected['rescoring']}")
+        lines += _error_lines(detected.get("errors"), detected["boxes"])
     return "\n".join(lines)
+
+
+def _keypoint_ap_labels(result: dict) -> list[tuple[str, str]]:
+    labels = []
+    if result.get("per_keypoint_ap"):
+        labels.append(("AP(gt)", result.get("coco_boxes", "ground-truth boxes")))
+    if (result.get("detected_boxes") or {}).get("per_keypoint_ap"):
+        labels.append(("AP(det)", result["detected_boxes"]["boxes"]))
+    return labels
+
+
+def _keypoint_ap_columns(result: dict) -> list[tuple[str, dict]]:
+    columns = {"AP(gt)": result.get("per_keypoint_ap"),
+               "AP(det)": (result.get("detected_boxes") or {}).get("per_keypoint_ap")}
+    return [(title, aps) for title, aps in columns.items() if aps]
+
+
+def _error_lines(errors: dict | None, label: str) -> list[str]:
+    if not errors:
+        return []
+    shares = "  ".join(f"{kind} {_fmt(share)}" for kind, share in errors["overall_fraction"].items())
+    fixed = "  ".join(f"{kind} {_fmt(ap)}" for kind, ap in errors["ap_if_fixed"].items())
+    return [f"  keypoint errors ({label}): {shares}",
+            f"    over {errors['matched_predictions']} predictions matched to a person "
+            f"({errors['unmatched_predictions']} unmatched, {errors['unmatched_people']} people without one)",
+            f"  AP if fixed: {fixed}  (as is {_fmt(errors['ap'])})"]

@@ -222,6 +222,7 @@ class ImageBoxes:
     file_name: str  # as written in the JSON ("" for a detection results list)
     boxes: np.ndarray  # (P, 4) x, y, w, h as given, degenerate ones included
     labels: list[str]  # (P,) "annotation 17" / "detection 3": how to name a person in a report
+    scores: np.ndarray | None = None  # (P,) detector scores (a detection results file), else None
 
 
 @dataclass
@@ -263,21 +264,22 @@ class BoxTable:
         return hits[0] if hits else None
 
 
-def load_boxes_json(path) -> BoxTable:
+def load_boxes_json(path, min_box_score: float = 0.0) -> BoxTable:
     """The person boxes of a COCO-format annotation file (its images and non-crowd person annotations)
-    or of a COCO detection results list (category 1)."""
+    or of a COCO detection results list (hgpose.detections: person boxes scoring >= min_box_score,
+    their scores kept)."""
     path = Path(path)
     data = read_json(path, "boxes file")
     if isinstance(data, list):  # COCO detection results: no file names, ids are the numeric stems
+        from hgpose.detections import read_detections
+
+        detections = read_detections(path, min_box_score)
         table = BoxTable(path, 1)
-        try:
-            for det in data:
-                if isinstance(det, dict) and det.get("category_id", 1) == 1 and "bbox" in det:
-                    entry = table.by_id.setdefault(int(det["image_id"]), ImageBoxes(int(det["image_id"]), "", [], []))
-                    entry.boxes.append(det["bbox"])
-                    entry.labels.append(f"detection {len(entry.labels) + 1}")
-        except (KeyError, TypeError, ValueError, OverflowError):
-            raise UserError(f"{path}: a detection lacks an integer image_id") from None
+        for image_id in np.unique(detections.image_ids):
+            mine = detections.image_ids == image_id
+            table.by_id[int(image_id)] = ImageBoxes(
+                int(image_id), "", detections.bboxes[mine], [f"detection {k + 1}" for k in range(int(mine.sum()))],
+                detections.scores[mine])
     else:
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise UserError(f"{path}: expected a COCO annotation file with 'images' and 'annotations'")
@@ -307,12 +309,12 @@ def load_boxes_json(path) -> BoxTable:
     return table
 
 
-def load_boxes_file(path) -> BoxTable:
+def load_boxes_file(path, min_box_score: float = 0.0) -> BoxTable:
     """--boxes: a .csv box file (hgpose.box_files) by its suffix, else a COCO annotation or detection file."""
     from hgpose.box_files import load_boxes_csv
 
     if Path(path).suffix.lower() != ".csv":
-        return load_boxes_json(path)
+        return load_boxes_json(path, min_box_score)
     table = BoxTable(Path(path), 1)
     for name, (image_id, boxes) in load_boxes_csv(path).items():
         table.by_name[name] = ImageBoxes(image_id, name, boxes, [f"box {i + 1}" for i in range(len(boxes))])
@@ -321,7 +323,7 @@ def load_boxes_file(path) -> BoxTable:
 
 def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predictions",
                   min_confidence: float = 0.2, batch_size: int = 32, device="cpu", progress: bool = True,
-                  overlays: bool = True) -> PredictSummary:
+                  overlays: bool = True, min_box_score: float = 0.0) -> PredictSummary:
     """Predict on image files and folders: writes out/keypoints.json (COCO keypoint results) and
     out/<stem>_pose.jpg overlays, each person's box labelled with its index in keypoints.json and its
     score. Unreadable images and degenerate boxes are reported and skipped.
@@ -337,7 +339,7 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     from hgpose.progress import progress_bar
 
     out = Path(out)
-    table = load_boxes_file(boxes_json) if boxes_json is not None else None
+    table = load_boxes_file(boxes_json, min_box_score) if boxes_json is not None else None
     jobs, skipped = _predict_jobs(paths, table, exclude=out if out.is_dir() else None)
     if not jobs:
         listed = f" listed in {boxes_json}" if table is not None and table.by_name else ""
@@ -357,9 +359,9 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
             if entry is _NOT_LISTED:
                 skip(path, f"not listed in {boxes_json}")
                 continue
-            image_id, bboxes, labels, name = number, None, [], path.name
+            image_id, bboxes, labels, name, box_scores = number, None, [], path.name, None
             if entry is not None:
-                image_id, bboxes, labels = entry.image_id, entry.boxes, entry.labels
+                image_id, bboxes, labels, box_scores = entry.image_id, entry.boxes, entry.labels, entry.scores
                 name = entry.file_name or name
             elif box is not None:
                 bboxes, labels = np.asarray([box], np.float64), ["--box"]
@@ -369,6 +371,7 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
                 for i in np.flatnonzero(bad):
                     _skip_person(skipped_people, bar, path, image_id, labels[i], bboxes[i], "degenerate box")
                 keep, bboxes = np.flatnonzero(~bad), bboxes[~bad]
+                box_scores = box_scores[~bad] if box_scores is not None else None
             result = images.crop_file(path, bboxes=bboxes, input_size=predictor.input_size, upright=upright)
             if result.problem:
                 skip(path, result.problem)
@@ -382,15 +385,21 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
                     _skip_person(skipped_people, bar, path, image_id, labels[keep[i]], bboxes[i],
                                  "box outside the image")
                 crops, crop_boxes = crops[inside], crop_boxes[inside]
-            person_boxes = bboxes[inside] if bboxes is not None else None
-            yield crops, crop_boxes, (path, image_id, name, person_boxes)
+                bboxes = bboxes[inside]
+                box_scores = box_scores[inside] if box_scores is not None else None
+            yield crops, crop_boxes, (path, image_id, name, bboxes, box_scores)
 
     results, written, stems, people, done = [], [], set(), 0, 0
-    for (path, image_id, name, person_boxes), keypoints in predictor.predict_crops_many(items()):
+    for (path, image_id, name, person_boxes, box_scores), keypoints in predictor.predict_crops_many(items()):
         people, done, first, entries = people + len(keypoints), done + 1, len(results), []
         if len(keypoints):
             entries = coco_results(np.full(len(keypoints), image_id), keypoints[..., :2], keypoints[..., 2],
                                    table.category_id if table is not None else 1)
+            if box_scores is not None:  # detections: the detector's score, and the protocol's instance score
+                from hgpose.oks import rescore
+
+                for entry, box_score, score in zip(entries, box_scores, rescore(box_scores, keypoints[..., 2])):
+                    entry.update(box_score=float(box_score), score=float(score))
             results += [entry | {"file_name": name} for entry in entries]
         if overlays:
             # each person labelled with its index in keypoints.json and its score

@@ -126,6 +126,7 @@ class Selection:
     test_pck: float | None = None
     test_split: str | None = None
     test_checkpoint: str | None = None
+    test_ap: list[dict] | None = None  # COCO keypoint AP / AP50 / AP75 and the boxes it used
 
 
 def select_model(run_dir: Path, metrics: list[dict]) -> Selection:
@@ -146,7 +147,19 @@ def select_model(run_dir: Path, metrics: list[dict]) -> Selection:
             raise UserError(f"{test_file}: not an `hgpose evaluate` result (no pck.all.overall)") from None
         selection.test_split = test.get("split")
         selection.test_checkpoint = test.get("checkpoint")
+        selection.test_ap = test_ap_rows(test)
     return selection
+
+
+def test_ap_rows(test: dict) -> list[dict]:
+    """The COCO keypoint APs of an `hgpose evaluate` result, each with the boxes it used."""
+    rows = []
+    blocks = [(test.get("coco_boxes", "ground-truth boxes"), test.get("coco")),
+              ((test.get("detected_boxes") or {}).get("boxes"), (test.get("detected_boxes") or {}).get("coco"))]
+    for boxes, stats in blocks:
+        if boxes and isinstance(stats, dict) and stats.get("AP") is not None:
+            rows.append({"boxes": boxes, **{k: stats.get(k) for k in ("AP", "AP50", "AP75")}})
+    return rows
 
 
 def selection_markdown(selection: Selection) -> str:
@@ -161,8 +174,11 @@ def selection_markdown(selection: Selection) -> str:
         f"{format_loss(selection.val_loss)}, validation accuracy {format_accuracy(selection.val_pck)}.",
     ]
     if selection.test_pck is not None:
-        lines.append(f"Test PCK ({selection.test_split}, all annotated keypoints v = 1 and 2, "
+        lines.append(f"Test PCK ({selection.test_split}, ground-truth boxes, all annotated keypoints v = 1 and 2, "
                      f"`{selection.test_checkpoint}`): {format_accuracy(selection.test_pck)}.")
+        for row in selection.test_ap or []:
+            figures = " / ".join("-" if row[k] is None else format_accuracy(row[k]) for k in ("AP", "AP50", "AP75"))
+            lines.append(f"Test COCO keypoint AP / AP50 / AP75 ({row['boxes']}): {figures}.")
     else:
         lines.append(f"No test evaluation yet: `hgpose evaluate --checkpoint best.safetensors --data DIR "
                      f"--out {TEST_EVAL_FILE}` in the run directory adds it.")

@@ -33,6 +33,18 @@ def add_arguments(parser):
     parser.add_argument("--cache", choices=("auto", "off"), default="auto",
                         help="auto (use a current prepared cache) or off")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    protocol = parser.add_argument_group("COCO top-down protocol")
+    protocol.add_argument("--boxes", type=Path, metavar="DETECTIONS.json",
+                          help="also compute AP on detected person boxes from a COCO detection results file "
+                               "(rescored, OKS-NMS 0.9, COCOeval); results in FILE_keypoints_detected.json")
+    protocol.add_argument("--min-box-score", type=float, default=0.0, metavar="F",
+                          help="detections below this score are not used (0: every box, as the reference)")
+    protocol.add_argument("--flip-test", action="store_true",
+                          help="average each crop's heatmaps with its mirror's (flipped back, left/right swapped)")
+    protocol.add_argument("--decode", choices=("quarter", "dark"), default="quarter",
+                          help="sub-pixel decoding: a quarter pixel toward the larger neighbour, or DARK's Taylor step")
+    protocol.add_argument("--plots", action="store_true",
+                          help="draw the keypoint error breakdown per joint beside --out (FILE_errors.png)")
 
 
 def run(args):
@@ -45,11 +57,16 @@ def run(args):
         args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
         precision=args.precision, workers=args.workers, out=args.out,
         thresholds=DEFAULT_CURVE_THRESHOLDS if args.pck_curve else None, pck_style=args.pck_style,
-        input_size=args.input_size, progress=args.progress, cache=args.cache,
+        input_size=args.input_size, progress=args.progress, cache=args.cache, boxes=args.boxes,
+        min_box_score=args.min_box_score, flip_test=args.flip_test, decode=args.decode, plots=args.plots,
     )
     print(format_evaluation(result))
     if args.out:
         print(f"metrics: {args.out}\nCOCO results: {result['results_file']}")
+        if result.get("detected_boxes"):
+            print(f"COCO results (detected boxes): {result['detected_boxes']['results_file']}")
+        for path in result.get("plots", []):
+            print(f"figure: {path}")
     if result.get("coco_error"):  # after the PCK figures, which are printed and written already
         raise UserError(result["coco_error"])
     return 0

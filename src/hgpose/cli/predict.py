@@ -25,11 +25,15 @@ def add_arguments(parser):
                         help="model weights (.safetensors)")
     boxes = parser.add_mutually_exclusive_group()
     boxes.add_argument("--boxes", type=Path, metavar="FILE",
-                       help="person boxes per image: a COCO annotation file, a COCO detection results file, or "
-                            "a CSV file of file_name,x,y,w,h[,score] rows. A folder PATH is the root its file "
-                            "names are relative to, a file is matched by the tail of its path; the file's image "
-                            "ids and person category id are used in the results, its pixels taken as stored")
+                       help="person boxes per image: a COCO annotation file, a COCO detection results file "
+                            "(boxes scoring >= --min-box-score; the detector score is kept as box_score; images "
+                            "matched by numeric file name), or a CSV file of file_name,x,y,w,h[,score] rows. A "
+                            "folder PATH is the root its file names are relative to, a file is matched by the "
+                            "tail of its path; the file's image ids and person category id are used in the "
+                            "results, its pixels taken as stored")
     boxes.add_argument("--box", metavar="X,Y,W,H", help="one person box used for every image")
+    parser.add_argument("--min-box-score", type=float, default=0.0, metavar="F",
+                        help="with a COCO detection results file as --boxes: boxes scoring below F are not used")
     parser.add_argument("--out", type=Path, default=Path("predictions"), metavar="DIR", help="output folder")
     parser.add_argument("--min-confidence", type=float, default=0.2, metavar="F",
                         help="keypoints below this heatmap peak are not drawn (the JSON keeps them all)")
@@ -63,7 +67,7 @@ def run(args):
     summary = predict_paths(
         args.checkpoint, args.paths, boxes_json=args.boxes, box=parse_box(args.box) if args.box else None,
         out=args.out, min_confidence=args.min_confidence, batch_size=args.batch_size,
-        device=resolve_device(args.device), overlays=not args.no_overlays,
+        device=resolve_device(args.device), overlays=not args.no_overlays, min_box_score=args.min_box_score,
     )
     print(f"{summary.people} people in {summary.images} images -> {summary.results}"
           + (f" and {len(summary.overlays)} overlays in {args.out}" if summary.overlays else ""))
