@@ -160,3 +160,27 @@ def test_predict_and_evaluate_give_identical_keypoints_for_a_large_person(checkp
     assert predicted[0]["keypoints"] == evaluated[0]["keypoints"]
     # the mean confidence unrounded: equal up to float32 arithmetic (evaluate runs channels-last)
     assert predicted[0]["score"] == pytest.approx(evaluated[0]["score"], rel=1e-5)
+
+
+def test_predict_flip_test_and_dark_decoding_match_evaluate(checkpoint, tiny_coco, tmp_path, capsys):
+    """predict --flip-test --decode dark runs exactly what evaluate does with the same flags, and the
+    flags change the keypoints (so the comparison can fail)."""
+    image = tiny_coco.add_image()
+    tiny_coco.add_person(image, bbox=(30.0, 10.0, 60.0, 100.0))
+    root = tiny_coco.write("val2017")
+    path = root / "val2017" / tiny_coco.images[0]["file_name"]
+    boxes = str(tiny_coco.annotation_file("val2017"))
+    flags = ["--flip-test", "--decode", "dark"]
+
+    def predict(out, extra):
+        code = main(["predict", "--checkpoint", str(checkpoint), str(path), "--boxes", boxes, "--out",
+                     str(tmp_path / out), "--device", "cpu", "--no-overlays", *extra])
+        assert code == 0
+        return json.loads((tmp_path / out / "keypoints.json").read_text())[0]["keypoints"]
+
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(root), "--split", "val2017",
+                 "--out", str(tmp_path / "metrics.json"), "--device", "cpu", "--precision", "fp32", *flags]) == 0
+    evaluated = json.loads((tmp_path / "metrics_keypoints.json").read_text())[0]["keypoints"]
+    assert predict("flipped", flags) == evaluated
+    assert predict("plain", []) != evaluated

@@ -18,8 +18,9 @@ __version__ = "0.1.0"
 __all__ = ["UserError", "__version__", "load"]
 
 
-def load(checkpoint, device="cpu"):
-    """A hgpose.predict.Predictor: `.predict(image, boxes=None)` -> (P, 17, 3) x, y, confidence."""
+def load(checkpoint, device="cpu", flip_test: bool = False, decode: str = "quarter"):
+    """A hgpose.predict.Predictor: `.predict(image, boxes=None)` -> (P, 17, 3) x, y, confidence.
+    flip_test and decode ("quarter" or "dark") as for `hgpose evaluate`."""
     from hgpose.predict import Predictor
 
-    return Predictor.from_checkpoint(checkpoint, device=device)
+    return Predictor.from_checkpoint(checkpoint, device=device, flip_test=flip_test, decode=decode)

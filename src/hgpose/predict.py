@@ -116,11 +116,18 @@ class Predictor:
     model: HourglassNet
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 32
+    flip_test: bool = False  # average with the mirrored crop's heatmaps (hgpose.flip), as evaluate --flip-test
+    decode: str = "quarter"  # a hgpose.evaluate.decode_heatmaps method: "quarter" or "dark"
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, device="cpu", batch_size: int = 32) -> Predictor:
+    def from_checkpoint(cls, checkpoint, device="cpu", batch_size: int = 32, flip_test: bool = False,
+                        decode: str = "quarter") -> Predictor:
+        from hgpose.evaluate import DECODE_METHODS
+
+        if decode not in DECODE_METHODS:
+            raise UserError(f"--decode must be one of {', '.join(DECODE_METHODS)}, got {decode!r}")
         device = torch.device(device)
-        return cls(load_model(checkpoint, device=device), device, batch_size)
+        return cls(load_model(checkpoint, device=device), device, batch_size, flip_test, decode)
 
     @property
     def input_size(self) -> int:
@@ -135,13 +142,15 @@ class Predictor:
         """uint8 crops (N, 3, S, S) RGB -> coords (N, K, 2) in heatmap pixel-centre coordinates and
         confidence (N, K), in batches of batch_size."""
         from hgpose.evaluate import decode_heatmaps
+        from hgpose.flip import flip_test
 
         crops = torch.as_tensor(np.asarray(crops))
         coords, confidence = [], []
         self.model.eval()
         for start in range(0, len(crops), self.batch_size):
             batch = to_model_input(crops[start : start + self.batch_size].to(self.device))
-            c, p = decode_heatmaps(self.model(batch))
+            heatmaps = flip_test(self.model, batch) if self.flip_test else self.model(batch)
+            c, p = decode_heatmaps(heatmaps.float(), self.decode)
             coords.append(c.cpu())
             confidence.append(p.cpu())
         k = self.model.config.num_keypoints
@@ -323,7 +332,8 @@ def load_boxes_file(path, min_box_score: float = 0.0) -> BoxTable:
 
 def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predictions",
                   min_confidence: float = 0.2, batch_size: int = 32, device="cpu", progress: bool = True,
-                  overlays: bool = True, min_box_score: float = 0.0) -> PredictSummary:
+                  overlays: bool = True, min_box_score: float = 0.0, flip_test: bool = False,
+                  decode: str = "quarter") -> PredictSummary:
     """Predict on image files and folders: writes out/keypoints.json (COCO keypoint results) and
     out/<stem>_pose.jpg overlays, each person's box labelled with its index in keypoints.json and its
     score. Unreadable images and degenerate boxes are reported and skipped.
@@ -345,7 +355,8 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
         listed = f" listed in {boxes_json}" if table is not None and table.by_name else ""
         raise UserError(f"no images{listed} found in " + ", ".join(map(str, paths)))
     upright = table is None  # COCO annotations refer to stored pixels; a photo is meant upright
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size, flip_test=flip_test,
+                                          decode=decode)
     bar = progress_bar(total=len(jobs), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
     skipped_people: list[tuple[str, str]] = []
 

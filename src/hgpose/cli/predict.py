@@ -39,6 +39,11 @@ def add_arguments(parser):
                         help="keypoints below this heatmap peak are not drawn (the JSON keeps them all)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="person crops per pass")
     parser.add_argument("--no-overlays", action="store_true", help="write only keypoints.json")
+    parser.add_argument("--flip-test", action="store_true",
+                        help="average each crop's heatmaps with its mirror's (flipped back, left/right swapped), "
+                             "as evaluate --flip-test")
+    parser.add_argument("--decode", choices=("quarter", "dark"), default="quarter",
+                        help="sub-pixel decoding: a quarter pixel toward the larger neighbour, or DARK's Taylor step")
     add_device_argument(parser)
 
 
@@ -68,6 +73,7 @@ def run(args):
         args.checkpoint, args.paths, boxes_json=args.boxes, box=parse_box(args.box) if args.box else None,
         out=args.out, min_confidence=args.min_confidence, batch_size=args.batch_size,
         device=resolve_device(args.device), overlays=not args.no_overlays, min_box_score=args.min_box_score,
+        flip_test=args.flip_test, decode=args.decode,
     )
     print(f"{summary.people} people in {summary.images} images -> {summary.results}"
           + (f" and {len(summary.overlays)} overlays in {args.out}" if summary.overlays else ""))
