@@ -47,7 +47,7 @@ from hgpose.fileio import UserError, atomic_write_json
 from hgpose.progress import progress_bar
 
 # Bump when decoding or cropping changes the pixels: old caches then read as stale.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: JPEGs with data after their end marker decode (were unreadable)
 CACHE_FORMAT = "hgpose crop cache"
 
 
