@@ -57,14 +57,6 @@ def wait_until_locked(lock_file: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
-@pytest.fixture(scope="module")
-def reference_run(synth_dataset, tmp_path_factory) -> Path:
-    """An uninterrupted run that the interrupted ones must equal bit for bit."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    assert start(synth_dataset, out).wait() == 0
-    return out
-
-
 @pytest.mark.slow
 def test_sigkill_in_epoch_1_before_any_checkpoint_resumes_bit_identical(synth_dataset, reference_run, tmp_path):
     killed = tmp_path / "killed"
