@@ -110,3 +110,16 @@ class TinyCoco:
 def tiny_coco(tmp_path) -> TinyCoco:
     """A TinyCoco builder rooted at a fresh tmp_path / "coco"."""
     return TinyCoco(tmp_path / "coco")
+
+
+@pytest.fixture(scope="session")
+def reference_run(synth_dataset, tmp_path_factory) -> Path:
+    """An uninterrupted 3-epoch training run (batch 8, test_train's tiny model) that interrupted runs
+    must equal bit for bit; shared by the fault tests of test_train and test_run_faults."""
+    import subprocess
+
+    from test_train import start_training
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert start_training(synth_dataset, out, 8, stdout=subprocess.DEVNULL).wait() == 0
+    return out

@@ -118,9 +118,8 @@ def resume_and_compare(run_dir: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bit_identical(synth_dataset, tmp_path):
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    assert start_training(synth_dataset, reference, 8, stdout=subprocess.DEVNULL).wait() == 0
+def test_resume_after_sigkill_is_bit_identical(synth_dataset, reference_run, tmp_path):
+    reference, killed = reference_run, tmp_path / "killed"
     proc = start_training(synth_dataset, killed, 8, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_first_epoch(proc, killed)
     time.sleep(0.3)  # into epoch 2

@@ -460,36 +460,37 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
     if config.batch_size % ctx.world_size:
         raise UserError(f"--batch-size {config.batch_size} is not divisible by {ctx.world_size} processes")
     log = RunLog(run_dir / "train.log" if is_main else None)
-    train_set, val_set = _load_data(config, log, is_main)
-    if is_main and train_set.using_cache:
-        cache = train_set._open_cache()
-        invalid = [i for i, row in enumerate(train_set.index.rows) if not cache.valid[row]]
-        _report_unreadable(train_set, invalid, log, "training", "every epoch; listed by `hgpose prepare`")
-
     torch.manual_seed(config.seed)  # any random op of the run is reproducible; --resume restores the state
     model = build_model(config.model, seed=config.seed).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr)
     schedule = PlateauDrop(config.lr_patience, config.lr_factor)
     history: list[dict] = []
     start_epoch, start_step, carried = 1, 0, {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}
-
-    if is_main:
-        (run_dir / "checkpoints").mkdir(exist_ok=True)
-    has_checkpoint = (run_dir / "last.safetensors").is_file()
-    if resume and is_main:
-        _record_moved_data(run_dir, config)
-    if resume and has_checkpoint:
+    resumed = resume and (run_dir / "last.safetensors").is_file()
+    if resumed:  # before the data: a damaged checkpoint is one line at once, not after minutes of loading
         state = load_training_checkpoint(run_dir / "last.safetensors", model, optimizer)
         history, schedule = state["history"], PlateauDrop(**state["schedule"])
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
         carried = state["partial"]
+
+    train_set, val_set = _load_data(config, log, is_main)
+    if is_main and train_set.using_cache:
+        cache = train_set._open_cache()
+        invalid = [i for i, row in enumerate(train_set.index.rows) if not cache.valid[row]]
+        _report_unreadable(train_set, invalid, log, "training", "every epoch; listed by `hgpose prepare`")
+    if is_main:
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if resume and is_main:
+        _record_moved_data(run_dir, config)
+    if resumed:
         if is_main:
             write_metrics_csv(run_dir / "metrics.csv", history)  # drop any row written after `last`
             log(f"resuming {run_dir} at epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
     elif is_main:
         if resume:
             log(f"resuming {run_dir}: it stopped before its first checkpoint, so it starts at epoch 1")
-        _write_run_config(run_dir, config)
+        else:
+            _write_run_config(run_dir, config)
         if not (run_dir / "run_info.json").is_file():
             write_run_info(run_dir)  # hgpose version and commit, for the report
         log(f"training {run_dir}: {len(train_set)} train / {len(val_set)} val instances, "
