@@ -41,6 +41,7 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
     code path quickly."""
     from hgpose.data.cache import prepare_cache
     from hgpose.data.coco import annotation_path
+    from hgpose.detections import demo_detections
     from hgpose.device import resolve_device
     from hgpose.evaluate import evaluate_checkpoint, format_evaluation
     from hgpose.explore import write_explore_report
@@ -77,9 +78,11 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
     if not run_is_finished(run_dir, config):
         raise DemoInterrupted(f"training of {run_dir} was interrupted and saved")
 
-    print("[3/6] evaluating the best checkpoint on the test split (val2017)")
+    print("[3/6] evaluating the best checkpoint on the test split (val2017), on ground-truth boxes and on "
+          "stand-in detections (jittered ground truth plus false positives, not a detector)")
     result = evaluate_checkpoint(run_dir / "best.safetensors", data, split="val2017", precision=precision,
-                                 workers=workers, out=run_dir / "test_eval.json")
+                                 workers=workers, out=run_dir / "test_eval.json", boxes=demo_detections(data),
+                                 plots=True)
     print(format_evaluation(result))
 
     print("[4/6] Figure 2 and Table 1")
