@@ -216,13 +216,17 @@ def trajectory_section(trajectory, run, every: int, seconds: float) -> Section:
              + (f"; it first reaches 90% of its final value at epoch {epochs[reached[0]]}." if len(reached) else ".")]
     if settled:
         first, last = min(settled, key=settled.get), max(settled, key=settled.get)
-        facts.append(f"Among the epochs analysed, {first} is the first stage to reach CKA 0.9 with its final form "
-                     f"(epoch {settled[first]}) and {last} the last (epoch {settled[last]}).")
+        if settled[first] == settled[last]:
+            facts.append(f"Among the epochs analysed, {len(settled)} of the {len(trajectory.stages)} stages first "
+                         f"reach CKA 0.9 with their final form at the same epoch, {settled[first]}.")
+        else:
+            facts.append(f"Among the epochs analysed, {first} is the first stage to reach CKA 0.9 with its final "
+                         f"form (epoch {settled[first]}) and {last} the last (epoch {settled[last]}).")
     facts.append(f"The learning rate drops at epoch {drop}." if drop else "The learning rate never drops in this run.")
     body.insert(1, paragraph(" ".join(facts), "note"))
     return _section("Over training", (
-        f"The same measurements at the per-epoch checkpoints of {run} (the first epoch, every {every}th and the "
-        "last): per-joint PCK, the probes of the previous section averaged over joints, how similar each stage "
+        f"The same measurements at the per-epoch checkpoints of {run} (the first epoch, every {every} epochs and "
+        "the last): per-joint PCK, the probes of the previous section averaged over joints, how similar each stage "
         "already is to its final form (linear CKA with the last epoch's same stage), and the skip/low balance "
         "of the next section. The dashed line marks the learning-rate drop. A stage whose CKA reaches 1 early "
         "stopped changing early; probe R² rising before PCK would mean the information is there before the "
