@@ -94,7 +94,8 @@ def test_explore_run_report_has_every_section_and_renders_in_chromium(run_dir, t
     assert 0 <= summary["calibration"]["ece"] <= 1
     trajectory = summary["over_training"]
     assert trajectory["epochs"] == [1, 2, 3] and trajectory["lr_drop"] == lr_drop_epoch(run_dir)
-    assert len(trajectory["cka_to_final"][-1]) == len(summary["probes"]["stages"])
+    assert summary["probes"]["stages"][-1] == "output"  # the decoded keypoints: the probes' reference row
+    assert len(trajectory["cka_to_final"][-1]) == len(summary["probes"]["stages"]) - 1 == len(summary["probes"]["cka"])
     assert trajectory["cka_to_final"][-1][0] == pytest.approx(1.0)  # the last epoch against itself
 
     if BROWSER is None:

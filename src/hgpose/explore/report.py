@@ -219,8 +219,11 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
 
     timer.start("probes")
     features = pooled_stages(model, probe_set.images, batch_size=batch_size)
-    probes = linear_probes(features, probe_set.keypoints, probe_set.visibility, seed=seed)
     cka = cka_matrix(features)
+    # the network's own decoded keypoints, probed the same way: the reference a stage's R\u00b2 is read against
+    output_coords, _ = an.decode(an.heatmaps(model, probe_set.images, batch_size))
+    features[sc.OUTPUT_STAGE] = output_coords.reshape(len(output_coords), -1)
+    probes = linear_probes(features, probe_set.keypoints, probe_set.visibility, seed=seed)
     probe_seconds = time.perf_counter() - timer.started
     sections.append(sc.probes_section(probes, cka, probe_seconds))
     numbers["probes"] = {"stages": probes.stages, "position_r2": probes.position_r2,

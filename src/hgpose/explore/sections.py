@@ -21,6 +21,7 @@ SECTION_TITLES = (
 SALIENCY_RADIUS = 0.1  # of the crop side: "near the joint"
 PROBE_LEVEL = 0.5  # "a stage encodes a joint" when its probe's held-out R² reaches this
 ATTRIBUTED_JOINTS = (9, 16, 0, 8, 14, 5)  # preferred joints drawn in the attribution figure (wrist first)
+OUTPUT_STAGE = "output"  # the probes' last row: the decoded keypoints themselves, a reference, not a stage
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -123,32 +124,39 @@ def activations_section(crops, stages: dict) -> Section:
 
 
 def probe_findings(probes) -> list[tuple[str, str, str, str]]:
-    """Per joint: (joint, best stage, its R², first stage reaching PROBE_LEVEL or '-')."""
+    """Per joint: (joint, best stage, its R², first stage reaching PROBE_LEVEL or '-', the output's R²);
+    stages only (the output row is the reference)."""
     rows = []
+    inner = [i for i, s in enumerate(probes.stages) if s != OUTPUT_STAGE]
+    output = probes.stages.index(OUTPUT_STAGE) if OUTPUT_STAGE in probes.stages else None
     for j, name in enumerate(KEYPOINT_NAMES):
-        column = probes.position_r2[:, j]
+        reference = fmt(probes.position_r2[output, j], 2) if output is not None else "-"
+        column = probes.position_r2[inner, j]
         if not np.isfinite(column).any():
-            rows.append((name, "-", "-", "-"))
+            rows.append((name, "-", "-", "-", reference))
             continue
         best = int(np.nanargmax(column))
         reaching = np.flatnonzero(np.nan_to_num(column, nan=-np.inf) >= PROBE_LEVEL)
-        rows.append((name, probes.stages[best], fmt(column[best], 2),
-                     probes.stages[reaching[0]] if len(reaching) else "-"))
+        rows.append((name, probes.stages[inner[best]], fmt(column[best], 2),
+                     probes.stages[inner[reaching[0]]] if len(reaching) else "-", reference))
     return rows
 
 
 def probes_section(probes, cka, seconds: float) -> Section:
-    labels = probes.stages
-    mean_r2 = np.nanmean(probes.position_r2, axis=1) if np.isfinite(probes.position_r2).any() else None
+    labels = [s for s in probes.stages if s != OUTPUT_STAGE]  # the CKA's stages
+    inner = probes.position_r2[: len(labels)]
+    mean_r2 = np.nanmean(inner, axis=1) if np.isfinite(inner).any() else None
+    reference = (float(np.nanmean(probes.position_r2[-1])) if OUTPUT_STAGE in probes.stages
+                 and np.isfinite(probes.position_r2[-1]).any() else float("nan"))
     rows = probe_findings(probes)
     body = [
-        image(fg.matrix_figure(probes.position_r2, labels, fg.SHORT_NAMES, "held-out R² of a linear read-out of "
+        image(fg.matrix_figure(probes.position_r2, probes.stages, fg.SHORT_NAMES, "held-out R² of a linear read-out of "
                                "each joint's position (0: no better than the mean position)", vmin=0, vmax=1,
                                label="R²"), "probe R² per stage and joint"),
-        image(fg.matrix_figure(probes.visible_auroc, labels, fg.SHORT_NAMES, "held-out AUROC of reading "
+        image(fg.matrix_figure(probes.visible_auroc, probes.stages, fg.SHORT_NAMES, "held-out AUROC of reading "
                                "'labelled visible' (v = 2) (0.5: chance)", vmin=0.5, vmax=1, label="AUROC"),
               "visibility probe per stage and joint"),
-        table(("joint", "best stage", "its R²", f"first stage with R² >= {PROBE_LEVEL}"), rows),
+        table(("joint", "best stage", "its R²", f"first stage with R² >= {PROBE_LEVEL}", "output's R²"), rows),
         image(fg.matrix_figure(cka, labels, labels, "linear CKA between stages (1: the same representation up "
                                "to rotation and scale)", vmin=0, vmax=1, label="CKA", cell=0.6),
               "CKA between stages"),
@@ -160,7 +168,8 @@ def probes_section(probes, cka, seconds: float) -> Section:
         body.insert(2, paragraph(
             f"Averaged over joints, the position read-out is best at {labels[best_stage]} "
             f"(R² {fmt(mean_r2[best_stage], 2)}); by stage: "
-            + ", ".join(f"{s} {fmt(v, 2)}" for s, v in zip(labels, mean_r2)) + ". The largest change of "
+            + ", ".join(f"{s} {fmt(v, 2)}" for s, v in zip(labels, mean_r2)) + "; the network's own decoded "
+            f"keypoints, probed the same way, reach {fmt(reference, 2)}. The largest change of "
             f"representation between neighbouring stages is from {labels[change]} to {labels[change + 1]} "
             f"(CKA {fmt(neighbours[change], 2)}).", "note"))
     return _section("Where joint information lives", (
@@ -168,7 +177,9 @@ def probes_section(probes, cka, seconds: float) -> Section:
         f"stage's activations are average-pooled to at most 4x4 cells and a ridge regression (scikit-learn, "
         f"{probes.folds}-fold cross-validated, regularisation chosen inside each training fold) predicts the "
         "joint's (x, y) on held-out samples; the score is R², 1 for a perfect read-out and 0 or below for none "
-        "better than always guessing the mean position. The second matrix asks the same of whether the joint is "
+        "better than always guessing the mean position. Its last row ('output') probes the network's own decoded "
+        "keypoints the same way: the R² that the model's final answer reaches, against which to read the stages. "
+        "The second matrix asks the same of whether the joint is "
         "labelled visible (v = 2), scored by the held-out AUROC (0.5: chance, 1: perfect). Linear CKA "
         "compares two stages' representations of the same samples: high CKA "
         "means the two stages encode these samples alike."), body,
@@ -205,13 +216,17 @@ def trajectory_section(trajectory, run, every: int, seconds: float) -> Section:
              + (f"; it first reaches 90% of its final value at epoch {epochs[reached[0]]}." if len(reached) else ".")]
     if settled:
         first, last = min(settled, key=settled.get), max(settled, key=settled.get)
-        facts.append(f"Among the epochs analysed, {first} is the first stage to reach CKA 0.9 with its final form "
-                     f"(epoch {settled[first]}) and {last} the last (epoch {settled[last]}).")
+        if settled[first] == settled[last]:
+            facts.append(f"Among the epochs analysed, {len(settled)} of the {len(trajectory.stages)} stages first "
+                         f"reach CKA 0.9 with their final form at the same epoch, {settled[first]}.")
+        else:
+            facts.append(f"Among the epochs analysed, {first} is the first stage to reach CKA 0.9 with its final "
+                         f"form (epoch {settled[first]}) and {last} the last (epoch {settled[last]}).")
     facts.append(f"The learning rate drops at epoch {drop}." if drop else "The learning rate never drops in this run.")
     body.insert(1, paragraph(" ".join(facts), "note"))
     return _section("Over training", (
-        f"The same measurements at the per-epoch checkpoints of {run} (the first epoch, every {every}th and the "
-        "last): per-joint PCK, the probes of the previous section averaged over joints, how similar each stage "
+        f"The same measurements at the per-epoch checkpoints of {run} (the first epoch, every {every} epochs and "
+        "the last): per-joint PCK, the probes of the previous section averaged over joints, how similar each stage "
         "already is to its final form (linear CKA with the last epoch's same stage), and the skip/low balance "
         "of the next section. The dashed line marks the learning-rate drop. A stage whose CKA reaches 1 early "
         "stopped changing early; probe R² rising before PCK would mean the information is there before the "
