@@ -81,7 +81,7 @@ def test_short_cpu_training_lowers_the_loss_and_reaches_a_useful_pck(synth_learn
     # the seed's architecture at quarter width on 64x64 crops, batch 16, RMSProp (lr raised to learn in
     # ~30 s); about 7,500 samples seen. The untrained model's PCK is ~0.01.
     config = quick_config(synth_learnable, tmp_path / "run", epochs=22, batch_size=16, lr=2e-3,
-                          model=ModelConfig(features=64, input_size=64), precision="bf16")
+                          model=ModelConfig(features=64, input_size=64), precision="auto")
     run_dir = train(config)
     rows = read_metrics(run_dir)
     losses = [float(r["train_loss"]) for r in rows]
