@@ -122,13 +122,27 @@ def test_a_keypoint_pushed_off_the_heatmap_gets_no_target():
     assert weights[0, 0] == 0
 
 
-def test_half_body_zooms_onto_the_chosen_joints():
-    config = AugmentConfig(enabled=True, flip=0.0, rotate_p=0.0, scale_min=1.0, scale_max=1.0, half_body=1.0)
-    keypoints = keypoints_near_centre(16, 16, seed=4)
-    _, moved, _ = BatchAugment(config, 0, 1, 16)(torch.zeros(16, 3, 64, 64), keypoints, torch.full((16, 17), 2),
-                                                 torch.arange(16))
+def test_half_body_zooms_onto_the_chosen_joints_and_pixels_follow_across_resolutions():
+    # keypoints in heatmap coordinates (16), pixels at input resolution (64): a translation (the
+    # half-body centre) must move both by the same amount in their own pixel units
+    config = AugmentConfig(enabled=True, flip=0.5, rotate_p=0.0, scale_min=1.0, scale_max=1.0, half_body=1.0)
+    heatmap, size = 16, 64
+    keypoints = keypoints_near_centre(16, heatmap, seed=4)
+    to_input = lambda h: 4 * (h + 0.5) - 0.5  # noqa: E731
+    spots, _ = render_heatmaps(to_input(keypoints), torch.full((16, 17), 2), size, sigma=1.5)
+    warped, moved, visibility = BatchAugment(config, 0, 1, heatmap)(spots, keypoints, torch.full((16, 17), 2),
+                                                                     torch.arange(16))
     spread = lambda k: (k - k.mean(1, keepdim=True)).norm(dim=-1).mean(1)  # noqa: E731
     assert (spread(moved) > spread(keypoints) * 1.2).all()  # every sample zoomed in
+    flipped = draw_uniforms(0, 1, torch.arange(16))[:, 0] < 0.5
+    warped = torch.where(flipped[:, None, None, None], warped[:, torch.tensor(flip_permutation())], warped)
+    margin = 4 * 1.5 * 2  # 4 sigma at the largest zoom: these spots are whole
+    kept = ((to_input(moved) > margin) & (to_input(moved) < size - 1 - margin)).all(-1)
+    assert kept.sum() > 100 and (visibility[kept] > 0).all()
+    grid = torch.arange(size, dtype=torch.float32)
+    centres = torch.stack([(warped.sum(-2) * grid).sum(-1), (warped.sum(-1) * grid).sum(-1)], -1)
+    centres = centres / warped.sum((-1, -2))[..., None]
+    torch.testing.assert_close(centres[kept], to_input(moved)[kept], atol=0.03, rtol=0)
 
 
 def test_draws_depend_on_seed_epoch_and_sample_alone():

@@ -16,6 +16,7 @@ pixels are zeros (the crop holds no more context).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -26,7 +27,7 @@ from hgpose.coco_names import FLIP_PAIRS, NUM_KEYPOINTS
 from hgpose.data.loader import epoch_seed
 from hgpose.fileio import UserError
 
-UPPER_BODY = tuple(range(11))  # nose .. wrists
+UPPER_BODY_JOINTS = 11  # COCO's first 11: nose .. wrists; the rest: hips .. ankles
 HALF_BODY_PADDING = 1.5  # the half-body crop side = 1.5 x the chosen joints' extent (as in HRNet)
 HALF_BODY_MAX_ZOOM = 2.0  # beyond this a 256 px cached crop is upsampled too far to be worth it
 
@@ -139,8 +140,7 @@ def forward_matrices(config: AugmentConfig, uniforms: torch.Tensor, keypoints: t
 def _half_body(uniforms, keypoints, visibility, probability: float):
     """Centre and zoom onto the upper or the lower body's labelled joints (normalised coordinates);
     a sample with fewer than 2 such joints keeps the whole crop."""
-    upper = torch.zeros(keypoints.shape[1], dtype=torch.bool, device=keypoints.device)
-    upper[list(UPPER_BODY)] = True
+    upper = torch.arange(keypoints.shape[1], device=keypoints.device) < UPPER_BODY_JOINTS
     chosen = torch.where((uniforms[:, 5] < 0.5)[:, None], upper[None], ~upper[None]) & (visibility > 0)
     use = (uniforms[:, 4] < probability) & (chosen.sum(1) >= 2)
     big = torch.finfo(keypoints.dtype).max
@@ -152,13 +152,28 @@ def _half_body(uniforms, keypoints, visibility, probability: float):
     return centre, torch.where(use, zoom, torch.ones_like(zoom))
 
 
+def inverse_affine(forward: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) inverses of affine maps, in closed form: torch.linalg.inv would check for singular
+    matrices with a host sync on a GPU (these never are: rotation x scale x flip)."""
+    a, b, c = forward[:, 0, 0], forward[:, 0, 1], forward[:, 0, 2]
+    d, e, f = forward[:, 1, 0], forward[:, 1, 1], forward[:, 1, 2]
+    det = a * e - b * d
+    ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
+    return torch.stack([torch.stack([ia, ib, -(ia * c + ib * f)], -1),
+                        torch.stack([id_, ie, -(id_ * c + ie * f)], -1)], -2)
+
+
 def warp_images(images: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
     """Each image moved by its forward matrix: one affine_grid + grid_sample for the batch (bilinear,
     zeros where the source crop has no pixels)."""
-    square = torch.cat([forward, forward.new_tensor([0.0, 0.0, 1.0]).expand(len(forward), 1, 3)], dim=1)
-    theta = torch.linalg.inv(square)[:, :2]  # grid_sample asks, for each output pixel, where to read
+    theta = inverse_affine(forward)  # grid_sample asks, for each output pixel, where to read
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _flip_order(num_keypoints: int, device: str) -> torch.Tensor:
+    return torch.tensor(flip_permutation(num_keypoints), device=device)  # one copy per device, not per step
 
 
 def warp_keypoints(keypoints: torch.Tensor, visibility: torch.Tensor, forward: torch.Tensor, flip: torch.Tensor,
@@ -168,7 +183,7 @@ def warp_keypoints(keypoints: torch.Tensor, visibility: torch.Tensor, forward: t
     points = to_normalised(keypoints.float(), heatmap_size)
     moved = points @ forward[:, :, :2].transpose(1, 2) + forward[:, None, :, 2]
     moved = from_normalised(moved, heatmap_size)
-    order = torch.tensor(flip_permutation(keypoints.shape[1]), device=keypoints.device)
+    order = _flip_order(keypoints.shape[1], str(keypoints.device))
     swapped = flip[:, None]
     moved = torch.where(swapped[..., None], moved[:, order], moved)
     visibility = torch.where(swapped, visibility[:, order], visibility)
@@ -185,7 +200,10 @@ class BatchAugment:
     def __call__(self, images: torch.Tensor, keypoints: torch.Tensor, visibility: torch.Tensor, indices):
         """images float (B, C, S, S); keypoints (B, K, 2) heatmap pixel-centre coordinates; visibility
         (B, K); indices (B,) the samples' dataset positions (on the host). Returns the three, moved."""
-        uniforms = draw_uniforms(self.seed, self.epoch, indices).to(images.device, non_blocking=True)
+        uniforms = draw_uniforms(self.seed, self.epoch, indices)
+        if images.is_cuda:  # from pinned memory the copy is asynchronous: no wait for the running step
+            uniforms = uniforms.pin_memory()
+        uniforms = uniforms.to(images.device, non_blocking=True)
         normalised = to_normalised(keypoints.float(), self.heatmap_size)
         forward, flip = forward_matrices(self.config, uniforms, normalised, visibility)
         images = warp_images(images, forward)
