@@ -3,7 +3,9 @@
 Prints images/s and achieved GFLOP/s (forward + backward, counted by torch's FLOP counter) for each
 variant, side by side, in one run on the current device. On a CUDA device the variants are eager,
 compiled (`--compile default`) and CUDA graphs (`--compile reduce-overhead`), each in fp32 and bf16;
-on the CPU eager fp32 and bf16 (and compiled with --compile). Usage:
+on the CPU eager fp32 and bf16 (and compiled with --compile). Each eager variant is also timed with
+`--augment`'s default augmentation (hgpose.augment, on the same device), with its cost over the plain step.
+Usage:
 
     python benchmarks/train_step.py [--batch-size 16] [--steps 5] [--device auto] [--input-size 256]
 """
@@ -17,6 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hgpose.allocator import keep_freed_memory
+from hgpose.augment import AugmentConfig, BatchAugment
 from hgpose.compile_modes import begin_step, compile_step_model
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.device import resolve_device
@@ -32,6 +35,7 @@ def make_batch(batch_size: int, config: ModelConfig) -> dict:
         "keypoints": torch.rand(batch_size, config.num_keypoints, 2, generator=g) * (hm - 1),
         "visibility": torch.full((batch_size, config.num_keypoints), 2),
         "valid": torch.ones(batch_size, dtype=torch.bool),
+        "index": torch.arange(batch_size),
     }
 
 
@@ -109,19 +113,26 @@ def main():
             opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
             runner, graphs = compile_step_model(model, mode, device)
 
-            def step(r=runner, o=opt, p=precision, g=graphs):
+            def step(r=runner, o=opt, p=precision, g=graphs, a=None):
                 begin_step(g)
-                return train_step(r, o, batch, device, p, config.heatmap_size)
+                return train_step(r, o, batch, device, p, config.heatmap_size, augment=a)
 
             name = f"hgpose channels-last {precision} {names[mode]}"
             results.append(measure(name, step, args.steps, args.batch_size, flops, device))
             print(f"  {name}: {results[-1]['img_s']:.1f} img/s", flush=True)
+            if mode == "off":  # the same step with --augment's defaults, on the same model and device
+                augment = BatchAugment(AugmentConfig(enabled=True), seed=0, epoch=1, heatmap_size=config.heatmap_size)
+                plain = results[-1]["img_s"]
+                results.append(measure(name + " + augment", lambda s=step, a=augment: s(a=a), args.steps,
+                                       args.batch_size, flops, device))
+                print(f"  {name} + augment: {results[-1]['img_s']:.1f} img/s "
+                      f"({plain / results[-1]['img_s'] - 1:+.1%} time per step)", flush=True)
 
     base, kept = results[0]["img_s"], results[1]["img_s"] if "kept" in results[1]["variant"] else None
-    print(f"{'variant':34s} {'img/s':>9s} {'GFLOP/s':>9s} {'vs reference':>13s}"
+    print(f"{'variant':44s} {'img/s':>9s} {'GFLOP/s':>9s} {'vs reference':>13s}"
           + (f" {'vs reference, memory kept':>26s}" if kept else ""))
     for r in results:
-        line = f"{r['variant']:34s} {r['img_s']:9.2f} {r['gflop_s']:9.1f} {r['img_s'] / base:12.2f}x"
+        line = f"{r['variant']:44s} {r['img_s']:9.2f} {r['gflop_s']:9.1f} {r['img_s'] / base:12.2f}x"
         print(line + (f" {r['img_s'] / kept:25.2f}x" if kept else ""))
 
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from hgpose import distributed as dist
 from hgpose.allocator import keep_freed_memory
+from hgpose.augment import AugmentConfig, BatchAugment
 from hgpose.checkpoint import load_training_checkpoint, read_training_state, save_training_checkpoint
 from hgpose.compile_modes import begin_step, compile_mode, compile_step_model
 from hgpose.data.coco import annotation_path, build_splits
@@ -77,10 +78,13 @@ class TrainConfig:
     cache_dir: str | None = None  # where `hgpose prepare --cache-dir` put the caches
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # off: the seed's protocol
 
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
+        if not isinstance(self.augment, AugmentConfig):  # the config.yaml block; old runs have none
+            self.augment = AugmentConfig.from_dict(self.augment)
         self.compile = compile_mode(self.compile)  # runs saved with compile: true/false still load
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -114,6 +118,8 @@ class TrainConfig:
         if unknown:
             raise UserError(f"{source}: unknown option(s) {', '.join(unknown)} (known: {', '.join(known)})")
         defaults = cls(data="")
+        if "augment" in values:
+            values["augment"] = AugmentConfig.from_dict(values["augment"], source)
         for key, value in list(values.items()):
             if isinstance(getattr(defaults, key), float) and isinstance(value, str):
                 with contextlib.suppress(ValueError):  # YAML reads 1e-3 (no dot) as a string
@@ -332,13 +338,17 @@ class _StopRequest:
             signal.signal(s, previous)
 
 
-def train_step(model, optimizer, batch, device, precision: str, heatmap_size: int, channels_last: bool = True):
-    """One optimisation step; returns the loss as a device tensor (no host sync)."""
+def train_step(model, optimizer, batch, device, precision: str, heatmap_size: int, channels_last: bool = True,
+               augment: BatchAugment | None = None):
+    """One optimisation step; returns the loss as a device tensor (no host sync). `augment` (training
+    only, never validation) warps the batch's pixels and keypoints on the device first."""
     images = to_model_input(batch["image"].to(device, non_blocking=True))
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
     keypoints = batch["keypoints"].to(device, non_blocking=True)
     visibility = batch["visibility"].to(device, non_blocking=True)
+    if augment is not None:
+        images, keypoints, visibility = augment(images, keypoints, visibility, batch["index"])
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     valid = batch["valid"].to(device, non_blocking=True)
     targets, _ = render_heatmaps(keypoints, visibility, heatmap_size)
     with autocast(device, precision):
@@ -495,7 +505,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
             write_run_info(run_dir)  # hgpose version and commit, for the report
         log(f"training {run_dir}: {len(train_set)} train / {len(val_set)} val instances, "
             f"{'cache' if train_set.using_cache else 'raw JPEG'} data, device {device}, "
-            f"{ctx.world_size} process(es), precision {precision}")
+            f"{ctx.world_size} process(es), precision {precision}, {config.augment.describe()}")
 
     if config.sync_bn and ctx.world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -531,6 +541,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
             loader = make_loader(train_set, per_rank_batch, shuffle=True, seed=config.seed, epoch=epoch,
                                  workers=config.workers, device=device, drop_last=drop_last,
                                  rank=ctx.rank, world_size=ctx.world_size, start=skip * per_rank_batch)
+            augment = BatchAugment(config.augment, config.seed, epoch, heatmap_size) if config.augment.enabled else None
             loss_sum = torch.tensor(carried["loss_sum"] if skip else 0.0, dtype=torch.float64, device=device)
             samples = carried["samples"] if skip else 0
             seconds_before = carried["seconds"] if skip else 0.0
@@ -544,7 +555,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
             invalid_seen: list[int] = []
             for batch in device_batches(loader, device):  # on CUDA: the next copy overlaps this step
                 begin_step(uses_graphs)
-                loss = train_step(train_model, optimizer, batch, device, precision, heatmap_size)
+                loss = train_step(train_model, optimizer, batch, device, precision, heatmap_size, augment=augment)
                 n = int(batch["valid"].sum())
                 if n < len(batch["valid"]):
                     invalid_seen += batch["index"][~batch["valid"]].tolist()

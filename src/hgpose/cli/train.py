@@ -58,6 +58,7 @@ def add_arguments(parser):
                         help="no progress bar (one line per epoch only)")
     parser.add_argument("--no-report", action="store_true", help="skip writing Figure 2 and Table 1 at the end")
     add_model_arguments(parser)
+    add_augment_arguments(parser)
 
 
 def _given(args) -> dict:
@@ -66,6 +67,53 @@ def _given(args) -> dict:
     if args.data is not None:
         given["data"] = str(args.data)
     return given
+
+
+# (flag, AugmentConfig fields, help); off unless --augment (or `augment: {enabled: true}` in --config)
+AUGMENT_FLAGS = [
+    ("--aug-flip", ("flip",), "P", "probability of a horizontal flip, left/right joints swapped (default 0.5)"),
+    ("--aug-rotate", ("rotate",), "DEG", "rotation drawn uniformly in +-DEG degrees (default 30)"),
+    ("--aug-rotate-p", ("rotate_p",), "P", "probability of a rotation (default 0.4)"),
+    ("--aug-scale", ("scale_min", "scale_max"), "LO,HI", "the person drawn LO..HI times as large (default 0.75,1.25)"),
+    ("--aug-half-body", ("half_body",), "P", "probability of zooming onto the upper or lower body (default 0)"),
+]
+
+
+def add_augment_arguments(parser):
+    group = parser.add_argument_group("augmentation (on the training device; see README 'Augmentation')")
+    group.add_argument("--augment", action="store_true", default=None,
+                       help="augment the training batches: flip, rotation, scale (and half-body if asked)")
+    for flag, _, metavar, text in AUGMENT_FLAGS:
+        group.add_argument(flag, metavar=metavar, default=None, help=text)
+
+
+def augment_given(args) -> dict:
+    """The augment fields the flags set (a partial `augment:` block)."""
+    given = {"enabled": True} if args.augment else {}
+    for flag, names, metavar, _ in AUGMENT_FLAGS:
+        text = getattr(args, flag[2:].replace("-", "_"))
+        if text is None:
+            continue
+        parts = text.split(",")
+        try:
+            values = [float(part) for part in parts]
+        except ValueError:
+            values = []
+        if len(values) != len(names):
+            raise UserError(f"{flag} expects {metavar}, got {text!r}")
+        given.update(zip(names, values))
+    return given
+
+
+def _with_augment(saved: dict, given: dict, source) -> dict:
+    """The augment block: `saved` (a config file's or a run's) with the flags' values on top."""
+    from hgpose.augment import AugmentConfig
+
+    merged = AugmentConfig.from_dict(dict(saved or {}), source).to_dict() | given
+    if not merged["enabled"] and set(given) - {"enabled"}:
+        flags = [flag for flag, names, _, _ in AUGMENT_FLAGS if set(names) & set(given)]
+        raise UserError(f"{', '.join(flags)} given without --augment: augmentation is off, so they would do nothing")
+    return AugmentConfig.from_dict(merged, "augmentation flags").to_dict()
 
 
 def config_from_file(path: Path) -> dict:
@@ -95,10 +143,15 @@ def build_config(args):
             saved = resume_config(args.resume, {}).model
             if model_config_from_args(args) != saved:
                 raise UserError(f"{args.resume}: --resume with a model config that differs from the run's")
+        if augment_given(args):
+            saved = resume_config(args.resume, {}).augment.to_dict()
+            given["augment"] = _with_augment(saved, augment_given(args), args.resume)
         config = resume_config(args.resume, given)
     else:
         values = config_from_file(args.config) if args.config else {}
         values = values | given | ({"out": str(args.out)} if args.out else {})
+        if augment_given(args) or "augment" in values:
+            values["augment"] = _with_augment(values.get("augment"), augment_given(args), args.config or "options")
         file_model = values.get("model") or {}
         if not isinstance(file_model, dict):
             raise UserError(f"{args.config}: model must be a mapping of model fields")
