@@ -98,8 +98,8 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
                   boxes_json=data / "annotations" / "person_keypoints_val2017.json", out=predictions)
 
     print("[6/6] explore report")
-    explore_html = write_explore_report(run_dir / "best.safetensors", data, split="val2017", samples=24,
-                                        out=out / "explore")
+    explore_html = write_explore_report(run_dir / "best.safetensors", data, split="val2017", samples=64,
+                                        out=out / "explore", run=run_dir)
 
     outputs = {
         "dataset": data,
