@@ -21,6 +21,22 @@ def test_a_bar_off_a_terminal_prints_its_start_and_end_as_plain_lines():
     assert lines[-1].startswith("work: 100%") and "20000/20000" in lines[-1]
 
 
+def test_frequent_postfix_and_description_updates_do_not_force_lines():
+    """Training sets its running loss on the bar every 20 steps: off a terminal that must not print
+    a line each time."""
+    log = io.StringIO()
+    bar = progress_bar(total=2_000, desc="epoch 1", file=log)
+    for step in range(2_000):
+        bar.update()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{1 / (step + 1):.3e}")
+            bar.set_description(f"epoch 1 ({step})")
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) <= 3, lines
+    assert "loss=" in lines[-1] and "100%" in lines[-1]
+
+
 def test_a_disabled_bar_prints_nothing():
     log = io.StringIO()
     for _ in progress_bar(range(100), file=log, disable=True):

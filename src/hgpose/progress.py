@@ -30,6 +30,17 @@ class _LogLines:
         self.stream.flush()
 
 
+class _ThrottledBar(tqdm):
+    """A bar whose postfix and description changes wait for the next throttled line instead of
+    forcing one each (training sets its loss every 20 steps)."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_description(self, desc=None, refresh=True):
+        super().set_description(desc, refresh=False)
+
+
 def _is_terminal(stream) -> bool:
     try:
         return stream.isatty()
@@ -45,4 +56,4 @@ def progress_bar(iterable=None, *, file=None, **kwargs) -> tqdm:
         return tqdm(iterable, file=stream, **kwargs)
     kwargs.update(mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, leave=True, dynamic_ncols=False, ascii=True)
     kwargs.setdefault("ncols", 100)
-    return tqdm(iterable, file=_LogLines(stream), **kwargs)
+    return _ThrottledBar(iterable, file=_LogLines(stream), **kwargs)
