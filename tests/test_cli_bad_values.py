@@ -51,6 +51,8 @@ CASES = [
     ("export --checkpoint CKPT --out FILE/model.onnx", "is a file, not a directory"),
     ("summary --model-config BINARY", "not a YAML text file"),
     ("summary --depth 0", "depth must be >= 1"),
+    ("summary --num-stacks 1000", "num_stacks=1000 beyond the limits"),
+    ("summary --features 100000", "features=100000 beyond the limits"),
     ("report FILE", "run directory not found"),
     ("report DIR", "metrics file not found"),
     ("synth OUT --seed -1", "--seed must be >= 0, got -1"),

@@ -239,10 +239,16 @@ def save_model(model: HourglassNet, path: str | Path, extra_metadata: dict[str, 
     return path
 
 
-# Upper bounds on a checkpoint's model config: far beyond any useful hourglass, but they keep a hostile
-# header from making hgpose build a huge model before the tensor shapes are checked.
+# Upper bounds on a model config: far beyond any useful hourglass, but they keep a hostile checkpoint
+# header (or a typo on the command line) from making hgpose build a huge model.
 CHECKPOINT_CONFIG_LIMITS = {"num_stacks": 16, "depth": 8, "residuals_per_level": 16, "bottleneck_residuals": 64,
                             "features": 4096, "num_keypoints": 1024, "input_size": 4096}
+
+
+def beyond_limits(values: dict) -> str | None:
+    """'features=100000, ...' for the model-config values over CHECKPOINT_CONFIG_LIMITS, else None."""
+    too_large = [f"{k}={v}" for k, v in values.items() if isinstance(v, int) and v > CHECKPOINT_CONFIG_LIMITS.get(k, v)]
+    return f"{', '.join(too_large)} beyond the limits {CHECKPOINT_CONFIG_LIMITS}" if too_large else None
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
@@ -260,10 +266,8 @@ def read_model_config(path: str | Path) -> ModelConfig:
         values = json.loads(metadata[CONFIG_METADATA_KEY])
         if not isinstance(values, dict):
             raise ValueError("not a JSON object")
-        too_large = [f"{k}={v}" for k, v in values.items()
-                     if isinstance(v, int) and v > CHECKPOINT_CONFIG_LIMITS.get(k, v)]
-        if too_large:
-            raise ValueError(f"{', '.join(too_large)} beyond the limits {CHECKPOINT_CONFIG_LIMITS}")
+        if beyond_limits(values):
+            raise ValueError(beyond_limits(values))
         return ModelConfig.from_dict(values)
     except (ValueError, TypeError) as exc:
         raise UserError(f"{path}: bad model config in checkpoint: {exc}") from None

@@ -124,6 +124,10 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     for f in fields(ModelConfig):
         if getattr(args, f.name, None) is not None:
             values[f.name] = getattr(args, f.name)
+    from hgpose.model import beyond_limits
+
+    if beyond_limits(values):
+        raise UserError(f"model config: {beyond_limits(values)}")
     try:
         return ModelConfig.from_dict(values)
     except ValueError as exc:
