@@ -125,4 +125,4 @@ def test_prepare_help_shows_only_real_defaults(capsys):
     for wrong in ("(default: None)", "(default: True)", "(default: False)", "['train2017'"):
         assert wrong not in text
     assert "default: train2017 val2017" in text and "(default: 256)" in text
-    assert "(default: all CPUs)" in text and "(default DIR/hgpose_cache)" in text
+    assert "(default: all CPUs)" in text and "(default: DIR/hgpose_cache)" in text

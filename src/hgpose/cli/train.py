@@ -71,11 +71,11 @@ def _given(args) -> dict:
 
 # (flag, AugmentConfig fields, help); off unless --augment (or `augment: {enabled: true}` in --config)
 AUGMENT_FLAGS = [
-    ("--aug-flip", ("flip",), "P", "probability of a horizontal flip, left/right joints swapped (default 0.5)"),
-    ("--aug-rotate", ("rotate",), "DEG", "rotation drawn uniformly in +-DEG degrees (default 30)"),
-    ("--aug-rotate-p", ("rotate_p",), "P", "probability of a rotation (default 0.4)"),
-    ("--aug-scale", ("scale_min", "scale_max"), "LO,HI", "the person drawn LO..HI times as large (default 0.75,1.25)"),
-    ("--aug-half-body", ("half_body",), "P", "probability of zooming onto the upper or lower body (default 0)"),
+    ("--aug-flip", ("flip",), "P", "probability of a horizontal flip, left/right joints swapped (default: 0.5)"),
+    ("--aug-rotate", ("rotate",), "DEG", "rotation drawn uniformly in +-DEG degrees (default: 30)"),
+    ("--aug-rotate-p", ("rotate_p",), "P", "probability of a rotation (default: 0.4)"),
+    ("--aug-scale", ("scale_min", "scale_max"), "LO,HI", "the person drawn LO..HI times as large (default: 0.75,1.25)"),
+    ("--aug-half-body", ("half_body",), "P", "probability of zooming onto the upper or lower body (default: 0)"),
 ]
 
 
