@@ -135,13 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_demo(args.out, args.precision, args.epochs, args.workers, train_images=args.train_images,
                  val_images=args.val_images, model=model, extras=not args.until_report)
-    except DemoInterrupted as exc:
+    except (DemoInterrupted, KeyboardInterrupt) as exc:  # training saved what it had; Ctrl-C before it nothing to lose
         again = "make demo" if args.out == Path("demo-out") else "python -m hgpose.demo " + " ".join(
             sys.argv[1:] if argv is None else argv)
-        print(f"demo stopped: {exc}; run `{again}` again to resume it", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("demo interrupted; run it again to go on from where it stopped", file=sys.stderr)
+        what = exc if isinstance(exc, DemoInterrupted) else "interrupted"
+        print(f"demo stopped: {what}; run `{again}` again to resume it", file=sys.stderr)
         return 130
     except UserError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
