@@ -8,7 +8,8 @@ import pytest
 
 from hgpose.cli import main
 from hgpose.data.coco import load_split
-from hgpose.data.dataset import PersonDataset, image_header_size
+from hgpose.data.dataset import PersonDataset
+from hgpose.data.images import image_header_size
 from hgpose.data.loader import make_loader
 
 

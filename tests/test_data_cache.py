@@ -96,7 +96,7 @@ def test_killed_prepare_is_not_used_and_its_leftovers_are_removed(synth_dataset,
 import time
 from pathlib import Path
 import hgpose.data.cache as c
-from hgpose.data.dataset import read_crops
+from hgpose.data.images import read_crops
 def slow(*args):
     time.sleep(0.2)
     return read_crops(*args)
@@ -228,7 +228,7 @@ def _prepare_process(root, cache_dir, *, delay=0.0, workers=2, gate=None, **pope
     script = f"""
 import sys, time
 import hgpose.data.cache as c
-from hgpose.data.dataset import read_crops
+from hgpose.data.images import read_crops
 from pathlib import Path
 def slow(*args):
     time.sleep({delay})

@@ -19,9 +19,10 @@ from hgpose.data.dataset import PersonDataset
 from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import image_to_frame
 from hgpose.detections import demo_detections, detection_index, read_detections, write_jittered_detections
+from hgpose.evaluate import coco_ground_truth
 from hgpose.fileio import UserError
 from hgpose.model import ModelConfig, build_model, save_model
-from hgpose.protocol import evaluate_detected_boxes, load_coco
+from hgpose.protocol import evaluate_detected_boxes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = ModelConfig(depth=2, features=16, input_size=64)
@@ -131,7 +132,7 @@ def test_top_down_protocol_end_to_end_with_a_perfect_network(tiny_coco, tmp_path
             visibility[i] = 2
     block, results = evaluate_detected_boxes(
         OracleModel(keypoints, visibility, 16), detections, annotation_file, root / "val2017", "val2017",
-        load_coco(annotation_file), input_size=64, batch_size=4, device="cpu", precision="fp32", progress=False)
+        coco_ground_truth(annotation_file), input_size=64, batch_size=4, device="cpu", precision="fp32", progress=False)
     assert block["boxes"] == f"detected boxes: {path}"
     assert block["instances_before_nms"] == 7
     assert block["instances_after_nms"] == 4  # the three duplicates are gone, the background box stays

@@ -9,8 +9,6 @@ reference protocol, which evaluates all of val2017), leaving out images that cou
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,13 +17,6 @@ import numpy as np
 from hgpose.oks import NMS_THRESHOLD, RESCORE_CONFIDENCE, GroundTruth, oks_nms, rescore, results_arrays
 
 GROUND_TRUTH_BOXES = "ground-truth boxes"
-
-
-def load_coco(annotation_file):
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(annotation_file))
 
 
 def person_category(coco) -> int:

@@ -441,7 +441,7 @@ def _cached_problems(dataset) -> dict[str, str]:
 
 
 def _read_problem(dataset, position: int) -> str:
-    from hgpose.data.dataset import read_crops
+    from hgpose.data.images import read_crops
 
     index = dataset.index
     _, problem = read_crops(index.image_path(position), dataset.boxes[position : position + 1], dataset.input_size,

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hgpose.data.coco import PersonIndex
-from hgpose.data.images import crop_file, image_header_size, read_crops  # noqa: F401 (re-exported)
+from hgpose.data.images import crop_file
 from hgpose.data.transforms import image_to_frame, inside_frame
 
 
