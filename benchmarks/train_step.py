@@ -82,6 +82,9 @@ def main():
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma-separated precisions to time (bf16 is emulated, and very slow, on CPUs "
+                             "without native bf16)")
     parser.add_argument("--compile", action="store_true",
                         help="on the CPU, also time torch.compile'd steps (slow to compile; always on CUDA)")
     args = parser.parse_args()
@@ -108,7 +111,7 @@ def main():
         modes = ["off", "default"] if args.compile else ["off"]
     names = {"off": "eager", "default": "compiled", "reduce-overhead": "CUDA graphs"}
     for mode in modes:
-        for precision in ("fp32", "bf16"):
+        for precision in args.precisions.split(","):
             model = build_model(config).to(device).to(memory_format=torch.channels_last)
             opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
             runner, graphs = compile_step_model(model, mode, device)

@@ -96,11 +96,11 @@ def test_killed_prepare_is_not_used_and_its_leftovers_are_removed(synth_dataset,
 import time
 from pathlib import Path
 import hgpose.data.cache as c
-from hgpose.data.images import read_crops
-def slow(*args):
+from hgpose.data.images import crop_file
+def slow(*args, **kwargs):
     time.sleep(0.2)
-    return read_crops(*args)
-c.read_crops = slow
+    return crop_file(*args, **kwargs)
+c.crop_file = slow
 root = Path({str(synth_dataset)!r})
 c.prepare_cache(root / "annotations/person_keypoints_train2017.json", root / "train2017", 64,
                 Path({str(tmp_path)!r}), progress=False, workers=1)
@@ -228,14 +228,14 @@ def _prepare_process(root, cache_dir, *, delay=0.0, workers=2, gate=None, **pope
     script = f"""
 import sys, time
 import hgpose.data.cache as c
-from hgpose.data.images import read_crops
+from hgpose.data.images import crop_file
 from pathlib import Path
-def slow(*args):
+def slow(*args, **kwargs):
     time.sleep({delay})
     while {str(gate) if gate else ""!r} and not Path({str(gate) if gate else ""!r}).exists():
         time.sleep(0.02)
-    return read_crops(*args)
-c.read_crops = slow
+    return crop_file(*args, **kwargs)
+c.crop_file = slow
 from hgpose.cli import main
 sys.exit(main({argv!r}))
 """

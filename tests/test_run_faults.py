@@ -100,7 +100,7 @@ def test_sigterm_saves_mid_epoch_and_the_printed_command_resumes_it(synth_datase
     wait_for(run_dir / "checkpoints" / "epoch_001.safetensors", proc)
     proc.send_signal(signal.SIGTERM)  # what `timeout` and job schedulers send
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
+    assert proc.returncode == 130, output  # saved and resumable, but not a finished run: never a silent 0
     printed = output.split("resume with:")[1].strip().splitlines()[0]
     assert printed.startswith("hgpose train --resume ")
     # run it as printed, from another directory, with the environment's scripts on PATH
@@ -215,10 +215,12 @@ def test_unreadable_training_samples_are_reported_at_the_start_and_in_train_log(
     shutil.copy(tiny_coco.annotation_file("train2017"), tiny_coco.annotation_file("val2017"))
     shutil.copytree(root / "train2017", root / "val2017")
     run_dir = train(quick_config(root, tmp_path / "run", epochs=1, val_split="val2017"))
-    log = (run_dir / "train.log").read_text()
-    assert "train2017: kept 12 instances" in log  # the kept/dropped summary is logged too
-    line = next(li for li in log.splitlines() if "unreadable training samples skipped" in li)
-    assert line.startswith("2 unreadable training samples") and "000000000001.jpg: missing file" in line
+    log = (run_dir / "train.log").read_text().splitlines()
+    assert any("train2017: kept 12 instances" in li for li in log)  # the kept/dropped summary is logged too
+    at = next(i for i, li in enumerate(log) if "training samples in 2 unusable images skipped" in li)
+    line = log[at]
+    assert line.startswith("2 training samples") and "000000000001.jpg: missing file" in line
+    assert at < next(i for i, li in enumerate(log) if li.startswith("epoch"))  # at the start
     assert line in capsys.readouterr().out
 
 
@@ -241,3 +243,20 @@ def test_an_epoch_ending_in_one_sample_at_a_1x1_bottleneck_trains(synth_dataset,
                                  model=ModelConfig(features=32, input_size=64)))
     assert "that sample is left out of each epoch" in (run_dir / "train.log").read_text()
     assert len(read_metrics(run_dir)) == 1
+
+
+def test_a_full_disk_while_writing_the_report_is_one_line(reference_run, small_tmpfs):
+    from hgpose.report import write_report
+
+    run_dir = small_tmpfs / "run"
+    shutil.copytree(reference_run, run_dir, ignore=shutil.ignore_patterns("*.safetensors", "figure2.*", "table1.*", ".lock"))
+    with open(small_tmpfs / "filler", "wb") as f:  # leaves the disk full
+        try:
+            f.write(b"\0" * (4 << 20))
+        except OSError:
+            pass
+    with pytest.raises(UserError, match=r"figure2\.png: cannot write \(No space left on device\)"):
+        write_report(run_dir)
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    (small_tmpfs / "filler").unlink()
+    assert (write_report(run_dir)["figure2.png"]).stat().st_size > 0

@@ -137,7 +137,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_matches(synth_dataset, t
     wait_for_first_epoch(proc, interrupted)
     proc.send_signal(signal.SIGINT)  # lands in epoch 2 (or its validation): both must resume exactly
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
+    assert proc.returncode == 130, output
     assert "hgpose train --resume" in output
     resume_and_compare(interrupted, reference)
 
@@ -205,3 +205,24 @@ def synth_learnable(tmp_path_factory):
     out = tmp_path_factory.mktemp("learnable")
     generate_dataset(out, train_images=200, val_images=30, image_size=(192, 144), seed=1, progress=False)
     return out
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_all_stop_when_rank_0_cannot_take_the_run(synth_dataset, tmp_path):
+    import fcntl
+
+    from hgpose.train import LOCK_NAME
+
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    with open(run_dir / LOCK_NAME, "w") as held:  # another train writing there
+        fcntl.flock(held, fcntl.LOCK_EX)
+        # a slow monitor: the agent would otherwise stop rank 1 itself once rank 0 has failed
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519",
+               "--monitor-interval", "5", "-m", "hgpose", "train", "--data", str(synth_dataset), "--out",
+               str(run_dir), "--epochs", "1", "--workers", "0", "--cache", "off", "--no-progress", *TINY_FLAGS]
+        result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "another hgpose train is writing to this run directory" in result.stderr
+    assert "not started: rank 0 could not take the run directory" in result.stderr, result.stderr[-3000:]
+    assert not (run_dir / "config.yaml").exists()

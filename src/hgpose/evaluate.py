@@ -626,6 +626,7 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     decode apply to every pass; plots draws the error breakdowns beside `out`.
     """
     from hgpose.data.dataset import PersonDataset
+    from hgpose.data.image_report import image_report
     from hgpose.data.loader import make_loader
     from hgpose.device import resolve_device
     from hgpose.model import load_model, read_model_config
@@ -662,6 +663,7 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     inference = infer(model, loader, device=device, precision=precision, bearpaw=pck_style == "bearpaw",
                       progress=progress, desc=f"evaluate {split}", flip_test=flip_test, decode=decode)
     unreadable = unreadable_images(dataset, inference) if inference.skipped else None
+    size_warnings = image_report(dataset, progress=progress).size_warnings_json()
     result = {
         "checkpoint": str(checkpoint),
         "data": str(data_root),
@@ -674,6 +676,8 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     }
     if unreadable:
         result["unreadable"] = unreadable
+    if size_warnings:
+        result["size_warnings"] = size_warnings
 
     def write():
         atomic_write_json(out, {k: v for k, v in result.items() if not k.endswith("coco_results")})
@@ -775,6 +779,11 @@ def format_evaluation(result: dict) -> str:
         more = f"; and {bad['images'] - len(bad['first'])} more" if bad["images"] > len(bad["first"]) else ""
         lines.append(f"{bad['images']} unreadable images skipped ({result['skipped']} instances), "
                      f"COCO AP covers the readable ones: {shown}{more}")
+    if result.get("size_warnings"):
+        warned = result["size_warnings"]
+        shown = "; ".join(f"{w['file_name']} ({w['warning']})" for w in warned["first"][:3])
+        lines.append(f"{warned['images']} images a pixel off their annotated size, used as decoded "
+                     f"({warned['instances']} instances), e.g. {shown}")
     lines += _error_lines(result.get("errors"), result.get("coco_boxes", "ground-truth boxes"))
     detected = result.get("detected_boxes")
     if detected:

@@ -38,6 +38,7 @@ from hgpose.checkpoint import load_training_checkpoint, read_training_state, sav
 from hgpose.compile_modes import begin_step, compile_mode, compile_step_model
 from hgpose.data.coco import annotation_path, build_splits
 from hgpose.data.dataset import PersonDataset
+from hgpose.data.image_report import image_report
 from hgpose.data.loader import device_batches, make_loader
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import infer, pck, seed_normalizer
@@ -372,17 +373,25 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         _check_resumable(run_dir, config)
     elif (run_dir / "config.yaml").exists():
         raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
-    if not is_main:  # rank 0 holds the run's lock and writes its files
+    if not is_main:  # rank 0 holds the run's lock and writes its files; the others wait for its word
+        if ctx.any(False):
+            raise UserError(f"{run_dir}: not started: rank 0 could not take the run directory (its error says why)")
         return _train(config, run_dir, bool(resume), ctx)
-    run_dir.mkdir(parents=True, exist_ok=True)
     busy = (f"{run_dir}: another hgpose train is writing to this run directory now (it holds "
             f"{run_dir / LOCK_NAME}); wait for it to end, or use another --out")
-    with exclusive_lock(run_dir / LOCK_NAME, busy):
-        if not resume and (run_dir / "config.yaml").exists():  # written by a run that just ended
-            raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
-        for folder in (run_dir, run_dir / "checkpoints"):
-            if folder.is_dir():
-                sweep_temp_files(folder)  # what a save killed half-way left behind
+    with contextlib.ExitStack() as held:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(exclusive_lock(run_dir / LOCK_NAME, busy))
+            if not resume and (run_dir / "config.yaml").exists():  # written by a run that just ended
+                raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+            for folder in (run_dir, run_dir / "checkpoints"):
+                if folder.is_dir():
+                    sweep_temp_files(folder)  # what a save killed half-way left behind
+        except BaseException:
+            ctx.any(True)  # under torchrun the other ranks stop too, instead of waiting in a collective
+            raise
+        ctx.any(False)
         return _train(config, run_dir, bool(resume), ctx)
 
 
@@ -415,38 +424,26 @@ def _load_data(config: TrainConfig, log, is_main: bool):
     return train_set, val_set
 
 
-def _report_unreadable(dataset, invalid_positions, log, what: str, when: str) -> None:
-    """'N unreadable training samples skipped' with the first few files and why."""
-    invalid_positions = sorted(set(int(i) for i in invalid_positions))
-    if not invalid_positions:
-        return
-    reasons = _cached_problems(dataset)
-    examples = []
-    for position in invalid_positions:
-        name = dataset.index.file_names[dataset.index.image_index[position]]
-        if name not in (e[0] for e in examples):
-            examples.append((name, reasons.get(name) or _read_problem(dataset, position)))
-        if len(examples) == 3:
-            break
-    listed = "; ".join(f"{name}: {why}" for name, why in examples)
-    log(f"{len(invalid_positions)} unreadable {what} samples skipped ({when}), e.g. {listed}")
-
-
-def _cached_problems(dataset) -> dict[str, str]:
-    if not dataset.using_cache:
-        return {}
-    from hgpose.data.cache import read_cache_meta
-
-    return {e["file_name"]: e["problem"] for e in read_cache_meta(dataset.cache_path).get("unreadable", [])}
-
-
-def _read_problem(dataset, position: int) -> str:
-    from hgpose.data.images import read_crops
+def _report_decode_failures(dataset, invalid_positions, known_bad: set, log, epoch: int) -> None:
+    """The training samples whose image failed to decode in the first epoch read, beyond those whose
+    header the start already reported: count and the first few files with why."""
+    from hgpose.data.images import crop_file
 
     index = dataset.index
-    _, problem = read_crops(index.image_path(position), dataset.boxes[position : position + 1], dataset.input_size,
-                            index.image_sizes[index.image_index[position]])
-    return problem or "unreadable"
+    positions = [p for p in sorted(set(int(i) for i in invalid_positions))
+                 if index.file_names[index.image_index[p]] not in known_bad]
+    if not positions:
+        return
+    examples: dict[str, str] = {}
+    for position in positions:
+        name = index.file_names[index.image_index[position]]
+        if name not in examples and len(examples) < 3:
+            examples[name] = crop_file(index.image_path(position), dataset.boxes[position : position + 1],
+                                       dataset.input_size, index.image_sizes[index.image_index[position]],
+                                       extent=dataset.extents[position]).problem or "unreadable"
+    listed = "; ".join(f"{name}: {why}" for name, why in examples.items())
+    log(f"{len(positions)} training samples skipped in epoch {epoch}: their images failed to decode "
+        f"(skipped every epoch), e.g. {listed}")
 
 
 def _lone_last_sample(samples: int, world_size: int, per_rank_batch: int, model: ModelConfig) -> bool:
@@ -484,10 +481,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
         carried = state["partial"]
 
     train_set, val_set = _load_data(config, log, is_main)
-    if is_main and train_set.using_cache:
-        cache = train_set._open_cache()
-        invalid = [i for i, row in enumerate(train_set.index.rows) if not cache.valid[row]]
-        _report_unreadable(train_set, invalid, log, "training", "every epoch; listed by `hgpose prepare`")
+    known_bad: set[str] = set()  # unusable training images reported at the start
+    if is_main:
+        for what, dataset in (("training", train_set), ("validation", val_set)):
+            images = image_report(dataset, progress=config.progress)
+            for line in images.lines(what):
+                log(line)
+            if dataset is train_set:
+                known_bad = set(images.problems)
     if is_main:
         (run_dir / "checkpoints").mkdir(exist_ok=True)
     if resume and is_main:
@@ -584,7 +585,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
                 return run_dir
 
             if is_main and epoch == start_epoch and not train_set.using_cache:
-                _report_unreadable(train_set, invalid_seen, log, "training", f"epoch {epoch}")
+                _report_decode_failures(train_set, invalid_seen, known_bad, log, epoch)
             total_loss, total_samples = ctx.all_reduce_sum(loss_sum, samples)
             if total_samples == 0:
                 stop(f"no readable training sample in {config.data}", epoch)

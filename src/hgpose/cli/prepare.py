@@ -47,4 +47,10 @@ def run(args):
             shown = "; ".join(f"{b['file_name']} ({b['problem']})" for b in bad[:5])
             more = f"; and {len(bad) - 5} more (see {path / 'meta.json'})" if len(bad) > 5 else ""
             line += f"; {meta['invalid']} instances skipped, their images unreadable: {shown}{more}"
+        warned = meta.get("size_warnings", [])
+        if warned:
+            shown = "; ".join(f"{w['file_name']} ({w['warning']})" for w in warned[:3])
+            line += (f"; {sum(w['instances'] for w in warned)} instances cropped from {len(warned)} images a "
+                     f"pixel off their annotated size (used as decoded): {shown}"
+                     + (f"; and {len(warned) - 3} more (see {path / 'meta.json'})" if len(warned) > 3 else ""))
         print(line)

@@ -166,10 +166,16 @@ def build_config(args):
     return config
 
 
-def run(args):
-    from hgpose.train import train
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C; also after SIGTERM (saved, resumable)
 
-    run_dir = train(build_config(args), resume=args.resume)
+
+def run(args):
+    from hgpose.train import run_is_finished, train
+
+    config = build_config(args)
+    run_dir = train(config, resume=args.resume)
+    if not run_is_finished(run_dir, config):  # stopped by Ctrl-C or SIGTERM: saved, and it said how to resume
+        return INTERRUPTED
     if not args.no_report and _is_main_process() and (run_dir / "metrics.csv").is_file():
         from hgpose.report import write_report
 

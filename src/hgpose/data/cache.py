@@ -40,14 +40,15 @@ from pathlib import Path
 import numpy as np
 
 from hgpose.data.coco import INDEX_VERSION, MAX_IMAGE_PIXELS, PersonIndex, load_annotation_file
-from hgpose.data.images import read_crops
+from hgpose.data.images import crop_file
 from hgpose.data.loader import single_threaded_opencv
 from hgpose.data.transforms import CROP_PADDING
 from hgpose.fileio import UserError, atomic_write_json
 from hgpose.progress import progress_bar
 
 # Bump when decoding or cropping changes the pixels: old caches then read as stale.
-CACHE_VERSION = 2  # 2: JPEGs with data after their end marker decode (were unreadable)
+CACHE_VERSION = 3  # 2: JPEGs with data after their end marker decode; 3: a pixel-off image is used
+# only when its annotation fits it (as training from the files does), and is listed in meta.json
 CACHE_FORMAT = "hgpose crop cache"
 
 
@@ -302,7 +303,7 @@ def _build(index: PersonIndex, path: Path, size: int, key: dict, workers, progre
     try:
         crops_file = tmp / "crops.u8"
         _reserve(crops_file, needed, path.parent)
-        problems = _crop_all(index, crops_file, size, workers, progress)
+        problems, warnings = _crop_all(index, crops_file, size, workers, progress)
         fd = os.open(crops_file, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -310,11 +311,7 @@ def _build(index: PersonIndex, path: Path, size: int, key: dict, workers, progre
             os.close(fd)
         valid = np.ones(n, dtype=bool)
         valid[list(problems)] = False
-        unreadable: dict[str, dict] = {}
-        for row, problem in sorted(problems.items()):
-            name = index.file_names[index.image_index[row]]
-            entry = unreadable.setdefault(name, {"problem": problem, "instances": 0})
-            entry["instances"] += 1
+        unreadable = _by_image(index, problems, "problem")
         if not valid.any():  # a cache of nothing but invalid rows must never read as current
             first = next(iter(unreadable.items()))
             raise UserError(f"{index.annotation_file}: none of its {n} instances could be cropped (e.g. "
@@ -332,6 +329,8 @@ def _build(index: PersonIndex, path: Path, size: int, key: dict, workers, progre
             "image_dir": str(index.image_dir),
             "invalid": int(n - valid.sum()),
             "unreadable": [{"file_name": k, **v} for k, v in unreadable.items()],
+            # images a pixel off their annotated size, used as decoded (hgpose.data.images.check_size)
+            "size_warnings": [{"file_name": k, **v} for k, v in _by_image(index, warnings, "warning").items()],
         })
         _fsync_dir(tmp)
         _swap_into_place(tmp, path)
@@ -344,6 +343,15 @@ def _build(index: PersonIndex, path: Path, size: int, key: dict, workers, progre
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _by_image(index: PersonIndex, by_row: dict[int, str], key: str) -> dict[str, dict]:
+    """{file_name: {key: message, "instances": count}} from {row: message}, in row order."""
+    images: dict[str, dict] = {}
+    for row, message in sorted(by_row.items()):
+        entry = images.setdefault(index.file_names[index.image_index[row]], {key: message, "instances": 0})
+        entry["instances"] += 1
+    return images
 
 
 def _reserve(crops_file: Path, size: int, where: Path) -> None:
@@ -359,8 +367,9 @@ def _reserve(crops_file: Path, size: int, where: Path) -> None:
         os.close(fd)
 
 
-def _crop_all(index: PersonIndex, crops_file: Path, size: int, workers, progress: bool) -> dict[int, str]:
-    """Crop every row into crops_file, decoding each image once; returns {row: problem} for bad ones.
+def _crop_all(index: PersonIndex, crops_file: Path, size: int, workers, progress: bool):
+    """Crop every row into crops_file, decoding each image once; returns ({row: problem} for the rows
+    not cropped, {row: warning} for those cropped from an image a pixel off its annotated size).
 
     With several workers: a process pool whose workers ignore Ctrl-C (the parent alone stops, with
     one line) and whose death ends the run with one line (the pool reports it broken; never a hang).
@@ -369,9 +378,10 @@ def _crop_all(index: PersonIndex, crops_file: Path, size: int, workers, progress
     order = np.argsort(index.image_index, kind="stable")
     starts = np.flatnonzero(np.diff(index.image_index[order], prepend=-1)) if n else np.zeros(0, np.int64)
     per_image = np.split(order, starts[1:]) if n else []
-    boxes = index.crop_boxes()
+    boxes, extents = index.crop_boxes(), index.annotation_extents()
     jobs = [
-        (str(index.image_path(rows[0])), tuple(index.image_sizes[index.image_index[rows[0]]]), rows, boxes[rows])
+        (str(index.image_path(rows[0])), tuple(index.image_sizes[index.image_index[rows[0]]]), rows, boxes[rows],
+         tuple(extents[rows].max(axis=0)))
         for rows in per_image
     ]
     workers = workers or len(os.sched_getaffinity(0))
@@ -379,23 +389,24 @@ def _crop_all(index: PersonIndex, crops_file: Path, size: int, workers, progress
     per_chunk = int(np.clip(len(jobs) // (workers * 8), 1, 64))
     chunks = [jobs[i : i + per_chunk] for i in range(0, len(jobs), per_chunk)]
     problems: dict[int, str] = {}
+    warnings: dict[int, str] = {}
     bar = progress_bar(total=n, desc=f"prepare {index.split} ({size}px)", unit="crop", disable=not progress,
                dynamic_ncols=True)
     try:
         if workers == 1:
             cropper = _Cropper(crops_file, size)
             try:
-                _collect(map(cropper, chunks), problems, bar)
+                _collect(map(cropper, chunks), problems, warnings, bar)
             finally:
                 cropper.close()
         else:
-            _crop_in_pool(chunks, crops_file, size, workers, problems, bar)
+            _crop_in_pool(chunks, crops_file, size, workers, problems, warnings, bar)
     finally:
         bar.close()
-    return problems
+    return problems, warnings
 
 
-def _crop_in_pool(chunks, crops_file: Path, size: int, workers: int, problems: dict, bar) -> None:
+def _crop_in_pool(chunks, crops_file: Path, size: int, workers: int, problems: dict, warnings: dict, bar) -> None:
     single_threaded_opencv()  # before the fork: see hgpose.data.loader
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                initializer=_init_worker, initargs=(str(crops_file), size))
@@ -403,7 +414,7 @@ def _crop_in_pool(chunks, crops_file: Path, size: int, workers: int, problems: d
         pending = {pool.submit(_crop_in_worker, chunk) for chunk in chunks}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            _collect((f.result() for f in finished), problems, bar)
+            _collect((f.result() for f in finished), problems, warnings, bar)
     except BrokenProcessPool:
         raise UserError(f"{crops_file.parent}: a prepare worker process died (killed, or out of memory?); "
                         "no cache written, run `hgpose prepare` again") from None
@@ -411,9 +422,10 @@ def _crop_in_pool(chunks, crops_file: Path, size: int, workers: int, problems: d
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _collect(results, problems: dict, bar) -> None:
-    for done, bad in results:
+def _collect(results, problems: dict, warnings: dict, bar) -> None:
+    for done, bad, warned in results:
         problems.update(bad)
+        warnings.update(warned)
         bar.update(done)
 
 
@@ -428,17 +440,19 @@ class _Cropper:
     def close(self) -> None:
         os.close(self.fd)
 
-    def __call__(self, chunk) -> tuple[int, list]:
-        done, bad = 0, []
-        for path, image_size, rows, boxes in chunk:
-            crops, problem = read_crops(Path(path), boxes, self.size, image_size)
-            if problem:
-                bad.extend((int(row), problem) for row in rows)
+    def __call__(self, chunk) -> tuple[int, list, list]:
+        done, bad, warned = 0, [], []
+        for path, image_size, rows, boxes, extent in chunk:
+            result = crop_file(Path(path), boxes, self.size, image_size, extent=extent)
+            if result.problem:
+                bad.extend((int(row), result.problem) for row in rows)
             else:
-                for row, crop in zip(rows, crops):
+                for row, crop in zip(rows, result.crops):
                     self._write(memoryview(crop).cast("B"), int(row) * self.row_bytes)
+                if result.warning:
+                    warned.extend((int(row), result.warning) for row in rows)
             done += len(rows)
-        return done, bad
+        return done, bad, warned
 
     def _write(self, data: memoryview, offset: int) -> None:
         while len(data):

@@ -81,6 +81,14 @@ class PersonIndex:
         """(N, 3) square crop boxes (x0, y0, side) in image coordinates, float64."""
         return crop_box_from_bbox(self.bboxes.reshape(-1, 4), padding)
 
+    def annotation_extents(self) -> np.ndarray:
+        """(N, 2) the furthest x and y each person's box and labelled keypoints reach, image pixels:
+        an image a pixel off its annotated size is still usable when these fit it."""
+        bbox_end = self.bboxes[:, :2] + self.bboxes[:, 2:]
+        labelled = self.keypoints[..., 2:3] > 0
+        keypoint_end = np.where(labelled, self.keypoints[..., :2], 0).max(axis=1, initial=0)
+        return np.maximum(bbox_end, keypoint_end).astype(np.float64)
+
     def image_path(self, position: int) -> Path:
         return self.image_dir / self.file_names[self.image_index[position]]
 
@@ -121,9 +129,7 @@ def load_split(root: str | Path, split: str, verbose: bool = False, check_images
 def check_split_images(index: PersonIndex) -> None:
     """A split whose image folder is missing, empty, misplaced or holds other images is a UserError
     naming the folder; a few bad files are not (they are counted skips when read). Reads a few headers."""
-    warning = check_image_folder(index.image_dir, index.file_names, index.image_sizes, index.annotation_file)
-    if warning:
-        print(warning, file=sys.stderr)
+    check_image_folder(index.image_dir, index.file_names, index.image_sizes, index.annotation_file)
 
 
 def load_annotation_file(annotation_file: str | Path, image_dir: str | Path, split: str,

@@ -35,7 +35,7 @@ class PersonDataset(Dataset):
         visibility = index.keypoints[..., 2].astype(np.int64)
         visibility[~inside_frame(points, self.heatmap_size)] = 0  # off the heatmap: no target
         self.visibility = visibility
-        self.extents = annotation_extents(index)
+        self.extents = index.annotation_extents()
         self.cache_path = _resolve_cache(index, self.input_size, cache, cache_dir)
         self.using_cache = self.cache_path is not None
         self._cache = None  # opened lazily, once per process (a file descriptor does not travel to workers)
@@ -105,10 +105,3 @@ def _resolve_cache(index: PersonIndex, input_size: int, cache, cache_dir) -> Pat
     status.verify_rows(index)
     return status.path
 
-
-def annotation_extents(index: PersonIndex) -> np.ndarray:
-    """(N, 2) the furthest x and y each person's box and labelled keypoints reach, image pixels."""
-    bbox_end = index.bboxes[:, :2] + index.bboxes[:, 2:]
-    labelled = index.keypoints[..., 2:3] > 0
-    keypoint_end = np.where(labelled, index.keypoints[..., :2], 0).max(axis=1, initial=0)
-    return np.maximum(bbox_end, keypoint_end).astype(np.float64)

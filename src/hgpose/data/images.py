@@ -63,8 +63,9 @@ class CropResult:
     boxes: np.ndarray | None = None  # (k, 3) the square crop boxes used
 
 
-def read_image_bytes(path, max_bytes: int | None = None) -> bytes:
-    """The bytes of a regular file of at most max_bytes (default MAX_IMAGE_BYTES); ImageProblem otherwise."""
+def read_image_bytes(path, max_bytes: int | None = None, head: int | None = None) -> bytes:
+    """The bytes of a regular file of at most max_bytes (default MAX_IMAGE_BYTES); ImageProblem otherwise.
+    head: read only the file's first `head` bytes (enough for its header)."""
     max_bytes = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
     # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -81,7 +82,7 @@ def read_image_bytes(path, max_bytes: int | None = None) -> bytes:
         if info.st_size > max_bytes:
             raise ImageProblem(f"file too large ({info.st_size} bytes, at most {max_bytes} read)")
         with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(max_bytes + 1)
+            data = f.read(max_bytes + 1 if head is None else min(head, max_bytes))
     except OSError as exc:
         raise ImageProblem(f"unreadable ({exc.strerror or exc})") from None
     finally:
@@ -91,11 +92,12 @@ def read_image_bytes(path, max_bytes: int | None = None) -> bytes:
     return data
 
 
-def read_header(data: bytes, orientation: bool = False) -> ImageHeader:
-    """Format, stored size (and the EXIF orientation when asked) without decoding pixels."""
+def read_header(data: bytes, orientation: bool = False, whole_file: bool = True) -> ImageHeader:
+    """Format, stored size (and the EXIF orientation when asked) without decoding pixels.
+    whole_file=False: data is only the file's start, so a JPEG's end is not looked for."""
     if not data:
         raise ImageProblem("empty file")
-    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
+    if whole_file and data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
         raise ImageProblem("truncated JPEG (no end-of-image marker after its scan data)")
     try:
         with warnings.catch_warnings():
@@ -194,6 +196,43 @@ def _upright_size(header: ImageHeader, upright: bool) -> tuple[int, int]:
     return header.width, header.height
 
 
+def check_size(size: tuple[int, int], expected_size, extent=None) -> str | None:
+    """Whether an image of `size` (width, height) can stand for the annotation's `expected_size`.
+
+    None when they agree; a warning line when the file is at most SIZE_TOLERANCE pixels off each
+    side and `extent` (the furthest x, y the annotation reaches, if given) still fits it (the image
+    is then used as decoded); ImageProblem for anything further off.
+    """
+    mismatch = _size_mismatch(size, expected_size)
+    if mismatch is None:
+        return None
+    off = max(abs(size[0] - int(expected_size[0])), abs(size[1] - int(expected_size[1])))
+    fits = extent is None or (extent[0] <= size[0] and extent[1] <= size[1])
+    if off > SIZE_TOLERANCE or not fits:
+        raise ImageProblem(mismatch)
+    return mismatch + " (used as decoded)"
+
+
+HEADER_BYTES = 64 * 1024  # a file's first bytes read to find its size (JPEG: after EXIF, up to 64 KB)
+
+
+def check_image_header(path, expected_size, extent=None) -> tuple[str | None, str | None]:
+    """(problem, warning) for one image file from its header alone, decoding no pixel: what makes a
+    file unusable before decoding (missing, not a regular file, not an image, too large, another
+    size), and check_size's warning. A body that fails to decode is only found when decoded."""
+    try:
+        data = read_image_bytes(path, head=HEADER_BYTES)
+        try:
+            header = read_header(data, whole_file=False)
+        except ImageProblem:
+            if len(data) < HEADER_BYTES:  # that was the whole file
+                raise
+            header = read_header(read_image_bytes(path))  # a header beyond the first bytes
+        return None, check_size((header.width, header.height), expected_size, extent)
+    except ImageProblem as exc:
+        return str(exc), None
+
+
 def _size_mismatch(found: tuple[int, int], expected) -> str | None:
     """None when equal; the one-line difference otherwise."""
     if found == (int(expected[0]), int(expected[1])):
@@ -224,15 +263,7 @@ def _crop_file(path: Path, boxes, input_size: int, expected_size, bboxes, uprigh
     data = read_image_bytes(path)
     header = read_header(data, orientation=upright)
     size = _upright_size(header, upright)
-    warning = None
-    if expected_size is not None:
-        mismatch = _size_mismatch(size, expected_size)
-        if mismatch:
-            off = max(abs(size[0] - int(expected_size[0])), abs(size[1] - int(expected_size[1])))
-            fits = extent is None or (extent[0] <= size[0] and extent[1] <= size[1])
-            if off > SIZE_TOLERANCE or not fits:
-                raise ImageProblem(mismatch)
-            warning = mismatch + " (used as decoded)"
+    warning = None if expected_size is None else check_size(size, expected_size, extent)
     if boxes is None:
         if bboxes is None:
             bboxes = [[0.0, 0.0, size[0], size[1]]]
@@ -281,12 +312,6 @@ def clip_bboxes(bboxes, size) -> np.ndarray:
     return np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.float32).astype(np.float64)
 
 
-def read_crops(path, boxes, input_size: int, expected_size) -> tuple[list | None, str | None]:
-    """(crops, None) or (None, problem): crop_file for callers that need no more than that."""
-    result = crop_file(path, boxes, input_size, expected_size)
-    return result.crops, result.problem
-
-
 def read_image(path, upright: bool = False) -> np.ndarray:
     """The whole image as RGB uint8 (H, W, 3), checked as crop_file checks it; ImageProblem otherwise."""
     data = read_image_bytes(path)
@@ -325,12 +350,11 @@ def image_header_size(data: bytes) -> tuple[int, int] | None:
 FOLDER_SAMPLES = 8  # image headers read when a split is opened
 
 
-def check_image_folder(image_dir, file_names, image_sizes, source, samples: int = FOLDER_SAMPLES) -> str | None:
+def check_image_folder(image_dir, file_names, image_sizes, source, samples: int = FOLDER_SAMPLES) -> None:
     """Stop early when the folder cannot hold the annotation file's images; cheap (a few headers).
 
     A missing, empty or misplaced folder (unzipped one level too deep), or one where most sampled
-    images are unreadable or of other sizes, is a UserError naming the folder expected. Returns a
-    warning line when some sampled images are a pixel off the annotation's size, else None.
+    images are unreadable or of other sizes, is a UserError naming the folder expected.
     """
     from hgpose.fileio import UserError
 
@@ -342,20 +366,13 @@ def check_image_folder(image_dir, file_names, image_sizes, source, samples: int 
     if not image_dir.is_dir():
         raise UserError(f"{image_dir}: image folder not found ({expected})")
     picks = np.unique(np.linspace(0, len(file_names) - 1, min(samples, len(file_names))).round().astype(int))
-    problems, off_by_a_pixel = [], 0
+    problems = []
     for i in picks:
         try:
             header = read_header(read_image_bytes(image_dir / file_names[i]))
+            check_size((header.width, header.height), image_sizes[i])  # a pixel off is no folder problem
         except ImageProblem as exc:
             problems.append(f"{file_names[i]}: {exc}")
-            continue
-        mismatch = _size_mismatch((header.width, header.height), image_sizes[i])
-        if mismatch:
-            off = max(abs(header.width - int(image_sizes[i][0])), abs(header.height - int(image_sizes[i][1])))
-            if off > SIZE_TOLERANCE:
-                problems.append(f"{file_names[i]}: {mismatch}")
-            else:
-                off_by_a_pixel += 1
     if 2 * len(problems) > len(picks):  # most of them: the folder, not a few files, is wrong
         if nested.is_dir() and any((nested / file_names[i]).is_file() for i in picks):
             raise UserError(f"{image_dir}: the images are one level too deep, in {nested}; "
@@ -364,7 +381,3 @@ def check_image_folder(image_dir, file_names, image_sizes, source, samples: int 
             raise UserError(f"{image_dir}: image folder is empty ({expected})")
         raise UserError(f"{image_dir}: {len(problems)} of {len(picks)} sampled images unusable "
                         f"(first: {problems[0]}); {expected}")
-    if off_by_a_pixel:
-        return (f"{image_dir}: {off_by_a_pixel} of {len(picks)} sampled images are a pixel off the size "
-                f"their annotation says; such images are used as decoded")
-    return None
