@@ -252,16 +252,21 @@ def test_explore_compare_puts_two_models_side_by_side(trained, synth_dataset, tm
     out = tmp_path / "compare"
     code = main(["explore", "--checkpoint", str(trained.path), "--compare", str(random_path), "--data",
                  str(synth_dataset), "--split", "train2017", "--samples", "16", "--probe-samples", "16",
-                 "--dependency-samples", "2", "--out", str(out), "--device", "cpu"])
+                 "--dependency-samples", "2", "--show", "2", "--attribution-samples", "1", "--ig-steps", "4",
+                 "--out", str(out), "--device", "cpu"])
     assert code in (0, None)
     html = (out / "index.html").read_text(encoding="utf-8")
     from hgpose.explore.compare import COMPARE_TITLES
 
-    assert re.findall(r"<h2>(.*?)</h2>", html) == list(COMPARE_TITLES)
+    # without --run there is no history to show (tests/test_explore_report.py compares two epochs of a run)
+    assert re.findall(r"<h2>(.*?)</h2>", html) == [t for t in COMPARE_TITLES if t != "Over training"]
     summary = json.loads((out / "explore.json").read_text())
     pck = summary["pck"]
     assert pck["b"] < pck["a"] and pck["b_minus_a_interval"][1] < 0  # an untrained B is clearly worse
     assert pck["b_minus_a"] == pytest.approx(pck["b"] - pck["a"])
+    # the trained model's per-pixel read-out beats the untrained one's at the head, which it reads out
+    head = summary["probes"]["stages"].index("head")
+    assert np.nanmean(summary["probes"]["pixel_pck"]["a"][head]) > np.nanmean(summary["probes"]["pixel_pck"]["b"][head])
 
 
 def test_explore_command_reports_a_missing_split_in_one_line(trained, synth_dataset, tmp_path, capsys):

@@ -153,3 +153,78 @@ def test_small_stages_are_drawn_as_numbers_and_larger_ones_as_images():
     _activation_tile(large, np.zeros((4, 4)))
     assert sorted(t.get_text() for t in small.texts) == ["-2", "0.5", "1.2", "3"] and not small.images
     assert len(large.images) == 1 and not large.texts
+
+
+# --- the per-pixel read-out ----------------------------------------------------------------------------
+
+
+def _planted_maps(n=60, k=4, side=16, channels=24, noise=0.05, seed=0):
+    """Stage maps (n, C, side, side) whose channels are a random linear mix of the joints' target heatmaps
+    (the hidden joints' maps at 0.3 of their height), plus the truth they encode."""
+    rng = np.random.default_rng(seed)
+    keypoints = rng.uniform(1, side - 2, size=(n, k, 2))
+    visibility = np.where(rng.uniform(size=(n, k)) < 0.5, 2, 1)
+    visibility[:5, 0] = 0  # not labelled: no target, not scored
+    targets, _ = probes.stage_targets(keypoints, visibility, side, side)
+    shown = targets * np.where(visibility == 2, 1.0, 0.3)[..., None, None]
+    mixing = rng.normal(size=(channels, k))
+    maps = np.einsum("ck,nkyx->ncyx", mixing, shown) + noise * rng.normal(size=(n, channels, side, side))
+    return maps.astype(np.float32), keypoints, visibility
+
+
+def test_pixel_probe_recovers_a_planted_linear_heatmap_and_not_noise():
+    maps, keypoints, visibility = _planted_maps()
+    noise = np.random.default_rng(1).normal(size=maps.shape).astype(np.float32)
+    coarse = maps.reshape(*maps.shape[:2], 4, 4, 4, 4).mean(axis=(3, 5))  # the signal on a 4x4 grid
+    result = probes.pixel_probes(lambda: probes.array_batches({"signal": maps, "coarse": coarse, "noise": noise}, 16),
+                                 keypoints, visibility, heatmap_size=16)
+    assert result.stages == ["signal", "coarse", "noise"] and result.sides == [16, 4, 16]
+    assert result.pck.shape == (3, 4) and list(result.counted) == [55, 60, 60, 60]
+    assert np.all(result.pck[0] > 0.9), result.pck
+    # noise reads out no better than the training folds' mean map does
+    assert np.all(result.pck[2] <= result.chance + 0.1) and np.all(result.chance < 0.2), (result.pck, result.chance)
+    # a stage cannot place a joint more finely than its grid: the 4x4 read-out stays under its ceiling
+    assert np.all(result.ceiling[0] > 0.95) and np.all(result.ceiling[1] < 0.6)
+    assert np.all(result.pck[1] <= result.ceiling[1] + 0.05) and np.all(result.pck[1] > result.pck[2])
+    # the planted maps are weaker where the joint is hidden: the read-out's peak tells "visible" apart
+    assert np.all(result.visible_auroc[0] > 0.9) and np.all(np.abs(result.visible_auroc[2] - 0.5) < 0.25)
+    assert result.coords.shape == (3, 60, 4, 2)
+    # a fit on a random quarter of each sample's pixels (how large stages are kept cheap) still finds it
+    subset = probes.pixel_probes(lambda: probes.array_batches({"signal": maps}), keypoints, visibility, 16,
+                                 fit_pixels=64)
+    assert np.all(subset.pck[0] > 0.9), subset.pck
+
+
+def test_pixel_probe_folds_hold_whole_samples():
+    maps, keypoints, visibility = _planted_maps(n=40, k=2)
+    folds = probes.sample_folds(40, 5, seed=0)
+    assert sorted(np.bincount(folds)) == [8] * 5
+
+    def read(points):
+        return probes.pixel_probes(lambda: probes.array_batches({"s": maps}, 7), points, visibility, 16).coords[0]
+
+    before = read(keypoints)
+    moved = keypoints.copy()
+    moved[0] = 15 - moved[0]  # sample 0's targets move; its features do not
+    after = read(moved)
+    # sample 0 is read out by maps fitted without it, so its read-out cannot follow its own targets,
+    # while the maps that read the other folds did see the change
+    same_fold = folds == folds[0]
+    np.testing.assert_array_equal(after[same_fold], before[same_fold])
+    assert not np.array_equal(after[~same_fold], before[~same_fold])
+
+
+def test_pixel_probe_is_nan_with_too_few_samples():
+    maps, keypoints, visibility = _planted_maps(n=6, k=1)
+    result = probes.pixel_probes(lambda: probes.array_batches({"s": maps}), keypoints, visibility, 16)
+    assert np.isnan(result.pck).all() and np.isnan(result.chance).all() and result.samples == 6
+
+
+def test_encoding_stage_is_the_first_to_close_most_of_the_gap_from_chance_to_the_network():
+    from hgpose.explore.sections import encoding_stage
+
+    pck = np.array([[0.2, 0.5, 0.9], [0.7, 0.55, 0.9], [0.8, 0.6, 0.9]])  # stages x joints
+    pixel = probes.PixelProbes(["stem", "up1", "head"], [16, 16, 16], pck, pck, pck, np.array([0.1, 0.5, 0.3]),
+                               np.ones(3), 10, 5, np.zeros((3, 10, 3, 2)))
+    # joint 0 needs 0.1 + 0.8 * 0.7 = 0.66 (up1); joint 1 needs 0.58 (head); joint 2's network is under chance
+    assert encoding_stage(pixel, np.array([0.8, 0.6, 0.2])) == [1, 2, None]

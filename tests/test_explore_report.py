@@ -11,12 +11,15 @@ import subprocess
 import pytest
 
 from hgpose.cli import main
+from hgpose.coco_names import KEYPOINT_NAMES
+from hgpose.explore.compare import COMPARE_TITLES, _run_sentence
 from hgpose.explore.sections import SECTION_TITLES
 from hgpose.explore.trajectory import chosen_epochs, lr_drop_epoch
 from hgpose.model import ModelConfig
 from hgpose.train import TrainConfig, train
 
 TINY = ModelConfig(depth=2, features=32, input_size=64)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: a second thread only waits on 2 cores
 BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
                 if shutil.which(name)), None)
 
@@ -52,6 +55,23 @@ def rendered(page, tmp_path) -> dict[str, str]:
     return dict(re.findall(r'data-(\w+)="([^"]*)"', body.group(1)))
 
 
+def assert_self_contained(html: str):
+    """Every section explains itself at length and states its sample count; no scripts, nothing external."""
+    for section in re.findall(r"<section.*?</section>", html, flags=re.S):
+        assert re.search(r'<p class="intro">.{200,}?</p>', section), "a section lacks its explanation"
+        assert re.search(r'<p class="cost">\d+ ', section), "a section does not state its sample count"
+        assert "data:image/png;base64," in section
+    assert "<script" not in html and not re.search(r'(src|href)="(?!data:|#)', html)
+
+
+def assert_renders(page, titles: list[str], tmp_path):
+    """Chromium shows every section, in order, and decodes every image of the page."""
+    seen = rendered(page, tmp_path)
+    assert int(seen["images"]) == page.read_text(encoding="utf-8").count("<img ") > 20
+    assert seen["loaded"] == seen["images"], seen
+    assert seen["sections"].split("|") == titles
+
+
 def test_epoch_choice_and_lr_drop(tmp_path):
     assert chosen_epochs(range(1, 21), 5) == [1, 5, 10, 15, 20]
     assert chosen_epochs([1, 2, 3], 2) == [1, 2, 3]
@@ -70,12 +90,7 @@ def test_explore_run_report_has_every_section_and_renders_in_chromium(run_dir, t
     assert code in (0, None)
     html = (out / "index.html").read_text(encoding="utf-8")
     assert re.findall(r"<h2>(.*?)</h2>", html) == list(SECTION_TITLES)  # --run adds "Over training"
-    for section in re.findall(r"<section.*?</section>", html, flags=re.S):
-        assert re.search(r'<p class="intro">.{200,}?</p>', section), "a section lacks its explanation"
-        assert re.search(r'<p class="cost">\d+ ', section), "a section does not state its sample count"
-        assert "data:image/png;base64," in section
-    # self-contained: no scripts, no external resources
-    assert "<script" not in html and not re.search(r'(src|href)="(?!data:|#)', html)
+    assert_self_contained(html)
     # the header: the subset's PCK with its interval next to the whole split's, and a warning for 8 samples
     assert "PCK on the whole split" in html and "95% bootstrap interval" in html
     assert 'class="warning"' in html and "Only 8 samples" in html and "Only 8 samples" in capsys.readouterr().err
@@ -94,16 +109,18 @@ def test_explore_run_report_has_every_section_and_renders_in_chromium(run_dir, t
     assert 0 <= summary["calibration"]["ece"] <= 1
     trajectory = summary["over_training"]
     assert trajectory["epochs"] == [1, 2, 3] and trajectory["lr_drop"] == lr_drop_epoch(run_dir)
-    assert summary["probes"]["stages"][-1] == "output"  # the decoded keypoints: the probes' reference row
-    assert len(trajectory["cka_to_final"][-1]) == len(summary["probes"]["stages"]) - 1 == len(summary["probes"]["cka"])
+    probes = summary["probes"]
+    assert probes["stages"][-1] == "head" and probes["pooled"]["stages"][-1] == "output"  # the pooled reference row
+    assert len(probes["pixel_pck"]) == len(probes["stages"]) == len(probes["cka"]) == len(probes["sides"])
+    assert probes["sides"][0] == probes["sides"][-1] == 16  # stem and head at the heatmap's resolution
+    assert set(probes["encoding_stage"]) == set(KEYPOINT_NAMES)
+    assert len(trajectory["cka_to_final"][-1]) == len(probes["stages"])
+    assert len(trajectory["probe_pck"]) == 3 and len(trajectory["probe_pck"][0]) == len(probes["stages"])
     assert trajectory["cka_to_final"][-1][0] == pytest.approx(1.0)  # the last epoch against itself
 
     if BROWSER is None:
         pytest.skip("no headless Chromium installed (apt-get install chromium)")
-    seen = rendered(out / "index.html", tmp_path)
-    assert int(seen["images"]) == html.count("<img ") > 20
-    assert seen["loaded"] == seen["images"], seen
-    assert seen["sections"].split("|") == list(SECTION_TITLES)
+    assert_renders(out / "index.html", list(SECTION_TITLES), tmp_path)
     # the check can fail: a page with one broken image is caught
     broken = tmp_path / "broken" / "index.html"
     broken.parent.mkdir()
@@ -124,3 +141,36 @@ def test_explore_run_errors_are_one_line(run_dir, tmp_path, capsys):
     code = main(["explore", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "--checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_explore_compare_of_two_epochs_has_every_section_and_renders_in_chromium(run_dir, tmp_path):
+    out = tmp_path / "compare"
+    first = run_dir / "checkpoints" / "epoch_001.safetensors"
+    code = main(["explore", "--run", str(run_dir), "--checkpoint", str(first), "--compare",
+                 str(run_dir / "best.safetensors"), "--every", "2", "--samples", "8", "--probe-samples", "0",
+                 "--dependency-samples", "2", "--show", "2", "--attribution-samples", "1", "--ig-steps", "4",
+                 "--out", str(out), "--device", "cpu"])
+    assert code in (0, None)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r"<h2>(.*?)</h2>", html) == list(COMPARE_TITLES)  # --run adds "Over training"
+    assert_self_contained(html)
+    summary = json.loads((out / "explore.json").read_text())
+    marks = summary["over_training"]["marks"]
+    assert marks["A"] == 1 and marks["B"] in summary["over_training"]["epochs"]  # best is one of the epochs
+    assert f"with A at epoch 1 and B at epoch {marks['B']} marked on it" in html
+    assert summary["attributions"]["samples"] == {"gradient": 2, "ig": 1}
+    correlations = summary["attributions"]["rank_correlation_a_vs_b"]["input gradient"]
+    assert all(v is None or -1 <= v <= 1 for v in correlations.values())
+    assert len(summary["probes"]["pixel_pck"]["a"]) == len(summary["probes"]["stages"])
+    assert len(summary["worst"]["a"]) == len(summary["worst"]["b"]) == 8
+    if BROWSER is None:
+        pytest.skip("no headless Chromium installed (apt-get install chromium)")
+    assert_renders(out / "index.html", list(COMPARE_TITLES), tmp_path)
+
+
+def test_compare_says_what_the_run_has_to_do_with_the_two_models():
+    assert "neither A nor B" in _run_sentence("RUN", {})
+    assert _run_sentence("RUN", {"A": 1}).endswith("with A at epoch 1 marked on it (B is not one of its epoch "
+                                                   "checkpoints).")
+    assert _run_sentence("RUN", {"A": 1, "B": 3}).endswith("with A at epoch 1 and B at epoch 3 marked on it.")

@@ -1,6 +1,7 @@
 """Screenshots of the explore report's sections for the README, taken with headless Chromium.
 
     python tools/explore_screenshots.py demo-out/explore/index.html --out docs/explore [--sections probes ...]
+    python tools/explore_screenshots.py compare/index.html --out docs/explore --prefix compare- --sections heatmaps
 
 Each section is cut out of the page into a copy with the page's style, rendered at 1280 px wide and
 cropped below its last non-white row. Needs the `chromium` command (Debian: apt-get install chromium)
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
     parser.add_argument("page", type=Path, help="an explore report's index.html")
     parser.add_argument("--out", type=Path, default=Path("docs/explore"), help="folder for the PNGs")
     parser.add_argument("--sections", nargs="*", default=list(DEFAULT_SECTIONS), help="section anchors")
+    parser.add_argument("--prefix", default="", help="put before each PNG's name (a comparison page's sections "
+                                                     "share their anchors with the report's)")
     args = parser.parse_args(argv)
     chrome = browser()
     if chrome is None:
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
                 continue
             page = Path(tmp) / f"{anchor}.html"
             page.write_text(pages[anchor], encoding="utf-8")
-            png = args.out / f"{anchor}.png"
+            png = args.out / f"{args.prefix}{anchor}.png"
             screenshot(chrome, page, png)
             print(f"wrote {png}")
     return 0

@@ -19,11 +19,13 @@ def add_arguments(parser):
                         help="model weights (.safetensors); with --run, RUN/best.safetensors when not given")
     parser.add_argument("--run", type=Path, metavar="RUN_DIR",
                         help="a training run directory: adds the over-training section from its per-epoch "
-                             "checkpoints (RUN/checkpoints/epoch_NNN.safetensors)")
+                             "checkpoints (RUN/checkpoints/epoch_NNN.safetensors); with --compare, that run's "
+                             "history with A and B marked at their epochs")
     parser.add_argument("--every", type=int, default=5, metavar="K",
                         help="with --run: analyse the first, every K-th and the last epoch")
     parser.add_argument("--compare", type=Path, metavar="CKPT_B",
-                        help="a second checkpoint: write a side-by-side comparison with differences instead")
+                        help="a second checkpoint B: write a side-by-side comparison of --checkpoint (A) and B "
+                             "with differences instead (no occlusion maps)")
     parser.add_argument("--data", type=Path, metavar="DIR",
                         help="COCO-format data root; with --run, the run's data root when not given")
     parser.add_argument("--split", default="val2017",
@@ -85,7 +87,9 @@ def run(args):
     device = resolve_device(args.device)
     common = dict(split=args.split, samples=args.samples, out=args.out, device=device, seed=args.seed,
                   batch_size=args.batch_size, probe_samples=args.probe_samples,
-                  dependency_samples=args.dependency_samples)
+                  dependency_samples=args.dependency_samples, show=args.show,
+                  attribution_samples=args.attribution_samples, ig_steps=args.ig_steps, run=args.run,
+                  every=args.every)
     if args.compare is not None:
         from hgpose.explore.compare import write_compare_report
 
@@ -93,7 +97,5 @@ def run(args):
     else:
         from hgpose.explore.report import write_explore_report
 
-        path = write_explore_report(checkpoint, data, show=args.show, occlusion_samples=args.occlusion_samples,
-                                    attribution_samples=args.attribution_samples, ig_steps=args.ig_steps,
-                                    run=args.run, every=args.every, **common)
+        path = write_explore_report(checkpoint, data, occlusion_samples=args.occlusion_samples, **common)
     print(f"wrote {path}")

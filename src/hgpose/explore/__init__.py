@@ -18,7 +18,9 @@ from hgpose.explore.analyses import (
     occlusion,
     saliency,
     saliency_share,
+    stage_batches,
     stage_names,
+    stage_rms,
     target_heatmaps,
     to_input_coords,
     uniform_share,
@@ -29,22 +31,33 @@ from hgpose.explore.attribution import (
     deletion_curve,
     input_gradient,
     integrated_gradients,
+    map_correlations,
     randomisation_check,
     rank_correlation,
 )
 from hgpose.explore.calibration import Calibration, calibrate, pck_intervals, pooled_pck_intervals, reliability
 from hgpose.explore.dependency import JointDependency, joint_dependency
-from hgpose.explore.probes import Probes, cka_matrix, linear_cka, linear_probes, pooled_stages
+from hgpose.explore.probes import (
+    PixelProbes,
+    Probes,
+    cka_matrix,
+    linear_cka,
+    linear_probes,
+    model_pixel_probes,
+    pixel_probes,
+    pooled_stages,
+)
 from hgpose.explore.trajectory import TrainingTrajectory, training_trajectory
 
 __all__ = [
     "BranchContributions", "Failures", "LesionStudy", "Occlusion", "activations", "branch_contributions",
     "decode", "failures", "heatmaps", "lesion_study", "lesioned", "level_resolutions", "occlusion",
-    "saliency", "saliency_share", "stage_names", "target_heatmaps", "to_input_coords", "uniform_share",
-    "RandomisationCheck", "deletion_area", "deletion_curve", "input_gradient", "integrated_gradients",
-    "randomisation_check", "rank_correlation", "Calibration", "calibrate", "pck_intervals",
-    "pooled_pck_intervals", "reliability", "JointDependency", "joint_dependency", "Probes", "cka_matrix",
-    "linear_cka", "linear_probes", "pooled_stages", "TrainingTrajectory", "training_trajectory",
+    "saliency", "saliency_share", "stage_batches", "stage_names", "stage_rms", "target_heatmaps",
+    "to_input_coords", "uniform_share", "RandomisationCheck", "deletion_area", "deletion_curve", "input_gradient",
+    "integrated_gradients", "map_correlations", "randomisation_check", "rank_correlation", "Calibration",
+    "calibrate", "pck_intervals", "pooled_pck_intervals", "reliability", "JointDependency", "joint_dependency",
+    "PixelProbes", "Probes", "cka_matrix", "linear_cka", "linear_probes", "model_pixel_probes", "pixel_probes",
+    "pooled_stages", "TrainingTrajectory", "training_trajectory",
     "write_explore_report", "write_compare_report",
 ]
 

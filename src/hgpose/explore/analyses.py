@@ -117,6 +117,31 @@ def stage_names(depth: int) -> list[str]:
 
 
 @torch.no_grad()
+def stage_batches(model: HourglassNet, images, stack: int = -1, batch_size: int = DEFAULT_BATCH,
+                  head: bool = False):
+    """Per batch of crops: (start, {stage: (B, C, H, W) float32 CPU tensor} in stage_names order, plus
+    "head" (the head's features, the input of its final 1x1 convolution) when `head`, and the predicted
+    heatmaps (B, K, h, h)). One forward pass per batch; the stages are not kept between batches."""
+    images, device = _images(images), _device(model)
+    levels = _levels(model, stack)
+    names = [*stage_names(len(levels)), *(["head"] if head else [])]
+    current: dict[str, torch.Tensor] = {}
+
+    def keep(name, first_output: bool = False):
+        def hook(module, args, output):
+            current[name] = (output[0] if first_output else output).detach().float().cpu()
+        return hook
+
+    watched = [(model.stem_res3, keep("stem")), (levels[-1].inner, keep("bottleneck"))]
+    watched += [(model.heads[stack], keep("head", first_output=True))] if head else []
+    for i, level in enumerate(levels, start=1):
+        watched += [(level.low1, keep(f"down{i}")), (level, keep(f"up{i}"))]
+    with _evaluating(model), _hooks(watched):
+        for start, batch in _batches(images, batch_size):
+            predicted = model(to_model_input(batch.to(device))).float().cpu()
+            yield start, {name: current[name] for name in names}, predicted
+
+
 def activations(model: HourglassNet, images, stack: int = -1, batch_size: int = DEFAULT_BATCH
                 ) -> dict[str, np.ndarray]:
     """Feature maps at every stage of one hourglass, {stage: (N, C, H, W) float32}, in stage_names order.
@@ -125,20 +150,23 @@ def activations(model: HourglassNet, images, stack: int = -1, batch_size: int = 
     residual (h / 2^i); bottleneck: the innermost residuals' output (h / 2^L); up<i>: level i's output,
     skip + upsampled low (h / 2^(i-1)). Memory: N x C x H x W floats per stage; keep N small.
     """
-    images, device = _images(images), _device(model)
-    levels = _levels(model, stack)
-    captured: dict[str, list[torch.Tensor]] = {name: [] for name in stage_names(len(levels))}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in stage_names(len(_levels(model, stack)))}
+    for _, stages, _ in stage_batches(model, images, stack, batch_size):
+        for name, maps in stages.items():
+            parts[name].append(maps)
+    return {name: torch.cat(maps).numpy() for name, maps in parts.items()}
 
-    def keep(name):
-        return lambda module, args, output: captured[name].append(output.detach().float().cpu())
 
-    watched = [(model.stem_res3, keep("stem")), (levels[-1].inner, keep("bottleneck"))]
-    for i, level in enumerate(levels, start=1):
-        watched += [(level.low1, keep(f"down{i}")), (level, keep(f"up{i}"))]
-    with _evaluating(model), _hooks(watched):
-        for _, batch in _batches(images, batch_size):
-            model(to_model_input(batch.to(device)))
-    return {name: torch.cat(parts).numpy() for name, parts in captured.items()}
+def stage_rms(model: HourglassNet, images, stack: int = -1, batch_size: int = DEFAULT_BATCH) -> dict[str, float]:
+    """Each stage's activation size, sqrt(mean of squares over channels and pixels) per sample, averaged over
+    the crops: {stage: RMS} in stage_names order plus "head"."""
+    sums: dict[str, float] = {}
+    count = 0
+    for _, stages, _ in stage_batches(model, images, stack, batch_size, head=True):
+        for name, maps in stages.items():
+            sums[name] = sums.get(name, 0.0) + float(maps.pow(2).mean(dim=(1, 2, 3)).sqrt().sum())
+        count += len(next(iter(stages.values())))
+    return {name: total / max(count, 1) for name, total in sums.items()}
 
 
 # --- 3. skip vs low branch -----------------------------------------------------------------------------

@@ -92,12 +92,14 @@ def randomisation_check(model: HourglassNet, images, joints: Sequence[int], ig_m
     randomised = randomised_copy(model, seed)
     random_ig = integrated_gradients(randomised, images, joints, steps)
     random_gradient = input_gradient(randomised, images, joints)
-
-    def correlations(trained, random):
-        return np.array([[rank_correlation(t, r) for t, r in zip(ts, rs)] for ts, rs in zip(trained, random)])
-
-    return RandomisationCheck(correlations(ig_maps, random_ig), correlations(gradient_maps, random_gradient),
+    return RandomisationCheck(map_correlations(ig_maps, random_ig), map_correlations(gradient_maps, random_gradient),
                               random_ig, random_gradient)
+
+
+def map_correlations(a, b) -> np.ndarray:
+    """(N, J) rank correlation of each pair of maps a[n, j], b[n, j] ((N, J, S, S) each)."""
+    return np.array([[rank_correlation(x, y) for x, y in zip(xs, ys)] for xs, ys in zip(a, b)]).reshape(
+        np.shape(a)[:2])
 
 
 @torch.no_grad()

@@ -7,8 +7,10 @@ crop is drawn centred on coordinate j (imshow's default extent).
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import cv2
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -78,32 +80,68 @@ def _grey(crop) -> np.ndarray:
     return hwc(crop).mean(axis=2)
 
 
+@dataclass
+class MapRow:
+    """One row of a per-joint map figure: a picture for its first column, then one map per joint over the
+    greyed crop (heatmap resolution, stretched over the crop)."""
+
+    picture: np.ndarray  # (H, W, 3) uint8, drawn in the first column
+    label: str  # the first column's title
+    maps: np.ndarray  # (K, h, h)
+    titles: list[str]  # (K,) one per map
+    points: np.ndarray | None = None  # (K, 2) input coordinates marked on each map; NaN: no mark
+    ring: bool = False  # points as rings (the truth) rather than cyan crosses (a prediction)
+    signed: bool = False  # a difference: blue-white-red, symmetric about 0
+
+
+def joint_rows_figure(crop, rows: list[MapRow]) -> bytes:
+    """The rows' per-joint maps in two blocks of joints (2 x len(rows) rows, about 10 columns). Maps share one
+    scale, 0 (or -1 for signed rows) to 1, widened only for a map that leaves it, so that a heatmap's height
+    can be compared across joints, rows and samples."""
+    size = crop.shape[-1]
+    k = len(rows[0].maps)
+    half = (k + 1) // 2
+    fig, axes = _axes_grid(2 * len(rows), half + 1)
+    grey, extent = _grey(crop), _extent(size)
+    for block in range(2):
+        for r, row in enumerate(rows):
+            line = axes[block * len(rows) + r]
+            line[0].imshow(row.picture, extent=extent)
+            line[0].set_title(row.label, fontsize=9)
+            for c, j in enumerate(range(block * half, min(k, (block + 1) * half)), start=1):
+                ax = line[c]
+                ax.imshow(grey, cmap="gray", extent=extent, vmin=0, vmax=255)
+                top = max(1.0, float(np.abs(row.maps[j]).max() if row.signed else row.maps[j].max()))
+                ax.imshow(row.maps[j], cmap="RdBu_r" if row.signed else "magma", alpha=0.75, extent=extent,
+                          vmin=-top if row.signed else 0, vmax=top)
+                ax.set_title(row.titles[j], fontsize=8)
+                if row.points is not None and np.isfinite(row.points[j]).all():
+                    if row.ring:
+                        ax.plot(*row.points[j], "o", ms=5, mfc="none", mec="black" if row.signed else "white", mew=1)
+                    else:
+                        ax.plot(*row.points[j], "x", ms=5, color="cyan", mew=1.2)
+    return to_png(fig)
+
+
+def truth_picture(crop, truth, visibility) -> np.ndarray:
+    """The crop with the labelled true keypoints drawn as a skeleton."""
+    return pose_on_crop(crop, truth, np.where(np.asarray(visibility) > 0, 1.0, 0.0), min_confidence=0.5)
+
+
+def truth_rings(truth, visibility) -> np.ndarray:
+    """(K, 2) the labelled true keypoints, NaN where unlabelled (no ring drawn)."""
+    return np.where((np.asarray(visibility) > 0)[:, None], np.asarray(truth, np.float64), np.nan)
+
+
 def heatmap_figure(crop, predicted, target, coords, confidence, truth, visibility) -> bytes:
     """Per joint the predicted heatmap and the target over the crop: 4 rows x 10 columns, the first column
     the crop with the predicted skeleton (rows 1, 3) and the true keypoints (rows 2, 4)."""
-    size = crop.shape[-1]
-    k = len(predicted)
-    half = (k + 1) // 2
-    fig, axes = _axes_grid(4, half + 1)
-    grey, extent = _grey(crop), _extent(size)
-    truth_pose = pose_on_crop(crop, truth, np.where(np.asarray(visibility) > 0, 1.0, 0.0), min_confidence=0.5)
-    for block in range(2):
-        pred_row, target_row = axes[2 * block], axes[2 * block + 1]
-        pred_row[0].imshow(pose_on_crop(crop, coords, confidence), extent=extent)
-        pred_row[0].set_title("predicted", fontsize=9)
-        target_row[0].imshow(truth_pose, extent=extent)
-        target_row[0].set_title("true", fontsize=9)
-        for c, j in enumerate(range(block * half, min(k, (block + 1) * half)), start=1):
-            for ax, maps, label in ((pred_row[c], predicted, f"{SHORT_NAMES[j]} {confidence[j]:.2f}"),
-                                    (target_row[c], target, f"{SHORT_NAMES[j]} target")):
-                ax.imshow(grey, cmap="gray", extent=extent, vmin=0, vmax=255)
-                top = max(1.0, float(maps[j].max()))
-                ax.imshow(maps[j], cmap="magma", alpha=0.75, extent=extent, vmin=0, vmax=top)
-                ax.set_title(label, fontsize=8)
-            if visibility[j] > 0:
-                target_row[c].plot(*truth[j], "o", ms=5, mfc="none", mec="white", mew=1)
-            pred_row[c].plot(*coords[j], "x", ms=5, color="cyan", mew=1.2)
-    return to_png(fig)
+    return joint_rows_figure(crop, [
+        MapRow(pose_on_crop(crop, coords, confidence), "predicted", predicted,
+               [f"{SHORT_NAMES[j]} {confidence[j]:.2f}" for j in range(len(predicted))], coords),
+        MapRow(truth_picture(crop, truth, visibility), "true", target,
+               [f"{SHORT_NAMES[j]} target" for j in range(len(target))], truth_rings(truth, visibility), ring=True),
+    ])
 
 
 def activation_figure(crop, stages: dict, top: int = 7) -> bytes:
@@ -323,25 +361,33 @@ def reliability_figure(result) -> bytes:
     return to_png(fig)
 
 
-def epoch_figure(epochs, series: dict, title: str, ylabel: str, lr_drop=None, ylim=None, best=None) -> bytes:
-    """Lines against epoch, one per series entry {label: (E,) values}; the LR drop dashed."""
+def epoch_figure(epochs, series: dict, title: str, ylabel: str, lr_drop=None, ylim=None, marks=None,
+                 references=None) -> bytes:
+    """Lines against epoch, one per series entry {label: (E,) values}; references {label: (E,) values}
+    (e.g. the network's own PCK, chance) in black and grey; the LR drop dashed, and marks {label: epoch}
+    (e.g. the two compared checkpoints) dotted."""
     fig = Figure(figsize=(9, 3.4))
     ax = fig.subplots()
-    colours = [POINT_COLOURS[j] for j in range(len(POINT_COLOURS))] if len(series) == len(POINT_COLOURS) else None
+    if len(series) == len(POINT_COLOURS):  # the joints: their skeleton colours
+        colours = [np.array(c) / 255 for c in POINT_COLOURS]
+    else:  # more lines than the default cycle's 10 would repeat its colours
+        colours = [matplotlib.colormaps["tab20"](i % 20) for i in range(len(series))] if len(series) > 10 else None
     for i, (label, values) in enumerate(series.items()):
-        kwargs = {"color": np.array(colours[i]) / 255} if colours else {}
-        ax.plot(epochs, values, "o-", ms=3, lw=1.2, label=label, **kwargs)
+        ax.plot(epochs, values, "o-", ms=3, lw=1.2, label=label, **({"color": colours[i]} if colours else {}))
+    for (label, values), style in zip((references or {}).items(), (("black", "s-", 2.0), ("grey", "-.", 1.2))):
+        ax.plot(epochs, values, style[1], color=style[0], lw=style[2], ms=4, label=label)
     if lr_drop is not None:
         ax.axvline(lr_drop - 0.5, color="black", ls="--", lw=0.8, label=f"LR drop (epoch {lr_drop})")
-    if best is not None:
-        ax.axvline(best, color="grey", ls=":", lw=0.8, label=f"selected model (epoch {best})")
+    for (label, epoch), colour in zip((marks or {}).items(), ("#7f3c8d", "#11a579", "grey")):
+        ax.axvline(epoch, color=colour, ls=":", lw=1.2, label=f"{label} (epoch {epoch})")
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.xaxis.get_major_locator().set_params(integer=True)
     if ylim is not None:
         ax.set_ylim(*ylim)
-    ax.legend(fontsize=7, ncol=1 + len(series) // 8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, ncol=1 + (len(series) + len(references or {})) // 8, loc="center left",
+              bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return to_png(fig)
 
@@ -350,19 +396,25 @@ def attribution_figure(crop, joints, gradient, ig, random_gradient, random_ig, c
     """One row per joint: input gradient, Integrated Gradients, then both for the randomised model; each map
     scaled to its own 99th percentile. correlations: (J, 2) rank correlation trained vs randomised
     (gradient, IG)."""
+    return map_columns_figure(crop, joints, [("input gradient", gradient, None), ("Integrated Gradients", ig, None),
+                                             ("gradient, random model", random_gradient, correlations[:, 0]),
+                                             ("IG, random model", random_ig, correlations[:, 1])], coords)
+
+
+def map_columns_figure(crop, joints, columns, coords) -> bytes:
+    """One row per joint, one column per (label, maps (J, S, S), rank correlations (J,) or None) over the greyed
+    crop, each map scaled to its own 99th percentile; a column's correlation is printed in its titles."""
     size = crop.shape[-1]
-    fig, axes = _axes_grid(len(joints), 4, cell=2.0, title_space=0.45)
+    fig, axes = _axes_grid(len(joints), len(columns), cell=2.0, title_space=0.45)
     grey = _grey(crop)
-    columns = (("input gradient", gradient), ("Integrated Gradients", ig),
-               ("gradient, random model", random_gradient), ("IG, random model", random_ig))
     for r, j in enumerate(joints):
-        for c, (label, maps) in enumerate(columns):
+        for c, (label, maps, correlations) in enumerate(columns):
             ax = axes[r, c]
             ax.imshow(grey, cmap="gray", extent=_extent(size), vmin=0, vmax=255)
             top = max(float(np.percentile(maps[r], 99)), 1e-12)
             ax.imshow(np.clip(maps[r] / top, 0, 1), cmap="inferno", alpha=0.75, extent=_extent(size))
             ax.plot(*coords[j], "x", ms=6, color="cyan", mew=1.5)
-            extra = f" (\u03c1 {correlations[r, c - 2]:.2f})" if c >= 2 else ""
+            extra = f" (\u03c1 {correlations[r]:.2f})" if correlations is not None else ""
             ax.set_title(f"{SHORT_NAMES[j]}\n{label}{extra}", fontsize=8)
     return to_png(fig)
 

@@ -20,7 +20,7 @@ from hgpose.explore import calibration as ca
 from hgpose.explore import sections as sc
 from hgpose.explore.dependency import joint_dependency
 from hgpose.explore.html import esc, page, paragraph, table
-from hgpose.explore.probes import cka_matrix, linear_probes, pooled_stages
+from hgpose.explore.probes import cka_matrix, linear_probes, model_pixel_probes, pooled_stages
 from hgpose.explore.sections import SECTION_TITLES, fmt
 from hgpose.fileio import UserError, atomic_write_json, atomic_write_text
 from hgpose.model import HourglassNet, count_parameters, load_model
@@ -182,7 +182,7 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
             dependency_samples, attribution_samples, ig_steps, run, every, batch_size, seed
             ) -> tuple[list, dict]:
     """Every section of the report, in order, and the numbers behind them."""
-    from hgpose.evaluate import counted_mask, normalized_distances, seed_normalizer
+    from hgpose.evaluate import counted_mask, normalized_distances, pck, seed_normalizer
 
     config = model.config
     normalizer = seed_normalizer(config.heatmap_size)
@@ -218,17 +218,25 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
     timer.done()
 
     timer.start("probes")
+    # the network's own answer on the probe samples: the probes' reference, and the calibration section's input
+    probe_coords, probe_confidence = an.decode(an.heatmaps(model, probe_set.images, batch_size))
+    output_pck = pck(probe_coords, probe_set.keypoints, probe_set.visibility, normalizer).per_joint
+    pixel = model_pixel_probes(model, probe_set.images, probe_set.keypoints, probe_set.visibility, seed=seed,
+                               batch_size=batch_size)
     features = pooled_stages(model, probe_set.images, batch_size=batch_size)
     cka = cka_matrix(features)
-    # the network's own decoded keypoints, probed the same way: the reference a stage's R\u00b2 is read against
-    output_coords, _ = an.decode(an.heatmaps(model, probe_set.images, batch_size))
-    features[sc.OUTPUT_STAGE] = output_coords.reshape(len(output_coords), -1)
-    probes = linear_probes(features, probe_set.keypoints, probe_set.visibility, seed=seed)
+    features[sc.OUTPUT_STAGE] = probe_coords.reshape(len(probe_coords), -1)  # the pooled probe's reference row
+    pooled = linear_probes(features, probe_set.keypoints, probe_set.visibility, seed=seed)
     probe_seconds = time.perf_counter() - timer.started
-    sections.append(sc.probes_section(probes, cka, probe_seconds))
-    numbers["probes"] = {"stages": probes.stages, "position_r2": probes.position_r2,
-                         "visible_auroc": probes.visible_auroc, "labelled": probes.labelled,
-                         "samples": probes.samples, "cka": cka, "seconds": probe_seconds}
+    sections.append(sc.probes_section(pixel, output_pck, pooled, cka, probe_seconds))
+    numbers["probes"] = {"stages": pixel.stages, "sides": pixel.sides, "samples": pixel.samples,
+                         "pixel_pck": pixel.pck, "pixel_visible_auroc": pixel.visible_auroc,
+                         "pixel_ceiling": pixel.ceiling, "chance_pck": pixel.chance, "output_pck": output_pck,
+                         "encoding_stage": dict(zip(KEYPOINT_NAMES, (None if i is None else pixel.stages[i] for i in
+                                                                    sc.encoding_stage(pixel, output_pck)))),
+                         "counted": pixel.counted, "cka": cka, "seconds": probe_seconds,
+                         "pooled": {"stages": pooled.stages, "position_r2": pooled.position_r2,
+                                    "visible_auroc": pooled.visible_auroc, "labelled": pooled.labelled}}
     timer.done()
 
     if run is not None:
@@ -300,7 +308,6 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
                                                              lesion_changes.high)}
 
     timer.start("calibration")
-    probe_coords, probe_confidence = an.decode(an.heatmaps(model, probe_set.images, batch_size))
     probe_counted = counted_mask(probe_set.visibility)
     probe_correct = normalized_distances(probe_coords, probe_set.keypoints, normalizer) < 0.5
     calibrated = ca.calibrate(probe_confidence, probe_correct, probe_counted)

@@ -19,9 +19,9 @@ SECTION_TITLES = (
     "Calibration", "Where it fails",
 )
 SALIENCY_RADIUS = 0.1  # of the crop side: "near the joint"
-PROBE_LEVEL = 0.5  # "a stage encodes a joint" when its probe's held-out R² reaches this
+PROBE_SHARE = 0.8  # a stage "encodes" a joint once its read-out closes this much of the chance-to-network gap
 ATTRIBUTED_JOINTS = (9, 16, 0, 8, 14, 5)  # preferred joints drawn in the attribution figure (wrist first)
-OUTPUT_STAGE = "output"  # the probes' last row: the decoded keypoints themselves, a reference, not a stage
+OUTPUT_STAGE = "output"  # a probe matrix's reference row: the network's own answer, not a stage
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -123,97 +123,162 @@ def activations_section(crops, stages: dict) -> Section:
 # --- 3, 4: probes and CKA, over training --------------------------------------------------------------
 
 
-def probe_findings(probes) -> list[tuple[str, str, str, str]]:
-    """Per joint: (joint, best stage, its R², first stage reaching PROBE_LEVEL or '-', the output's R²);
-    stages only (the output row is the reference)."""
+def stage_labels(pixel) -> list[str]:
+    """Each probed stage with its side and, in brackets, its ceiling (the PCK of the true targets at that side,
+    decoded the same way), e.g. 'down2 4x4 (.44)'."""
+    return [f"{s} {r}x{r} ({fmt(np.nanmean(c), 2).replace('0.', '.')})"
+            for s, r, c in zip(pixel.stages, pixel.sides, pixel.ceiling)]
+
+
+def pixel_matrix(pixel, output_pck) -> tuple[np.ndarray, list[str]]:
+    """The per-pixel probe's stages x joints PCK with two reference rows below, and the row labels: the
+    network's own PCK on the probe samples, and chance."""
+    return (np.vstack([pixel.pck, np.asarray(output_pck)[None], pixel.chance[None]]),
+            [*stage_labels(pixel), f"{OUTPUT_STAGE} (the network)", "chance (mean map)"])
+
+
+def encoding_stage(pixel, output_pck) -> list[int | None]:
+    """Per joint, the first stage (in the network's order) whose read-out closes PROBE_SHARE of the gap from
+    chance to the network's own PCK, or None (also when the network is no better than chance)."""
+    found = []
+    for j in range(len(output_pck)):
+        gap = output_pck[j] - pixel.chance[j]
+        level = pixel.chance[j] + PROBE_SHARE * gap
+        reaching = np.flatnonzero(np.nan_to_num(pixel.pck[:, j], nan=-np.inf) >= level) if gap > 0 else []
+        found.append(int(reaching[0]) if len(reaching) else None)
+    return found
+
+
+def pixel_findings(pixel, output_pck) -> list[tuple[str, ...]]:
+    """Per joint: (joint, best stage, its PCK, the encoding stage or '-', the network's PCK, chance)."""
     rows = []
-    inner = [i for i, s in enumerate(probes.stages) if s != OUTPUT_STAGE]
-    output = probes.stages.index(OUTPUT_STAGE) if OUTPUT_STAGE in probes.stages else None
-    for j, name in enumerate(KEYPOINT_NAMES):
-        reference = fmt(probes.position_r2[output, j], 2) if output is not None else "-"
-        column = probes.position_r2[inner, j]
-        if not np.isfinite(column).any():
-            rows.append((name, "-", "-", "-", reference))
-            continue
-        best = int(np.nanargmax(column))
-        reaching = np.flatnonzero(np.nan_to_num(column, nan=-np.inf) >= PROBE_LEVEL)
-        rows.append((name, probes.stages[inner[best]], fmt(column[best], 2),
-                     probes.stages[inner[reaching[0]]] if len(reaching) else "-", reference))
+    for j, (name, first) in enumerate(zip(KEYPOINT_NAMES, encoding_stage(pixel, output_pck))):
+        column = pixel.pck[:, j]
+        best = int(np.nanargmax(column)) if np.isfinite(column).any() else None
+        rows.append((name, "-" if best is None else pixel.stages[best], "-" if best is None else fmt(column[best], 2),
+                     "-" if first is None else pixel.stages[first], fmt(output_pck[j], 2), fmt(pixel.chance[j], 2)))
     return rows
 
 
-def probes_section(probes, cka, seconds: float) -> Section:
-    labels = [s for s in probes.stages if s != OUTPUT_STAGE]  # the CKA's stages
-    inner = probes.position_r2[: len(labels)]
-    mean_r2 = np.nanmean(inner, axis=1) if np.isfinite(inner).any() else None
-    reference = (float(np.nanmean(probes.position_r2[-1])) if OUTPUT_STAGE in probes.stages
-                 and np.isfinite(probes.position_r2[-1]).any() else float("nan"))
-    rows = probe_findings(probes)
-    body = [
-        image(fg.matrix_figure(probes.position_r2, probes.stages, fg.SHORT_NAMES, "held-out R² of a linear read-out of "
-                               "each joint's position (0: no better than the mean position)", vmin=0, vmax=1,
-                               label="R²"), "probe R² per stage and joint"),
-        image(fg.matrix_figure(probes.visible_auroc, probes.stages, fg.SHORT_NAMES, "held-out AUROC of reading "
-                               "'labelled visible' (v = 2) (0.5: chance)", vmin=0.5, vmax=1, label="AUROC"),
-              "visibility probe per stage and joint"),
-        table(("joint", "best stage", "its R²", f"first stage with R² >= {PROBE_LEVEL}", "output's R²"), rows),
-        image(fg.matrix_figure(cka, labels, labels, "linear CKA between stages (1: the same representation up "
-                               "to rotation and scale)", vmin=0, vmax=1, label="CKA", cell=0.6),
-              "CKA between stages"),
-    ]
-    if mean_r2 is not None:
-        best_stage = int(np.nanargmax(mean_r2))
+def pixel_notes(pixel, output_pck, cka) -> str:
+    """The section's computed sentences: PCK by stage against the network and chance, where joints become
+    readable, which stages their grid limits, and the largest change of representation."""
+    mean = np.nanmean(pixel.pck, axis=1) if np.isfinite(pixel.pck).any() else np.full(len(pixel.stages), np.nan)
+    by_stage: dict[str, list[str]] = {}
+    for j, first in enumerate(encoding_stage(pixel, output_pck)):
+        by_stage.setdefault("no stage" if first is None else pixel.stages[first], []).append(fg.SHORT_NAMES[j])
+    coarse = [s for s, c in zip(pixel.stages, pixel.ceiling) if np.nanmean(c) < 0.2]
+    text = ("Held-out PCK averaged over joints, by stage: " + ", ".join(f"{s} {fmt(v, 2)}" for s, v in
+                                                                         zip(pixel.stages, mean))
+            + f"; the network's own {fmt(np.nanmean(output_pck), 2)}, chance {fmt(np.nanmean(pixel.chance), 2)}. "
+            f"First stage closing {PROBE_SHARE:.0%} of the gap from chance to the network's PCK: "
+            + "; ".join(f"{stage}: {', '.join(joints)}" for stage, joints in by_stage.items()) + ".")
+    if coarse:
+        text += (f" {', '.join(coarse)} cannot place a joint within the PCK radius even from their true targets "
+                 "(ceiling under 0.2): for them, read the pooled probe below.")
+    labels = list(pixel.stages)
+    if cka is not None and len(labels) > 1:
         neighbours = [cka[i, i + 1] for i in range(len(labels) - 1)]
-        change = int(np.argmin(neighbours))
-        body.insert(2, paragraph(
-            f"Averaged over joints, the position read-out is best at {labels[best_stage]} "
-            f"(R² {fmt(mean_r2[best_stage], 2)}); by stage: "
-            + ", ".join(f"{s} {fmt(v, 2)}" for s, v in zip(labels, mean_r2)) + "; the network's own decoded "
-            f"keypoints, probed the same way, reach {fmt(reference, 2)}. The largest change of "
-            f"representation between neighbouring stages is from {labels[change]} to {labels[change + 1]} "
-            f"(CKA {fmt(neighbours[change], 2)}).", "note"))
+        change = int(np.nanargmin(neighbours))
+        text += (f" The largest change of representation between neighbouring stages is from {labels[change]} to "
+                 f"{labels[change + 1]} (CKA {fmt(neighbours[change], 2)}).")
+    return text
+
+
+def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
+    """pixel: probes.PixelProbes; output_pck (K,) the network's per-joint PCK on the same samples; pooled:
+    probes.Probes with the decoded keypoints as its last row (OUTPUT_STAGE); cka (S, S) between the stages."""
+    matrix, rows = pixel_matrix(pixel, output_pck)
+    pooled_mean = np.nanmean(pooled.position_r2, axis=1) if np.isfinite(pooled.position_r2).any() else None
+    body = [
+        image(fg.matrix_figure(matrix, rows, fg.SHORT_NAMES, "per-pixel read-out: held-out PCK of each joint from "
+                               "each stage (row: stage, side, ceiling)", vmin=0, vmax=1, label="PCK"),
+              "per-pixel probe PCK per stage and joint"),
+        paragraph(pixel_notes(pixel, output_pck, cka), "note"),
+        table(("joint", "best stage", "its PCK", f"first stage closing {PROBE_SHARE:.0%} of the gap", "network",
+               "chance"), pixel_findings(pixel, output_pck)),
+        image(fg.matrix_figure(pixel.visible_auroc, pixel.stages, fg.SHORT_NAMES, "per-pixel read-out: held-out "
+                               "AUROC of its peak height for 'labelled visible' (v = 2) (0.5: chance)", vmin=0.5,
+                               vmax=1, label="AUROC"), "visibility from the per-pixel probe"),
+        "<h3>pooled read-out of the coordinates</h3>",
+        image(fg.matrix_figure(pooled.position_r2, pooled.stages, fg.SHORT_NAMES, "pooled probe: held-out R² of "
+                               "each joint's (x, y) from features pooled to at most 4x4 (0: the mean position)",
+                               vmin=0, vmax=1, label="R²"), "pooled probe R² per stage and joint"),
+    ]
+    if pooled_mean is not None:
+        body.append(paragraph("Pooled probe, held-out R² averaged over joints: " + ", ".join(
+            f"{s} {fmt(v, 2)}" for s, v in zip(pooled.stages, pooled_mean)) + ".", "note"))
+    body.append(image(fg.matrix_figure(cka, pixel.stages, pixel.stages, "linear CKA between stages (1: the same "
+                                       "representation up to rotation and scale)", vmin=0, vmax=1, label="CKA",
+                                       cell=0.6), "CKA between stages"))
     return _section("Where joint information lives", (
-        "A linear probe asks whether a joint's position can be read from one stage by a linear map: each "
-        f"stage's activations are average-pooled to at most 4x4 cells and a ridge regression (scikit-learn, "
-        f"{probes.folds}-fold cross-validated, regularisation chosen inside each training fold) predicts the "
-        "joint's (x, y) on held-out samples; the score is R², 1 for a perfect read-out and 0 or below for none "
-        "better than always guessing the mean position. Its last row ('output') probes the network's own decoded "
-        "keypoints the same way: the R² that the model's final answer reaches, against which to read the stages. "
-        "The second matrix asks the same of whether the joint is "
-        "labelled visible (v = 2), scored by the held-out AUROC (0.5: chance, 1: perfect). Linear CKA "
-        "compares two stages' representations of the same samples: high CKA "
-        "means the two stages encode these samples alike."), body,
-        f"{probes.samples} samples (a joint's position probe uses those where it is labelled: "
-        f"{int(probes.labelled.min())}-{int(probes.labelled.max())}), {len(labels)} stages x 17 joints, "
+        "The per-pixel probe asks of every stage what the network's head does with its last features: at each "
+        "location a linear map from the stage's channels (ridge regression in closed form, "
+        f"{pixel.folds}-fold cross-validated with whole samples held out, its penalty chosen inside the training "
+        "folds) is fitted to the 17 training heatmaps resampled to the stage's resolution, and the held-out maps "
+        "are decoded as the network's are (peak, quarter-pixel step) and scored with the seed's PCK. A stage "
+        "cannot place a joint more finely than its grid, so each row names the stage's side and, in brackets, "
+        "the PCK its true targets reach at that side (its ceiling); the last two rows are the network's own PCK "
+        "on these samples and chance (each fold guesses the peak of the other folds' mean target map), and the "
+        "second matrix scores the read-out's peak height as a sign that the joint is labelled visible (AUROC). "
+        "Below: the pooled probe (ridge regression of each joint's (x, y) from activations average-pooled to at "
+        "most 4x4 cells, held-out R², 'output' probing the network's decoded keypoints the same way), the one "
+        "that can find position coded in the channels of the coarsest stages, and linear CKA between stages."),
+        body,
+        f"{pixel.samples} samples ({int(pixel.counted.min())}-{int(pixel.counted.max())} labelled keypoints per "
+        f"joint), {len(pixel.stages)} stages x 17 joints; the per-pixel probe takes two forward passes, its ridge "
+        f"fits solved in closed form from per-fold sums; the pooled probe and CKA use the same samples; "
         f"{seconds:.1f} s.")
 
 
-def trajectory_section(trajectory, run, every: int, seconds: float) -> Section:
+def _first_reaching(values, epochs, share: float = 0.9):
+    """The first epoch whose value reaches `share` of the last epoch's, or None (NaN or a last value <= 0)."""
+    final = values[-1]
+    if not np.isfinite(final) or final <= 0:
+        return None
+    return int(epochs[np.flatnonzero(np.nan_to_num(values, nan=-np.inf) >= share * final)[0]])
+
+
+def trajectory_section(trajectory, run, every: int, seconds: float, marks: dict | None = None,
+                       compared: str = "") -> Section:
+    """marks: {label: epoch} drawn on every figure; compared: a sentence added to the explanation (the
+    comparison page says there what this one run's history has to do with its two models)."""
     epochs = trajectory.epochs
     drop = trajectory.lr_drop
-    stage_r2 = {s: np.nanmean(trajectory.probe_r2[:, i], axis=1) if np.isfinite(trajectory.probe_r2[:, i]).any()
-                else np.full(len(epochs), np.nan) for i, s in enumerate(trajectory.stages)}
+    probe_mean = {s: np.nanmean(trajectory.probe_pck[:, i], axis=1) if np.isfinite(trajectory.probe_pck[:, i]).any()
+                  else np.full(len(epochs), np.nan) for i, s in enumerate(trajectory.stages)}
+    network = np.nanmean(trajectory.per_joint_pck, axis=1)
+    chance = float(np.nanmean(trajectory.probe_chance))
     body = [
         image(fg.epoch_figure(epochs, {**{"all joints (pooled)": trajectory.pck},
                                        **{n: trajectory.per_joint_pck[:, j] for j, n in enumerate(fg.SHORT_NAMES)}},
-                              "PCK per joint on the probe samples", "PCK", drop, (0, 1)), "PCK per epoch"),
-        image(fg.epoch_figure(epochs, stage_r2, "mean held-out probe R² over joints, per stage", "R²", drop),
-              "probe R² per epoch"),
+                              "PCK per joint on the probe samples", "PCK", drop, (0, 1), marks), "PCK per epoch"),
+        image(fg.epoch_figure(epochs, probe_mean, "per-pixel probe: held-out PCK averaged over joints, per stage",
+                              "PCK", drop, (0, 1), marks, {"the network (its own PCK)": network,
+                                                           "chance (mean map)": np.full(len(epochs), chance)}),
+              "per-pixel probe PCK per epoch"),
         image(fg.epoch_figure(epochs, dict(zip(trajectory.stages, trajectory.cka_to_final.T)),
                               f"linear CKA of each stage with the same stage at epoch {epochs[-1]}", "CKA", drop,
-                              (0, 1.02)), "CKA to the final model per epoch"),
+                              (0, 1.02), marks), "CKA to the final model per epoch"),
         image(fg.epoch_figure(epochs, {f"level {i + 1}": trajectory.skip_share[:, i]
                                        for i in range(trajectory.skip_share.shape[1])},
                               "skip share of each level's output RMS, skip / (skip + low)", "skip share", drop,
-                              (0, 1)), "skip share per epoch"),
+                              (0, 1), marks), "skip share per epoch"),
     ]
-    final = trajectory.pck[-1]
-    reached = np.flatnonzero(trajectory.pck >= 0.9 * final) if np.isfinite(final) and final > 0 else []
+    reached = _first_reaching(trajectory.pck, epochs)
     settled = {s: epochs[np.flatnonzero(trajectory.cka_to_final[:, i] >= 0.9)[0]]
                for i, s in enumerate(trajectory.stages) if (trajectory.cka_to_final[:, i] >= 0.9).any()}
     facts = [f"Pooled PCK on these samples goes from {fmt(trajectory.pck[0])} at epoch {epochs[0]} to "
-             f"{fmt(final)} at epoch {epochs[-1]}"
-             + (f"; it first reaches 90% of its final value at epoch {epochs[reached[0]]}." if len(reached) else ".")]
+             f"{fmt(trajectory.pck[-1])} at epoch {epochs[-1]}"
+             + (f"; it first reaches 90% of its final value at epoch {reached}." if reached else ".")]
+    # stages whose last read-out is clearly above chance: when each gets there, against the network itself
+    informative = [s for s in trajectory.stages if np.isfinite(probe_mean[s][-1]) and probe_mean[s][-1] > chance + 0.05]
+    if informative:
+        facts.append("Per-pixel probe, mean PCK over joints from the first to the last epoch analysed: " + ", ".join(
+            f"{s} {fmt(probe_mean[s][0], 2)} to {fmt(probe_mean[s][-1], 2)} (90% of it by epoch "
+            f"{_first_reaching(probe_mean[s], epochs)})" for s in informative)
+            + f"; the network's own {fmt(network[0], 2)} to {fmt(network[-1], 2)} (epoch "
+            f"{_first_reaching(network, epochs)}), chance {fmt(chance, 2)}.")
     if settled:
         first, last = min(settled, key=settled.get), max(settled, key=settled.get)
         if settled[first] == settled[last]:
@@ -226,12 +291,14 @@ def trajectory_section(trajectory, run, every: int, seconds: float) -> Section:
     body.insert(1, paragraph(" ".join(facts), "note"))
     return _section("Over training", (
         f"The same measurements at the per-epoch checkpoints of {run} (the first epoch, every {every} epochs and "
-        "the last): per-joint PCK, the probes of the previous section averaged over joints, how similar each stage "
-        "already is to its final form (linear CKA with the last epoch's same stage), and the skip/low balance "
-        "of the next section. The dashed line marks the learning-rate drop. A stage whose CKA reaches 1 early "
-        "stopped changing early; probe R² rising before PCK would mean the information is there before the "
-        "head reads it out."), body,
-        f"{len(epochs)} epochs ({', '.join(map(str, epochs))}) x {trajectory.samples} samples, {seconds:.1f} s.")
+        "the last): per-joint PCK, the per-pixel probe of the previous section averaged over joints (with the "
+        "network's own PCK and chance), how similar each stage already is to its final form (linear CKA with the "
+        "last epoch's same stage), and the skip/low balance of the next section. The dashed line marks the "
+        "learning-rate drop. A stage whose CKA reaches 1 early stopped changing early; a stage's read-out "
+        "rising before the network's PCK would mean the information is there before the head reads it out."
+        + (f" {compared}" if compared else "")), body,
+        f"{len(epochs)} epochs ({', '.join(map(str, epochs))}) x {trajectory.samples} samples: per epoch the "
+        f"per-pixel probe, CKA, skip shares and PCK; {seconds:.1f} s.")
 
 
 # --- 5, 6, 7: skip vs low, saliency, attributions -------------------------------------------------------
@@ -313,7 +380,7 @@ def attribution_numbers(result: AttributionResult | None) -> dict:
     }
 
 
-def _attributed_joints(labelled_row, count: int = 4) -> list[int]:
+def attributed_joints(labelled_row, count: int = 4) -> list[int]:
     preferred = [j for j in ATTRIBUTED_JOINTS if labelled_row[j]]
     rest = [j for j in range(len(labelled_row)) if labelled_row[j] and j not in preferred]
     return (preferred + rest)[:count] or [0]
@@ -335,7 +402,7 @@ def attribution_section(crops, gradients, coords, result: AttributionResult | No
     check, pairs = result.check, result.labelled
     body = []
     for i in range(len(crops)):
-        joints = _attributed_joints(pairs[i])
+        joints = attributed_joints(pairs[i])
         correlations = np.stack([check.input_gradient[i, joints], check.integrated_gradients[i, joints]], axis=1)
         figure = fg.attribution_figure(crops[i].numpy(), joints, gradients[i, joints], result.ig[i, joints],
                                        check.random_maps_gradient[i, joints], check.random_maps_ig[i, joints],
@@ -479,17 +546,25 @@ def calibration_section(result, samples: int, seconds: float) -> Section:
     ], _cost(samples, seconds))
 
 
-def failures_section(result, data_set, coords, config, n: int, interval) -> Section:
+def worst_tiles(positions, data_set, coords, config, caption) -> list[tuple[bytes, str]]:
+    """Gallery tiles of the samples at `positions`: the predicted skeleton (coords (N, K, 2), heatmap
+    coordinates) and the labelled truth as white rings, captioned caption(position)."""
     tiles = []
-    scale = config.input_size / config.heatmap_size
-    for position in result.worst:
+    for position in positions:
         crop = data_set.images[position].numpy()
         pred = an.to_input_coords(coords[position], config.input_size, config.heatmap_size)
         truth = an.to_input_coords(data_set.keypoints[position], config.input_size, config.heatmap_size)
         drawn = fg.pose_on_crop(crop, pred, np.ones(len(pred)), truth, data_set.visibility[position],
                                 scale=max(1, 256 // config.input_size))
-        tiles.append((fg.encode_png(drawn), f"annotation {int(data_set.ann_ids[position])}: mean error "
-                                            f"{result.errors[position] * scale:.1f} input px"))
+        tiles.append((fg.encode_png(drawn), caption(position)))
+    return tiles
+
+
+def failures_section(result, data_set, coords, config, n: int, interval) -> Section:
+    scale = config.input_size / config.heatmap_size
+    tiles = worst_tiles(result.worst, data_set, coords, config,
+                        lambda p: f"annotation {int(data_set.ann_ids[p])}: mean error "
+                                  f"{result.errors[p] * scale:.1f} input px")
     return _section("Where it fails", (
         f"Per-joint PCK over the {n} samples (the seed's: a keypoint is correct within 0.5 c of the truth, "
         f"c = {config.heatmap_size / 10:g} heatmap pixels; bars coloured by side, the number of "

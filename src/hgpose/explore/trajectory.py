@@ -1,4 +1,4 @@
-"""How joint information forms over training: the probes, CKA against the final model, the skip/low
+"""How joint information forms over training: the per-pixel probes, CKA against the final model, the skip/low
 balance and per-joint PCK at the per-epoch checkpoints a training run keeps
 (RUN/checkpoints/epoch_NNN.safetensors, with RUN/metrics.csv for the learning rate)."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from hgpose.explore.analyses import branch_contributions, decode, heatmaps
-from hgpose.explore.probes import linear_cka, linear_probes, pooled_stages
+from hgpose.explore.probes import linear_cka, model_pixel_probes, pooled_stages
 from hgpose.fileio import UserError
 from hgpose.model import load_model
 
@@ -61,7 +61,8 @@ class TrainingTrajectory:
     epochs: np.ndarray  # (E,)
     lr_drop: int | None  # first epoch at the lowered learning rate
     stages: list[str]  # (S,)
-    probe_r2: np.ndarray  # (E, S, K) out-of-fold position R^2
+    probe_pck: np.ndarray  # (E, S, K) held-out PCK of the per-pixel probe (hgpose.explore.probes.pixel_probes)
+    probe_chance: np.ndarray  # (K,) the probe's chance PCK (it depends on the samples only)
     cka_to_final: np.ndarray  # (E, S) linear CKA of each stage with the same stage of the last epoch
     skip_share: np.ndarray  # (E, L) skip / (skip + low) RMS per level
     per_joint_pck: np.ndarray  # (E, K)
@@ -77,14 +78,14 @@ def training_trajectory(run_dir, images, keypoints, visibility, every: int = DEF
 
     checkpoints = epoch_checkpoints(run_dir)
     epochs = chosen_epochs(checkpoints, every)
-    features, r2, shares, per_joint, pooled = [], [], [], [], []
+    features, probed, shares, per_joint, pooled = [], [], [], [], []
     stages: list[str] = []
     for epoch in progress_bar(epochs, desc="epochs", leave=False, disable=not progress):
         model = load_model(checkpoints[epoch], device=torch.device(device))
         stage_features = pooled_stages(model, images, batch_size=batch_size)
         stages = list(stage_features)
         features.append(stage_features)
-        r2.append(linear_probes(stage_features, keypoints, visibility, folds).position_r2)
+        probed.append(model_pixel_probes(model, images, keypoints, visibility, folds, batch_size=batch_size))
         shares.append(branch_contributions(model, images, batch_size=batch_size).skip_share)
         coords, _ = decode(heatmaps(model, images, batch_size))
         result = pck(coords, keypoints, visibility, seed_normalizer(model.config.heatmap_size))
@@ -92,5 +93,6 @@ def training_trajectory(run_dir, images, keypoints, visibility, every: int = DEF
         pooled.append(result.overall)
     final = features[-1]
     cka = np.array([[linear_cka(f[s], final[s]) for s in stages] for f in features])
-    return TrainingTrajectory(np.array(epochs), lr_drop_epoch(run_dir), stages, np.stack(r2), cka,
-                              np.stack(shares), np.stack(per_joint), np.array(pooled), len(images))
+    return TrainingTrajectory(np.array(epochs), lr_drop_epoch(run_dir), stages, np.stack([p.pck for p in probed]),
+                              probed[-1].chance, cka, np.stack(shares), np.stack(per_joint), np.array(pooled),
+                              len(images))
