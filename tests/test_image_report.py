@@ -130,3 +130,14 @@ def test_evaluate_counts_them_over_the_whole_split(awkward_split, tmp_path):
     assert result["size_warnings"]["first"][0]["file_name"] == names["narrow"]
     assert "1 images a pixel off their annotated size, used as decoded (2 instances)" in format_evaluation(result)
     assert result["skipped"] == 4  # missing (2), reaching, truncated: unusable, not warned
+
+
+def test_explore_names_the_chosen_samples_a_pixel_off(awkward_split, capsys):
+    from hgpose.explore.report import load_samples
+
+    root, names = awkward_split
+    loaded = load_samples(root, "train2017", 64, samples=0)
+    err = capsys.readouterr().err
+    assert f"2 explored samples in 1 images a pixel off their annotated size, used as decoded, e.g. {names['narrow']}" \
+        in err
+    assert loaded.unreadable == 4

@@ -39,9 +39,15 @@ class ImageReport:
             out.append(f"{self.bad_samples} {what} samples in {len(self.problems)} unusable images skipped "
                        f"(found in the {self.source}), e.g. {_examples(self.problems)}")
         if self.warnings:
-            out.append(f"{self.warned_samples} {what} samples in {len(self.warnings)} images a pixel off their "
-                       f"annotated size, used as decoded, e.g. {_examples(self.warnings)}")
+            out.append(self.warning_line(what))
         return out
+
+    def warning_line(self, what: str) -> str | None:
+        """The size warnings alone, as one line (None without any)."""
+        if not self.warnings:
+            return None
+        return (f"{self.warned_samples} {what} samples in {len(self.warnings)} images a pixel off their "
+                f"annotated size, used as decoded, e.g. {_examples(self.warnings)}")
 
     def size_warnings_json(self, limit: int = 5) -> dict | None:
         """{"images", "instances", "first": [{"file_name", "warning"}]}, or None without warnings."""

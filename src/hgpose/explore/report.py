@@ -56,6 +56,7 @@ def load_samples(data, split: str, input_size: int, samples: int, seed: int = 0,
                  batch_size: int = 32) -> Samples:
     """A seeded random `samples` instances of the split (all of them for 0), crops in memory."""
     from hgpose.data.dataset import PersonDataset
+    from hgpose.data.image_report import image_report
     from hgpose.data.loader import make_loader
     from hgpose.evaluate import load_eval_index
 
@@ -66,6 +67,9 @@ def load_samples(data, split: str, input_size: int, samples: int, seed: int = 0,
     order = np.random.default_rng(seed).permutation(total)
     index = index.subset(order[:samples] if 0 < samples < total else order)
     dataset = PersonDataset(index, input_size=input_size)
+    warned = image_report(dataset, progress=False).warning_line("explored")  # unreadable: counted below
+    if warned:
+        print(warned, file=sys.stderr)
     parts: dict[str, list] = {"image": [], "keypoints": [], "visibility": [], "valid": [], "index": []}
     for batch in make_loader(dataset, batch_size, shuffle=False):
         for key in parts:
