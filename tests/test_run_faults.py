@@ -249,7 +249,8 @@ def test_a_full_disk_while_writing_the_report_is_one_line(reference_run, small_t
     from hgpose.report import write_report
 
     run_dir = small_tmpfs / "run"
-    shutil.copytree(reference_run, run_dir, ignore=shutil.ignore_patterns("*.safetensors", "figure2.*", "table1.*", ".lock"))
+    skipped = shutil.ignore_patterns("*.safetensors", "figure2.*", "table1.*", ".lock")
+    shutil.copytree(reference_run, run_dir, ignore=skipped)
     with open(small_tmpfs / "filler", "wb") as f:  # leaves the disk full
         try:
             f.write(b"\0" * (4 << 20))
