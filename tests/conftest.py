@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+# A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec:
+# the Ctrl-C tests' child processes would then never see their SIGINT. Give them the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SYNTH_TRAIN_IMAGES = 24
 SYNTH_VAL_IMAGES = 8
