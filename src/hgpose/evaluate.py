@@ -561,18 +561,12 @@ def _is_finite_number(x) -> bool:
 def unreadable_images(dataset, inference, limit: int = 5) -> dict:
     """{"images": count, "first": [{"file_name", "problem"}, ...]} for the samples that could not be
     read; the first `limit` images are read again to name their problem (cheap: a handful of files)."""
-    from hgpose.data.images import crop_file
+    from hgpose.data.image_report import first_problems
 
-    index = dataset.index
     positions = inference.indices[~inference.valid]
-    image_rows = list(dict.fromkeys(index.image_index[positions].tolist()))
-    first = []
-    for row in image_rows[:limit]:
-        position = int(positions[index.image_index[positions] == row][0])
-        problem = crop_file(index.image_path(position), dataset.boxes[position : position + 1], dataset.input_size,
-                            index.image_sizes[row], extent=dataset.extents[position]).problem
-        first.append({"file_name": index.file_names[row], "problem": problem or "unreadable from the cache"})
-    return {"images": len(image_rows), "first": first}
+    named = first_problems(dataset, positions, limit, default="unreadable from the cache")
+    return {"images": len(set(dataset.index.image_index[positions].tolist())),
+            "first": [{"file_name": name, "problem": problem} for name, problem in named.items()]}
 
 
 # --- hgpose evaluate -------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from hgpose.checkpoint import load_training_checkpoint, read_training_state, sav
 from hgpose.compile_modes import begin_step, compile_mode, compile_step_model
 from hgpose.data.coco import annotation_path, build_splits
 from hgpose.data.dataset import PersonDataset
-from hgpose.data.image_report import image_report
+from hgpose.data.image_report import first_problems, image_report
 from hgpose.data.loader import device_batches, make_loader
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import infer, pck, seed_normalizer
@@ -427,21 +427,12 @@ def _load_data(config: TrainConfig, log, is_main: bool):
 def _report_decode_failures(dataset, invalid_positions, known_bad: set, log, epoch: int) -> None:
     """The training samples whose image failed to decode in the first epoch read, beyond those whose
     header the start already reported: count and the first few files with why."""
-    from hgpose.data.images import crop_file
-
     index = dataset.index
     positions = [p for p in sorted(set(int(i) for i in invalid_positions))
                  if index.file_names[index.image_index[p]] not in known_bad]
     if not positions:
         return
-    examples: dict[str, str] = {}
-    for position in positions:
-        name = index.file_names[index.image_index[position]]
-        if name not in examples and len(examples) < 3:
-            examples[name] = crop_file(index.image_path(position), dataset.boxes[position : position + 1],
-                                       dataset.input_size, index.image_sizes[index.image_index[position]],
-                                       extent=dataset.extents[position]).problem or "unreadable"
-    listed = "; ".join(f"{name}: {why}" for name, why in examples.items())
+    listed = "; ".join(f"{name}: {why}" for name, why in first_problems(dataset, positions).items())
     log(f"{len(positions)} training samples skipped in epoch {epoch}: their images failed to decode "
         f"(skipped every epoch), e.g. {listed}")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hgpose.data.images import check_image_header
+from hgpose.data.images import check_image_header, crop_file
 from hgpose.progress import progress_bar
 
 HEADER_THREADS = 8  # header reads wait on the disk, not the CPU
@@ -117,3 +117,20 @@ def _furthest_per_image(image_index: np.ndarray, extents: np.ndarray) -> dict[in
     keys, starts = np.unique(image_index[order], return_index=True)
     maxima = np.maximum.reduceat(extents[order], starts, axis=0)
     return dict(zip(keys.tolist(), maxima))
+
+
+def first_problems(dataset, positions, limit: int = SHOWN, default: str = "unreadable") -> dict[str, str]:
+    """{file_name: problem} for the first `limit` distinct images among the dataset `positions` of
+    samples that could not be read: those few files are cropped again to name why (cheap)."""
+    index, named = dataset.index, {}
+    for position in positions:
+        position = int(position)
+        name = index.file_names[index.image_index[position]]
+        if name in named:
+            continue
+        if len(named) == limit:
+            break
+        named[name] = crop_file(index.image_path(position), dataset.boxes[position : position + 1],
+                                dataset.input_size, index.image_sizes[index.image_index[position]],
+                                extent=dataset.extents[position]).problem or default
+    return named
