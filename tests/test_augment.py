@@ -2,7 +2,6 @@
 
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
@@ -24,8 +23,9 @@ from test_train import (
     quick_config,
     read_metrics,
     resume_and_compare,
+    start_paused_training,
     subprocess_env,
-    wait_for_first_epoch,
+    wait_until_paused,
 )
 
 LEFT_WRIST, RIGHT_WRIST = KEYPOINT_NAMES.index("left_wrist"), KEYPOINT_NAMES.index("right_wrist")
@@ -229,19 +229,16 @@ def test_a_bad_augment_block_in_a_config_file_names_the_file(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_with_augmentation_is_bit_identical(synth_dataset, tmp_path):
-    def start(out, **popen):
-        args = ["--data", str(synth_dataset), "--out", str(out), "--epochs", "2", "--batch-size", "8",
+    def args(out):
+        return ["--data", str(synth_dataset), "--out", str(out), "--epochs", "2", "--batch-size", "8",
                 "--subset", "64", "--workers", "0", "--cache", "off", "--no-progress", "--no-report", *TINY_FLAGS,
                 "--augment", "--aug-half-body", "0.3"]
-        return subprocess.Popen([*TRAIN_COMMAND, *args], env=subprocess_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, **popen)
 
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    assert start(reference).wait() == 0
-    proc = start(killed)
-    wait_for_first_epoch(proc, killed)
-    time.sleep(0.2)  # into epoch 2
+    assert subprocess.run([*TRAIN_COMMAND, *args(reference)], env=subprocess_env(), capture_output=True).returncode == 0
+    proc, paused, _ = start_paused_training(args(killed), killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until_paused(proc, paused)  # one step into epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert len(read_metrics(killed)) < 2, "the kill landed after the run ended"
+    assert len(read_metrics(killed)) == 1, "the kill must land in epoch 2"
     resume_and_compare(killed, reference)

@@ -92,37 +92,38 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(synth_dataset, t
 
 
 def test_killed_prepare_is_not_used_and_its_leftovers_are_removed(synth_dataset, tmp_path):
+    cache = tmp_path / "cache"
     script = f"""
 import time
 from pathlib import Path
 import hgpose.data.cache as c
 from hgpose.data.images import crop_file
+cropped = Path({str(tmp_path / "cropped")!r})
 def slow(*args, **kwargs):
+    crops = crop_file(*args, **kwargs)
+    cropped.touch()  # the build is under way: a crop is done
     time.sleep(0.2)
-    return crop_file(*args, **kwargs)
+    return crops
 c.crop_file = slow
 root = Path({str(synth_dataset)!r})
 c.prepare_cache(root / "annotations/person_keypoints_train2017.json", root / "train2017", 64,
-                Path({str(tmp_path)!r}), progress=False, workers=1)
+                Path({str(cache)!r}), progress=False, workers=1)
 """
     child = subprocess.Popen([sys.executable, "-c", script])
-    deadline = time.monotonic() + 30
-    while not list(tmp_path.glob(".train2017_64.tmp-*/crops.u8")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    _wait_for(lambda: (tmp_path / "cropped").exists() and list(cache.glob(".train2017_64.tmp-*/crops.u8")))
     child.send_signal(signal.SIGKILL)
     child.wait()
-    leftovers = list(tmp_path.glob(".train2017_64.tmp-*"))
-    assert len(leftovers) == 1 and not (tmp_path / "train2017_64").exists()
+    leftovers = list(cache.glob(".train2017_64.tmp-*"))
+    assert len(leftovers) == 1 and not (cache / "train2017_64").exists()
     json_file, image_dir = annotation_path(synth_dataset, "train2017"), synth_dataset / "train2017"
-    assert find_cache(json_file, image_dir, 64, tmp_path) is None
+    assert find_cache(json_file, image_dir, 64, cache) is None
     # even a leftover holding every file is not mistaken for a cache: only the final name counts
     (leftovers[0] / "meta.json").write_text(json.dumps({"format": "hgpose crop cache"}))
-    assert find_cache(json_file, image_dir, 64, tmp_path) is None
+    assert find_cache(json_file, image_dir, 64, cache) is None
 
-    assert _prepare(synth_dataset, tmp_path) == tmp_path / "train2017_64"
-    assert not list(tmp_path.glob(".train2017_64.*"))
-    assert find_cache(json_file, image_dir, 64, tmp_path) is not None
+    assert _prepare(synth_dataset, cache) == cache / "train2017_64"
+    assert not list(cache.glob(".train2017_64.*"))
+    assert find_cache(json_file, image_dir, 64, cache) is not None
 
 
 def test_unreadable_images_are_invalid_rows_counted_in_the_cache(tiny_coco, tmp_path):
@@ -220,9 +221,9 @@ def test_prepare_reads_about_the_source_image_bytes(synth_dataset, tmp_path):
 # --- building: disk full, dying worker, Ctrl-C, two at once ---------------------------------------------
 
 
-def _prepare_process(root, cache_dir, *, delay=0.0, workers=2, gate=None, **popen):
+def _prepare_process(root, cache_dir, *, delay=0.0, workers=2, gate=None, marks=None, **popen):
     """`hgpose prepare` in a child process, each image read `delay` seconds slower (and not before
-    the file `gate` exists, when given)."""
+    the file `gate` exists, when given); each process that has cropped an image touches marks/PID."""
     argv = ["prepare", "--data", str(root), "--splits", "train2017", "--input-size", "64",
             "--cache-dir", str(cache_dir), "--workers", str(workers), "--no-progress"]
     script = f"""
@@ -230,11 +231,15 @@ import sys, time
 import hgpose.data.cache as c
 from hgpose.data.images import crop_file
 from pathlib import Path
+import os
 def slow(*args, **kwargs):
     time.sleep({delay})
     while {str(gate) if gate else ""!r} and not Path({str(gate) if gate else ""!r}).exists():
         time.sleep(0.02)
-    return crop_file(*args, **kwargs)
+    crops = crop_file(*args, **kwargs)
+    if {str(marks) if marks else ""!r}:
+        (Path({str(marks) if marks else ""!r}) / str(os.getpid())).touch()
+    return crops
 c.crop_file = slow
 from hgpose.cli import main
 sys.exit(main({argv!r}))
@@ -264,27 +269,29 @@ def _error_lines(stderr: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_dying_worker_ends_prepare_with_one_line(synth_dataset, tmp_path):
-    child = _prepare_process(synth_dataset, tmp_path, delay=0.3)
-    _wait_for(lambda: len(_children(child.pid)) >= 2)
-    time.sleep(1.0)  # the workers are cropping
-    os.kill(_children(child.pid)[0], signal.SIGKILL)
+    cache, marks = tmp_path / "cache", tmp_path / "marks"
+    marks.mkdir()
+    child = _prepare_process(synth_dataset, cache, delay=0.3, marks=marks)
+    _wait_for(lambda: any(str(pid) in os.listdir(marks) for pid in _children(child.pid)))  # a worker has cropped
+    os.kill(int(next(pid for pid in os.listdir(marks) if int(pid) in _children(child.pid))), signal.SIGKILL)
     _, err = child.communicate(timeout=60)  # never a hang
     assert child.returncode == 2, err
     assert _error_lines(err) == [line for line in _error_lines(err) if "worker process died" in line]
     assert len(_error_lines(err)) == 1 and "Traceback" not in err
-    assert list(tmp_path.iterdir()) == []  # no half-built cache left behind
+    assert not cache.exists() or list(cache.iterdir()) == []  # no half-built cache left behind
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_prepare_with_one_line_and_no_worker_tracebacks(synth_dataset, tmp_path):
-    child = _prepare_process(synth_dataset, tmp_path, delay=0.3, start_new_session=True)
-    _wait_for(lambda: len(_children(child.pid)) >= 2)
-    time.sleep(1.0)  # the workers are cropping
+    cache, marks = tmp_path / "cache", tmp_path / "marks"
+    marks.mkdir()
+    child = _prepare_process(synth_dataset, cache, delay=0.3, marks=marks, start_new_session=True)
+    _wait_for(lambda: len(set(os.listdir(marks)) & {str(pid) for pid in _children(child.pid)}) >= 2)  # both crop
     os.killpg(child.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
     assert _error_lines(err) == ["hgpose prepare: interrupted"]
-    assert list(tmp_path.iterdir()) == []
+    assert not cache.exists() or list(cache.iterdir()) == []
 
 
 @pytest.mark.slow

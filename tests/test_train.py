@@ -99,10 +99,41 @@ def start_training(data, out: Path, batch_size: int, **popen) -> subprocess.Pope
     return subprocess.Popen([*TRAIN_COMMAND, *args], env=subprocess_env(), **popen)
 
 
-def wait_for_first_epoch(proc: subprocess.Popen, run_dir: Path) -> None:
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoints" / "epoch_001.safetensors").exists():
-        assert proc.poll() is None and time.time() < deadline, "training ended before it could be stopped"
+# `hgpose train` whose training step pauses once, right after the first step of epoch 2, until the file
+# `release` exists: a signal sent while it waits lands mid-epoch 2 on any machine, fast or slow.
+PAUSING_TRAIN = """
+import sys, time
+from pathlib import Path
+import hgpose.train as loop
+run_dir, paused, release = (Path(p) for p in sys.argv[1:4])
+real_step = loop.train_step
+def step_then_pause(*args, **kwargs):
+    loss = real_step(*args, **kwargs)
+    if (run_dir / "checkpoints" / "epoch_001.safetensors").exists() and not paused.exists():
+        paused.touch()
+        while not release.exists():  # a signal handler runs between these sleeps
+            time.sleep(0.01)
+    return loss
+loop.train_step = step_then_pause
+from hgpose.cli import main
+sys.exit(main(["train", *sys.argv[4:]]))
+"""
+
+
+def start_paused_training(args: list[str], run_dir: Path, **popen) -> tuple[subprocess.Popen, Path, Path]:
+    """Start `hgpose train ARGS` (its --out is run_dir) that pauses after epoch 2's first step; returns
+    the process and the marker files (paused: it waits now; release: create it to let it go on)."""
+    paused, release = run_dir.parent / f"{run_dir.name}.paused", run_dir.parent / f"{run_dir.name}.release"
+    proc = subprocess.Popen([sys.executable, "-c", PAUSING_TRAIN, str(run_dir), str(paused), str(release), *args],
+                            env=subprocess_env(), **popen)
+    return proc, paused, release
+
+
+def wait_until_paused(proc: subprocess.Popen, paused: Path) -> None:
+    """Until the training started by start_paused_training waits inside epoch 2 (a hang's deadline only)."""
+    deadline = time.monotonic() + 300
+    while not paused.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before it could be stopped"
         time.sleep(0.02)
 
 
@@ -120,12 +151,13 @@ def resume_and_compare(run_dir: Path, reference: Path) -> None:
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(synth_dataset, reference_run, tmp_path):
     reference, killed = reference_run, tmp_path / "killed"
-    proc = start_training(synth_dataset, killed, 8, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_first_epoch(proc, killed)
-    time.sleep(0.3)  # into epoch 2
+    args = ["--data", str(synth_dataset), "--out", str(killed), "--epochs", "3", "--batch-size", "8",
+            "--workers", "0", "--cache", "off", "--no-progress", "--no-report", *TINY_FLAGS]
+    proc, paused, _ = start_paused_training(args, killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until_paused(proc, paused)  # one step into epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert len(read_metrics(killed)) < 3
+    assert len(read_metrics(killed)) == 1, "the kill must land in epoch 2"
     resume_and_compare(killed, reference)
 
 
@@ -133,12 +165,16 @@ def test_resume_after_sigkill_is_bit_identical(synth_dataset, reference_run, tmp
 def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_matches(synth_dataset, tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     assert start_training(synth_dataset, reference, 4, stdout=subprocess.DEVNULL).wait() == 0
-    proc = start_training(synth_dataset, interrupted, 4, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for_first_epoch(proc, interrupted)
-    proc.send_signal(signal.SIGINT)  # lands in epoch 2 (or its validation): both must resume exactly
+    args = ["--data", str(synth_dataset), "--out", str(interrupted), "--epochs", "3", "--batch-size", "4",
+            "--workers", "0", "--cache", "off", "--no-progress", "--no-report", *TINY_FLAGS]
+    proc, paused, release = start_paused_training(args, interrupted, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.STDOUT, text=True)
+    wait_until_paused(proc, paused)
+    proc.send_signal(signal.SIGINT)  # mid-epoch 2: the step finishes, the run saves where it is and stops
+    release.touch()
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
-    assert "hgpose train --resume" in output
+    assert "interrupted at epoch 2, step 1/" in output and "hgpose train --resume" in output
     resume_and_compare(interrupted, reference)
 
 
