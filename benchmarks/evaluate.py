@@ -29,12 +29,10 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from hgpose.coco_names import PERSON_CATEGORY
 from hgpose.data.coco import load_annotation_file
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import frame_to_image
-from hgpose.device import resolve_device
 from hgpose.evaluate import (
     DEFAULT_CURVE_THRESHOLDS,
     Inference,
@@ -45,6 +43,8 @@ from hgpose.evaluate import (
     pck_groups,
     seed_normalizer,
 )
+from hgpose.keypoints import PERSON_CATEGORY
+from hgpose.runtime.device import resolve_device
 
 
 def write_annotations(path: Path, instances: int, images: int, unlabelled: int, seed: int = 0) -> None:

@@ -18,12 +18,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hgpose.allocator import keep_freed_memory
 from hgpose.augment import AugmentConfig, BatchAugment
-from hgpose.compile_modes import begin_step, compile_step_model
 from hgpose.data.targets import heatmap_loss, render_heatmaps
-from hgpose.device import resolve_device
 from hgpose.model import ModelConfig, build_model
+from hgpose.runtime.allocator import keep_freed_memory
+from hgpose.runtime.compile import begin_step, compile_step_model
+from hgpose.runtime.device import resolve_device
 from hgpose.train import train_step
 
 

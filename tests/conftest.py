@@ -87,7 +87,7 @@ class TinyCoco:
 
     def write(self, split: str = "train2017", categories=None, data: dict | None = None) -> Path:
         """Write annotations/person_keypoints_<split>.json and the JPEGs; returns the root."""
-        from hgpose.coco_names import PERSON_CATEGORY
+        from hgpose.keypoints import PERSON_CATEGORY
 
         (self.root / "annotations").mkdir(parents=True, exist_ok=True)
         (self.root / split).mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 # cannot reuse a freed block for an aligned request of the same size until neighbours merge).
 PROBE = """
 import resource, sys, torch
-from hgpose.allocator import keep_freed_memory
+from hgpose.runtime.allocator import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 for _ in range(20):
     torch.empty(16 * 2**20).fill_(1)

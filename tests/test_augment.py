@@ -9,13 +9,13 @@ import yaml
 from safetensors.torch import load_file
 
 import hgpose.train as train_module
-from hgpose.augment import AugmentConfig, BatchAugment, draw_uniforms, flip_permutation
+from hgpose.augment import AugmentConfig, BatchAugment, draw_uniforms
 from hgpose.cli import main
-from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.data.targets import heatmap_loss, render_heatmaps
-from hgpose.fileio import UserError
+from hgpose.keypoints import KEYPOINT_NAMES, flip_permutation
 from hgpose.model import to_model_input
-from hgpose.precision import autocast
+from hgpose.runtime.files import UserError
+from hgpose.runtime.precision import autocast
 from hgpose.train import TrainConfig, train
 from test_train import (
     TINY_FLAGS,

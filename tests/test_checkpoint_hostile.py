@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from hgpose.checkpoint import STATE_METADATA_KEY
 from hgpose.cli import main
-from hgpose.fileio import UserError
 from hgpose.model import CONFIG_METADATA_KEY, ModelConfig, build_model, load_model, save_model
+from hgpose.runtime.files import UserError
 from test_train import quick_config
 
 SMALL = ModelConfig(depth=2, features=32, input_size=64)
@@ -44,7 +44,7 @@ def test_a_1mb_file_claiming_a_large_model_fails_on_shapes_without_a_large_alloc
     bad = rewrite(path, tmp_path / "claims_big.safetensors", metadata=lambda h: h | {CONFIG_METADATA_KEY: big})
     assert bad.stat().st_size < 2 << 20
     code = (
-        "import resource, sys; from hgpose.model import load_model; from hgpose.fileio import UserError\n"
+        "import resource, sys; from hgpose.model import load_model; from hgpose.runtime.files import UserError\n"
         "in_use = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
         "resource.setrlimit(resource.RLIMIT_AS, (in_use + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
         "try:\n    load_model(sys.argv[1])\nexcept UserError as e:\n    print(e)\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import hgpose
-from hgpose.fileio import UserError
+from hgpose.runtime.files import UserError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

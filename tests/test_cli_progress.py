@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from hgpose.progress import LOG_INTERVAL, progress_bar
+from hgpose.runtime.progress import LOG_INTERVAL, progress_bar
 
 
 def most_lines(started: float) -> int:

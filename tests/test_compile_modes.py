@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from hgpose.cli import build_parser
-from hgpose.compile_modes import compile_mode, compile_step_model, effective_mode
-from hgpose.fileio import UserError
+from hgpose.runtime.compile import compile_mode, compile_step_model, effective_mode
+from hgpose.runtime.files import UserError
 from hgpose.train import TrainConfig
 
 

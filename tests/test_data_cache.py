@@ -14,7 +14,7 @@ from hgpose.data import cache as cache_module
 from hgpose.data.cache import check_cache, find_cache, open_cache, prepare_cache, read_cache_meta
 from hgpose.data.coco import annotation_path, build_splits, load_split
 from hgpose.data.dataset import PersonDataset
-from hgpose.fileio import UserError
+from hgpose.runtime.files import UserError
 
 
 def _prepare(root, cache_dir, split="train2017", size=64, **kwargs):

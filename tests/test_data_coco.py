@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hgpose.data.coco import build_splits, held_out_mask, is_safe_file_name, load_split
-from hgpose.fileio import UserError
+from hgpose.runtime.files import UserError
 
 
 def _expected_kept(annotation_file):

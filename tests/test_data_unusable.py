@@ -13,8 +13,8 @@ import pytest
 
 from hgpose.cli import main
 from hgpose.data.coco import build_splits, load_split
-from hgpose.fileio import UserError
 from hgpose.model import ModelConfig, build_model, save_model
+from hgpose.runtime.files import UserError
 
 
 def _dataset(tiny_coco, images=6, width=160, height=120):

@@ -12,7 +12,6 @@ import torch
 from pycocotools.coco import COCO
 
 from hgpose.cli import main
-from hgpose.coco_names import KEYPOINT_NAMES, PERSON_CATEGORY
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.data.transforms import crop_box_from_bbox, image_to_frame
 from hgpose.evaluate import (
@@ -30,8 +29,9 @@ from hgpose.evaluate import (
     pck_curve,
     seed_normalizer,
 )
-from hgpose.fileio import UserError
+from hgpose.keypoints import KEYPOINT_NAMES, PERSON_CATEGORY
 from hgpose.model import ModelConfig, build_model, save_model
+from hgpose.runtime.files import UserError
 
 # --- PCK, computed by hand --------------------------------------------------------------------------
 
@@ -430,7 +430,7 @@ def test_infer_memory_stays_flat_over_hundreds_of_batches(tmp_path):
 
     script = """
 import os, sys, torch
-from hgpose.allocator import keep_freed_memory
+from hgpose.runtime.allocator import keep_freed_memory
 keep_freed_memory()  # as every hgpose command runs
 torch.set_num_threads(1)
 from hgpose.data.loader import make_loader

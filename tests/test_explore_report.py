@@ -11,10 +11,10 @@ import subprocess
 import pytest
 
 from hgpose.cli import main
-from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.explore.compare import COMPARE_TITLES, _run_sentence
 from hgpose.explore.sections import SECTION_TITLES
 from hgpose.explore.trajectory import chosen_epochs, lr_drop_epoch
+from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.model import ModelConfig
 from hgpose.train import TrainConfig, train
 

@@ -46,7 +46,7 @@ def test_patience_is_an_option(patience):
 def test_precision_auto_resolves_to_a_concrete_choice_and_explicit_choices_pass_through():
     import torch
 
-    from hgpose.precision import resolve_precision
+    from hgpose.runtime.precision import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"

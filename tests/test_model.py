@@ -155,7 +155,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
 
 
 def test_load_rejects_a_pickle_and_a_foreign_file(tmp_path):
-    from hgpose.fileio import UserError
+    from hgpose.runtime.files import UserError
 
     pickled = tmp_path / "evil.safetensors"
     torch.save({"a": torch.zeros(1)}, pickled)
@@ -207,7 +207,7 @@ def test_summary_command_prints_the_parameter_count(capsys):
 def test_atomic_writes_leave_no_temp_file_and_normal_permissions(tmp_path):
     import os
 
-    from hgpose.fileio import atomic_path, atomic_write_text
+    from hgpose.runtime.files import atomic_path, atomic_write_text
 
     path = atomic_write_text(tmp_path / "a.txt", "hello")
     assert path.read_text() == "hello" and os.stat(path).st_mode & 0o044  # readable by others, as open() makes

@@ -86,7 +86,7 @@ def test_predict_many_batches_across_images_with_the_same_result(checkpoint):
 
 
 def test_bad_boxes_are_a_clear_error(checkpoint):
-    from hgpose.fileio import UserError
+    from hgpose.runtime.files import UserError
 
     with pytest.raises(UserError, match="positive w, h"):
         hgpose.load(checkpoint).predict(np.zeros((10, 10, 3), np.uint8), boxes=[[0, 0, 0, 5]])

@@ -20,9 +20,9 @@ from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import image_to_frame
 from hgpose.detections import demo_detections, detection_index, read_detections, write_jittered_detections
 from hgpose.evaluate import coco_ground_truth
-from hgpose.fileio import UserError
 from hgpose.model import ModelConfig, build_model, save_model
 from hgpose.protocol import evaluate_detected_boxes
+from hgpose.runtime.files import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = ModelConfig(depth=2, features=16, input_size=64)

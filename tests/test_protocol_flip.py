@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import crop_box_from_bbox, crop_image, image_to_frame
 from hgpose.evaluate import decode_heatmaps
-from hgpose.fileio import UserError
-from hgpose.flip import flip_back, flip_permutation, flip_test
+from hgpose.flip import flip_back, flip_test
+from hgpose.keypoints import flip_permutation
 from hgpose.model import ModelConfig, build_model
+from hgpose.runtime.files import UserError
 
 INPUT, HEATMAP = 64, 16
 

@@ -8,8 +8,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from hgpose.coco_names import PERSON_CATEGORY
-from hgpose.error_analysis import ERROR_TYPES, analyze_errors, error_figure, flip_permutation, per_keypoint_ap
+from hgpose.error_analysis import ERROR_TYPES, analyze_errors, error_figure, per_keypoint_ap
+from hgpose.keypoints import PERSON_CATEGORY, flip_permutation
 from hgpose.oks import GroundTruth, coco_keypoint_ap, oks_nms, rescore, results_arrays
 
 

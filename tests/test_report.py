@@ -6,8 +6,8 @@ import matplotlib.image
 import pytest
 
 from hgpose.cli import main
-from hgpose.fileio import UserError
 from hgpose.report import figure2, lr_drop_epoch, read_metrics, table1, table1_markdown, write_report
+from hgpose.runtime.files import UserError
 
 # 8 epochs: the LR drops after epoch 5; best train loss epoch 8, best val loss epoch 4 (tied with 6:
 # the earliest wins), best val PCK epoch 7

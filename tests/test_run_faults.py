@@ -15,8 +15,8 @@ import torch
 
 import hgpose.train as train_module
 from hgpose.cli import main
-from hgpose.fileio import UserError
 from hgpose.model import load_model
+from hgpose.runtime.files import UserError
 from hgpose.train import train
 from test_train import TINY_FLAGS, TRAIN_COMMAND, quick_config, read_metrics, resume_and_compare, subprocess_env
 

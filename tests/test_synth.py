@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 
 from hgpose import synth
 from hgpose.cli import main
-from hgpose.coco_names import FLIP_PAIRS, KEYPOINT_NAMES, PERSON_CATEGORY, SKELETON
+from hgpose.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, PERSON_CATEGORY, SKELETON
 
 W, H = 160, 120
 ANN = "annotations/person_keypoints_{}.json"

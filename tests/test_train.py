@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 import hgpose.train as train_module
 from hgpose.cli import main
-from hgpose.fileio import UserError
 from hgpose.model import ModelConfig, load_model
+from hgpose.runtime.files import UserError
 from hgpose.train import TrainConfig, train
 
 TINY = ModelConfig(depth=2, features=32, input_size=64)

@@ -12,7 +12,7 @@ Bad input (a missing file, a malformed dataset or checkpoint) raises hgpose.User
 message is one line naming the file and the problem.
 """
 
-from hgpose.fileio import UserError
+from hgpose.runtime.files import UserError
 
 __version__ = "0.1.0"
 __all__ = ["UserError", "__version__", "load"]

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from hgpose.coco_names import FLIP_PAIRS, NUM_KEYPOINTS
 from hgpose.data.loader import epoch_seed
-from hgpose.fileio import UserError
+from hgpose.keypoints import flip_permutation
+from hgpose.runtime.files import UserError
 
 UPPER_BODY_JOINTS = 11  # COCO's first 11: nose .. wrists; the rest: hips .. ankles
 HALF_BODY_PADDING = 1.5  # the half-body crop side = 1.5 x the chosen joints' extent (as in HRNet)
@@ -79,14 +79,6 @@ class AugmentConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def flip_permutation(num_keypoints: int = NUM_KEYPOINTS) -> list[int]:
-    """Joint order after a horizontal flip: each left joint takes its right partner's place."""
-    order = list(range(num_keypoints))
-    for left, right in FLIP_PAIRS:
-        order[left], order[right] = right, left
-    return order
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

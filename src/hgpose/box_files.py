@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hgpose.fileio import UserError
+from hgpose.runtime.files import UserError
 
 COLUMNS = ("file_name", "x", "y", "w", "h", "score")
 

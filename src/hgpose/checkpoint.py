@@ -14,8 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hgpose.fileio import UserError, atomic_path
 from hgpose.model import CONFIG_METADATA_KEY, check_tensor_shapes, read_model_config
+from hgpose.runtime.files import UserError, atomic_path
 
 STATE_METADATA_KEY = "hgpose_train_state"
 OPTIMIZER_PREFIX = "optimizer."

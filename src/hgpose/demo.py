@@ -42,12 +42,12 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
     from hgpose.data.cache import prepare_cache
     from hgpose.data.coco import annotation_path
     from hgpose.detections import demo_detections
-    from hgpose.device import resolve_device
     from hgpose.evaluate import evaluate_checkpoint, format_evaluation
     from hgpose.explore import write_explore_report
-    from hgpose.precision import resolve_precision
     from hgpose.predict import predict_paths
     from hgpose.report import write_report
+    from hgpose.runtime.device import resolve_device
+    from hgpose.runtime.precision import resolve_precision
     from hgpose.synth import generate_dataset
     from hgpose.train import TrainConfig, load_run_config, run_is_finished, train
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=int, default=DEMO_MODEL.features, help=argparse.SUPPRESS)
     parser.add_argument("--until-report", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from hgpose.fileio import UserError
+    from hgpose.runtime.files import UserError
 
     model = ModelConfig(features=args.features, input_size=DEMO_MODEL.input_size)
     try:

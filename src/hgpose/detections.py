@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hgpose.coco_names import NUM_KEYPOINTS
-from hgpose.fileio import UserError, atomic_write_json, read_json
+from hgpose.keypoints import NUM_KEYPOINTS
+from hgpose.runtime.files import UserError, atomic_write_json, read_json
 
 PERSON_CATEGORY_ID = 1
 SKIP_REASONS = ("not person", "below --min-box-score", "bad bbox", "unknown image id", "unusable image")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from hgpose.coco_names import KEYPOINT_NAMES, SKELETON
+from hgpose.keypoints import KEYPOINT_NAMES, SKELETON
 
 # RGB; chosen to stay apart for the common forms of colour blindness (orange vs blue)
 LEFT_COLOUR = (255, 140, 0)

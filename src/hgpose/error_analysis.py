@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hgpose.coco_names import KEYPOINT_NAMES
+from hgpose.keypoints import KEYPOINT_NAMES, flip_permutation
 from hgpose.oks import (
     COCO_SIGMAS,
     MAX_DETECTIONS,
@@ -43,13 +43,6 @@ ERROR_TYPES = ("good", "jitter", "inversion", "swap", "miss")
 FIXABLE = ("jitter", "inversion", "swap", "miss")
 GOOD_KS, JITTER_KS = 0.85, 0.5
 MATCH_OKS = 0.1
-
-
-def flip_permutation(num_keypoints: int = len(KEYPOINT_NAMES)) -> np.ndarray:
-    """perm[j] = the left/right twin of keypoint j (j itself for the nose)."""
-    from hgpose.flip import flip_permutation as permutation
-
-    return np.asarray(permutation(num_keypoints))
 
 
 @dataclass
@@ -90,7 +83,7 @@ def analyze_errors(gt: GroundTruth, det_image_ids, det_keypoints, det_scores, ev
     det_scores = np.asarray(det_scores, dtype=np.float64)
     eval_image_ids = np.unique(gt.image_ids if eval_image_ids is None else np.asarray(eval_image_ids, np.int64))
     k = det_keypoints.shape[1]
-    perm = flip_permutation(k)
+    perm = np.asarray(flip_permutation(k))
     places = layout(eval_image_ids, gt, det_image_ids, det_scores, max_dets)
     labels = np.full((len(det_scores), k), -1, dtype=np.int8)  # index into ERROR_TYPES, -1 not classified
     target = np.full((len(det_scores), k, 2), np.nan)  # the matched person's keypoint

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import frame_to_image
-from hgpose.fileio import UserError, atomic_write_json
+from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.model import to_model_input
-from hgpose.precision import autocast, resolve_precision
+from hgpose.runtime.files import UserError, atomic_write_json
+from hgpose.runtime.precision import autocast, resolve_precision
 
 PCK_THRESHOLD = 0.5  # r
 DEFAULT_CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
@@ -315,7 +315,7 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
     """
     from hgpose.data.loader import device_batches
     from hgpose.flip import flip_test as flip_test_heatmaps
-    from hgpose.progress import progress_bar
+    from hgpose.runtime.progress import progress_bar
 
     device = torch.device(device)
     was_training = model.training
@@ -622,8 +622,8 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     from hgpose.data.dataset import PersonDataset
     from hgpose.data.image_report import image_report
     from hgpose.data.loader import make_loader
-    from hgpose.device import resolve_device
     from hgpose.model import load_model, read_model_config
+    from hgpose.runtime.device import resolve_device
 
     if pck_style not in PCK_STYLES:
         raise UserError(f"--pck-style must be one of {', '.join(PCK_STYLES)}, got {pck_style!r}")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hgpose.fileio import UserError, atomic_path
 from hgpose.model import CONFIG_METADATA_KEY, HourglassNet, load_model
+from hgpose.runtime.files import UserError, atomic_path
 
 DEFAULT_OPSET = 18
 TOLERANCE = 1e-4

@@ -9,23 +9,14 @@ so input u = 4(h + 0.5) - 0.5. Mirroring an S-pixel input maps u to S - 1 - u; w
 i.e. heatmap pixel h of the mirrored crop is heatmap pixel H - 1 - h of the original. So flipping the
 heatmap array back (torch.flip on the last axis) realigns it exactly, with no sub-pixel or one-pixel
 shift (code with a corner-based convention needs one). The mirror of a left joint is a right joint,
-so the channels of each left/right pair are then swapped (coco_names.FLIP_PAIRS).
+so the channels of each left/right pair are then swapped (keypoints.flip_permutation).
 """
 
 from __future__ import annotations
 
 import torch
 
-from hgpose.coco_names import FLIP_PAIRS
-
-
-def flip_permutation(num_keypoints: int) -> list[int]:
-    """perm[j] = the left/right twin of keypoint j (j itself for the nose and for non-COCO layouts)."""
-    perm = list(range(num_keypoints))
-    if num_keypoints == 17:
-        for left, right in FLIP_PAIRS:
-            perm[left], perm[right] = right, left
-    return perm
+from hgpose.keypoints import flip_permutation
 
 
 def flip_back(heatmaps: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import safe_open, save_file
 from torch import nn
 
-from hgpose.fileio import UserError, atomic_path
+from hgpose.runtime.files import UserError, atomic_path
 
 CONFIG_METADATA_KEY = "hgpose_model_config"
 

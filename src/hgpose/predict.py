@@ -25,8 +25,8 @@ import torch
 from hgpose.data import images
 from hgpose.data.coco import is_safe_file_name
 from hgpose.data.transforms import crop_box_from_bbox, crop_image, frame_to_image
-from hgpose.fileio import UserError, atomic_write_bytes, atomic_write_json, read_json
 from hgpose.model import HourglassNet, load_model, to_model_input
+from hgpose.runtime.files import UserError, atomic_write_bytes, atomic_write_json, read_json
 
 __all__ = ["Predictor", "predict_paths", "read_image", "to_model_input", "PredictSummary"]
 
@@ -346,7 +346,7 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     """
     from hgpose.draw import draw_pose
     from hgpose.evaluate import coco_results
-    from hgpose.progress import progress_bar
+    from hgpose.runtime.progress import progress_bar
 
     out = Path(out)
     table = load_boxes_file(boxes_json, min_box_score) if boxes_json is not None else None

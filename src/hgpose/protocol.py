@@ -102,7 +102,7 @@ def write_error_figures(result: dict, out: Path) -> list[Path]:
     """`evaluate --plots`: the error breakdown of each box source as OUT_errors.png (ground-truth
     boxes) and OUT_errors_detected.png (detected boxes)."""
     from hgpose.error_analysis import error_figure
-    from hgpose.fileio import atomic_path
+    from hgpose.runtime.files import atomic_path
 
     written = []
     blocks = [("errors", result.get("errors"), result.get("coco_boxes", GROUND_TRUTH_BOXES))]

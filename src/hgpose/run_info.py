@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from hgpose.fileio import UserError, atomic_write_json, read_json
+from hgpose.runtime.files import UserError, atomic_write_json, read_json
 
 RUN_INFO_FILE = "run_info.json"
 

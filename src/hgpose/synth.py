@@ -28,10 +28,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hgpose.coco_names import NUM_KEYPOINTS, PERSON_CATEGORY
 from hgpose.data.coco import annotation_path
-from hgpose.fileio import atomic_write_json
-from hgpose.progress import progress_bar
+from hgpose.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY
+from hgpose.runtime.files import atomic_write_json
+from hgpose.runtime.progress import progress_bar
 
 GENERATOR_VERSION = 1
 SPLITS = ("train2017", "val2017")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import math
 import shlex
@@ -31,22 +30,22 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from hgpose import distributed as dist
-from hgpose.allocator import keep_freed_memory
 from hgpose.augment import AugmentConfig, BatchAugment
 from hgpose.checkpoint import load_training_checkpoint, read_training_state, save_training_checkpoint
-from hgpose.compile_modes import begin_step, compile_mode, compile_step_model
 from hgpose.data.coco import annotation_path, build_splits
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.image_report import first_problems, image_report
 from hgpose.data.loader import device_batches, make_loader
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import infer, pck, seed_normalizer
-from hgpose.fileio import UserError, atomic_write_text, disk_errors, exclusive_lock, sweep_temp_files
 from hgpose.model import ModelConfig, build_model, save_model, to_model_input
-from hgpose.precision import PRECISIONS, autocast, resolve_precision
-from hgpose.progress import progress_bar
 from hgpose.run_info import write_run_info
+from hgpose.runtime import distributed as dist
+from hgpose.runtime.allocator import keep_freed_memory
+from hgpose.runtime.compile import begin_step, compile_mode, compile_step_model
+from hgpose.runtime.files import UserError, atomic_write_text, disk_errors, exclusive_lock, file_sha1, sweep_temp_files
+from hgpose.runtime.precision import PRECISIONS, autocast, resolve_precision
+from hgpose.runtime.progress import progress_bar
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_pck", "epoch_seconds"]
 # options that may differ on --resume without changing the run's result
@@ -266,12 +265,7 @@ def annotations_sha1(config: TrainConfig) -> dict[str, str]:
     splits = [config.train_split] + ([config.val_split] if config.val_split else [])
     digests = {}
     for split in splits:
-        path = annotation_path(config.data, split)
-        digest = hashlib.sha1()
-        with disk_errors(path), open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-        digests[split] = digest.hexdigest()
+        digests[split] = file_sha1(annotation_path(config.data, split))
     return digests
 
 

@@ -9,9 +9,9 @@ import pkgutil
 import sys
 
 from hgpose import __version__
-from hgpose.allocator import keep_freed_memory
 from hgpose.cli.common import HelpFormatter
-from hgpose.fileio import UserError
+from hgpose.runtime.allocator import keep_freed_memory
+from hgpose.runtime.files import UserError
 
 # the order `hgpose --help` lists them in; any other module found here is listed after these
 ORDER = ["synth", "prepare", "train", "evaluate", "report", "predict", "export", "explore", "summary"]

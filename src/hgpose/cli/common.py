@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from hgpose.device import resolve_device  # noqa: F401  (re-exported for the command modules)
-from hgpose.fileio import UserError
 from hgpose.model import ModelConfig
+from hgpose.runtime.device import resolve_device  # noqa: F401  (re-exported for the command modules)
+from hgpose.runtime.files import UserError
 
 HELP_WIDTH = 100  # at most, on a wide terminal: longer help lines are hard to read
 # metavars by option name, the same in every command (an explicit metavar= still wins)

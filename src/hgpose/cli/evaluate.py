@@ -1,8 +1,8 @@
 from pathlib import Path
 
 from hgpose.cli.common import add_device_argument, check_output_path, require_at_least
-from hgpose.fileio import UserError
-from hgpose.precision import PRECISIONS
+from hgpose.runtime.files import UserError
+from hgpose.runtime.precision import PRECISIONS
 
 HELP = "evaluate a checkpoint on a split: PCK (overall, v=2 / v=1, per joint) and COCO keypoint AP"
 DESCRIPTION = (

@@ -1,8 +1,8 @@
 from pathlib import Path
 
 from hgpose.cli.common import add_device_argument, check_output_path, require_at_least
-from hgpose.device import resolve_device
-from hgpose.fileio import UserError
+from hgpose.runtime.device import resolve_device
+from hgpose.runtime.files import UserError
 
 HELP = "look inside a trained model: a self-contained HTML report of its analyses"
 DESCRIPTION = (

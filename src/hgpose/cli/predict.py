@@ -3,8 +3,8 @@ import sys
 from pathlib import Path
 
 from hgpose.cli.common import add_device_argument, check_output_path
-from hgpose.device import resolve_device
-from hgpose.fileio import UserError
+from hgpose.runtime.device import resolve_device
+from hgpose.runtime.files import UserError
 
 HELP = "predict keypoints on images or folders: COCO results JSON and skeleton overlays"
 DESCRIPTION = (

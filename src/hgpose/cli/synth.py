@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 from hgpose.cli.common import check_output_path, require_at_least
-from hgpose.fileio import UserError
+from hgpose.runtime.files import UserError
 
 HELP = "generate a synthetic person-keypoint dataset in the COCO 2017 layout"
 DESCRIPTION = (

@@ -4,10 +4,10 @@ from pathlib import Path
 import yaml
 
 from hgpose.cli.common import add_model_arguments, model_config_from_args
-from hgpose.compile_modes import COMPILE_MODES
-from hgpose.fileio import UserError
 from hgpose.model import ModelConfig
-from hgpose.precision import PRECISIONS
+from hgpose.runtime.compile import COMPILE_MODES
+from hgpose.runtime.files import UserError
+from hgpose.runtime.precision import PRECISIONS
 
 HELP = "train with the seed's protocol (batch 16, MSE, RMSProp 2.5e-4, one PCK-plateau LR drop)"
 DESCRIPTION = (

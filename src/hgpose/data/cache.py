@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import multiprocessing
 import os
@@ -43,8 +42,8 @@ from hgpose.data.coco import INDEX_VERSION, MAX_IMAGE_PIXELS, PersonIndex, load_
 from hgpose.data.images import crop_file
 from hgpose.data.loader import single_threaded_opencv
 from hgpose.data.transforms import CROP_PADDING
-from hgpose.fileio import UserError, atomic_write_json
-from hgpose.progress import progress_bar
+from hgpose.runtime.files import UserError, atomic_write_json, file_sha1
+from hgpose.runtime.progress import progress_bar
 
 # Bump when decoding or cropping changes the pixels: old caches then read as stale.
 CACHE_VERSION = 3  # 2: JPEGs with data after their end marker decode; 3: a pixel-off image is used
@@ -80,7 +79,7 @@ def cache_location(annotation_file, image_dir, input_size: int, cache_dir=None) 
 def fingerprint(annotation_file, input_size: int, padding: float = CROP_PADDING) -> dict:
     path = Path(annotation_file)
     return {
-        "source_sha1": _sha1(path),
+        "source_sha1": file_sha1(path),
         "source_bytes": path.stat().st_size,
         "input_size": int(input_size),
         "padding": float(padding),
@@ -88,22 +87,6 @@ def fingerprint(annotation_file, input_size: int, padding: float = CROP_PADDING)
         "index_version": INDEX_VERSION,
         "max_image_pixels": MAX_IMAGE_PIXELS,
     }
-
-
-_SHA1_MEMO: dict[tuple, str] = {}
-
-
-def _sha1(path: Path) -> str:
-    """Content hash (about 0.5 s for the 450 MB train2017 file), remembered per (path, size, mtime)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA1_MEMO:
-        digest = hashlib.sha1()
-        with open(path, "rb") as f:
-            while block := f.read(8 << 20):
-                digest.update(block)
-        _SHA1_MEMO[key] = digest.hexdigest()
-    return _SHA1_MEMO[key]
 
 
 def check_cache(annotation_file, image_dir, input_size: int, cache_dir=None) -> CacheStatus:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hgpose.coco_names import KEYPOINT_NAMES, NUM_KEYPOINTS
 from hgpose.data.images import MAX_IMAGE_PIXELS, check_image_folder
 from hgpose.data.transforms import CROP_PADDING, crop_box_from_bbox
-from hgpose.fileio import UserError, read_json
+from hgpose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
+from hgpose.runtime.files import UserError, read_json
 
 # Bump when the rules that decide which instances are kept change: caches are keyed on it.
 INDEX_VERSION = 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hgpose.data.images import check_image_header, crop_file
-from hgpose.progress import progress_bar
+from hgpose.runtime.progress import progress_bar
 
 HEADER_THREADS = 8  # header reads wait on the disk, not the CPU
 SHOWN = 3  # file names listed in a report line

@@ -356,7 +356,7 @@ def check_image_folder(image_dir, file_names, image_sizes, source, samples: int 
     A missing, empty or misplaced folder (unzipped one level too deep), or one where most sampled
     images are unreadable or of other sizes, is a UserError naming the folder expected.
     """
-    from hgpose.fileio import UserError
+    from hgpose.runtime.files import UserError
 
     if not len(file_names):
         return None

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hgpose.data.coco import INDEX_VERSION, MAX_IMAGE_PIXELS, PersonIndex
-from hgpose.fileio import atomic_path
+from hgpose.runtime.files import atomic_path, file_sha1
 
 MIN_BYTES = 8 << 20
 INDEX_CACHE_VERSION = 1
@@ -48,7 +48,6 @@ def load_index(annotation_file, image_dir, split: str, parse) -> PersonIndex:
 
 
 def _key(annotation_file: Path, with_sha1: bool) -> dict:
-    from hgpose.data.cache import _sha1
 
     stat = annotation_file.stat()
     return {
@@ -57,7 +56,7 @@ def _key(annotation_file: Path, with_sha1: bool) -> dict:
         "max_image_pixels": MAX_IMAGE_PIXELS,
         "source_bytes": stat.st_size,
         "source_mtime_ns": stat.st_mtime_ns,
-        "source_sha1": _sha1(annotation_file) if with_sha1 else "",
+        "source_sha1": file_sha1(annotation_file) if with_sha1 else "",
     }
 
 

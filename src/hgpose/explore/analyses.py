@@ -375,7 +375,7 @@ def lesion_study(model: HourglassNet, images, keypoints, visibility, normalizer:
     """PCK (the seed's) on crops (N, 3, S, S) with true keypoints (N, K, 2) and COCO visibility (N, K),
     intact and with each level's skip branch, then its low branch, zeroed in turn."""
     from hgpose.evaluate import pck, seed_normalizer
-    from hgpose.progress import progress_bar
+    from hgpose.runtime.progress import progress_bar
 
     images, device = _images(images), _device(model)
     normalizer = seed_normalizer(model.config.heatmap_size) if normalizer is None else normalizer

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.explore import analyses as an
 from hgpose.explore import attribution as at
 from hgpose.explore import calibration as ca
@@ -24,7 +23,8 @@ from hgpose.explore.html import Section, esc, gallery, image, page, paragraph, t
 from hgpose.explore.probes import cka_matrix, model_pixel_probes, pooled_stages
 from hgpose.explore.report import MIN_RELIABLE_SAMPLES, _jsonable, _shown, load_explore_model, load_samples
 from hgpose.explore.sections import fmt
-from hgpose.fileio import UserError, atomic_write_json, atomic_write_text
+from hgpose.keypoints import KEYPOINT_NAMES
+from hgpose.runtime.files import UserError, atomic_write_json, atomic_write_text
 
 COMPARE_TITLES = ("Accuracy", "Heatmaps", "Activations", "Where joint information lives", "Over training",
                   "Skip vs low branch and lesions", "Saliency and Integrated Gradients", "Joint dependency",
@@ -127,7 +127,7 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
     """Write OUT/index.html and OUT/explore.json comparing model B with model A on the same samples.
     run: a training run directory; its history (the over-training section) is shown once, with A and B
     marked at their epochs when they are among its per-epoch checkpoints."""
-    from hgpose.progress import progress_bar
+    from hgpose.runtime.progress import progress_bar
 
     started = time.perf_counter()
     device = torch.device(device)

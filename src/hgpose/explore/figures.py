@@ -15,8 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.draw import POINT_COLOURS, draw_pose
+from hgpose.keypoints import KEYPOINT_NAMES
 
 DPI = 80
 

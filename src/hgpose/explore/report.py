@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.explore import analyses as an
 from hgpose.explore import attribution as at
 from hgpose.explore import calibration as ca
@@ -22,8 +21,9 @@ from hgpose.explore.dependency import joint_dependency
 from hgpose.explore.html import esc, page, paragraph, table
 from hgpose.explore.probes import cka_matrix, linear_probes, model_pixel_probes, pooled_stages
 from hgpose.explore.sections import SECTION_TITLES, fmt
-from hgpose.fileio import UserError, atomic_write_json, atomic_write_text
+from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.model import HourglassNet, count_parameters, load_model
+from hgpose.runtime.files import UserError, atomic_write_json, atomic_write_text
 
 __all__ = ["SECTION_TITLES", "Samples", "load_samples", "write_explore_report", "MIN_RELIABLE_SAMPLES"]
 
@@ -111,7 +111,7 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
     directory, whose per-epoch checkpoints (every `every`-th) give the over-training section. full_split:
     also report the PCK of the whole split (from RUN/test_eval.json when it matches, else one pass).
     """
-    from hgpose.progress import progress_bar
+    from hgpose.runtime.progress import progress_bar
 
     started = time.perf_counter()
     device = torch.device(device)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.explore import analyses as an
 from hgpose.explore import figures as fg
 from hgpose.explore.attribution import DELETION_FRACTIONS, deletion_area
 from hgpose.explore.html import Section, gallery, image, paragraph, table
+from hgpose.keypoints import KEYPOINT_NAMES
 
 SECTION_TITLES = (
     "Heatmaps", "Activations", "Where joint information lives", "Over training", "Skip vs low branch",

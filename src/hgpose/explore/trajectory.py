@@ -14,8 +14,8 @@ import torch
 
 from hgpose.explore.analyses import branch_contributions, decode, heatmaps
 from hgpose.explore.probes import linear_cka, model_pixel_probes, pooled_stages
-from hgpose.fileio import UserError
 from hgpose.model import load_model
+from hgpose.runtime.files import UserError
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors")
 DEFAULT_EVERY = 5
@@ -74,7 +74,7 @@ def training_trajectory(run_dir, images, keypoints, visibility, every: int = DEF
                         batch_size: int = 16, folds: int = 5, progress: bool = False) -> TrainingTrajectory:
     """Run the per-epoch analyses on crops (N, 3, S, S) with their truth (heatmap coordinates)."""
     from hgpose.evaluate import pck, seed_normalizer
-    from hgpose.progress import progress_bar
+    from hgpose.runtime.progress import progress_bar
 
     checkpoints = epoch_checkpoints(run_dir)
     epochs = chosen_epochs(checkpoints, every)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from hgpose.device import resolve_device
+from hgpose.runtime.device import resolve_device
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hgpose.fileio import UserError
+from hgpose.runtime.files import UserError
 
 
 def resolve_device(name: str):

@@ -1,4 +1,5 @@
-"""COCO person-keypoint constants, exactly as in the official person_keypoints_*.json files."""
+"""COCO person keypoints: names, skeleton, the left/right flip pairs and permutation, exactly as in the
+official person_keypoints_*.json files."""
 
 from __future__ import annotations
 
@@ -49,6 +50,18 @@ SKELETON: tuple[tuple[int, int], ...] = (
 
 # 0-based (left, right) index pairs: horizontal flipping swaps these.
 FLIP_PAIRS: tuple[tuple[int, int], ...] = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+
+
+
+def flip_permutation(num_keypoints: int = NUM_KEYPOINTS) -> list[int]:
+    """perm[j] = the left/right twin of keypoint j after a horizontal flip (j itself for the nose, and
+    for every joint of a non-COCO layout)."""
+    perm = list(range(num_keypoints))
+    if num_keypoints == NUM_KEYPOINTS:
+        for left, right in FLIP_PAIRS:
+            perm[left], perm[right] = right, left
+    return perm
+
 
 PERSON_CATEGORY: dict = {
     "supercategory": "person",

@@ -22,7 +22,7 @@ def compile_mode(value) -> str:
     if value is False or value is None:
         return "off"
     if value not in COMPILE_MODES:
-        from hgpose.fileio import UserError
+        from hgpose.runtime.files import UserError
 
         raise UserError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
     return value

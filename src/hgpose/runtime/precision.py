@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hgpose.fileio import UserError
+from hgpose.runtime.files import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
