@@ -26,7 +26,7 @@ from data_pipeline import BATCH, synthetic_index, warm_up, write_cache  # noqa: 
 from hgpose.augment import AugmentConfig, BatchAugment  # noqa: E402
 from hgpose.data.dataset import PersonDataset  # noqa: E402
 from hgpose.data.loader import device_batches, make_loader  # noqa: E402
-from hgpose.model import to_model_input  # noqa: E402
+from hgpose.model.hourglass import to_model_input  # noqa: E402
 from hgpose.runtime.device import resolve_device  # noqa: E402
 
 

@@ -31,19 +31,18 @@ from pycocotools.coco import COCO
 
 from hgpose.data.coco import load_annotation_file
 from hgpose.data.dataset import PersonDataset
-from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import frame_to_image
 from hgpose.evaluate import (
     DEFAULT_CURVE_THRESHOLDS,
     Inference,
     coco_keypoint_stats,
     coco_results,
-    decode_heatmaps,
     pck_curve,
     pck_groups,
     seed_normalizer,
 )
 from hgpose.keypoints import PERSON_CATEGORY
+from hgpose.model.heatmaps import decode_heatmaps, render_heatmaps
 from hgpose.runtime.device import resolve_device
 
 

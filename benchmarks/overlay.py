@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from hgpose.draw import LIMB_COLOURS, LIMBS, POINT_COLOURS, draw_pose
-from hgpose.model import ModelConfig, build_model, to_model_input
+from hgpose.model.hourglass import ModelConfig, build_model, to_model_input
 
 
 def people_on(width: int, height: int, count: int, rng) -> tuple[np.ndarray, np.ndarray]:

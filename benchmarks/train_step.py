@@ -19,8 +19,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hgpose.augment import AugmentConfig, BatchAugment
-from hgpose.data.targets import heatmap_loss, render_heatmaps
-from hgpose.model import ModelConfig, build_model
+from hgpose.model.heatmaps import heatmap_loss, render_heatmaps
+from hgpose.model.hourglass import ModelConfig, build_model
 from hgpose.runtime.allocator import keep_freed_memory
 from hgpose.runtime.compile import begin_step, compile_step_model
 from hgpose.runtime.device import resolve_device

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 import hgpose.train as train_module
 from hgpose.augment import AugmentConfig, BatchAugment, draw_uniforms
 from hgpose.cli import main
-from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.keypoints import KEYPOINT_NAMES, flip_permutation
-from hgpose.model import to_model_input
+from hgpose.model.heatmaps import heatmap_loss, render_heatmaps
+from hgpose.model.hourglass import to_model_input
 from hgpose.runtime.files import UserError
 from hgpose.runtime.precision import autocast
 from hgpose.train import TrainConfig, train

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from hgpose.checkpoint import STATE_METADATA_KEY
 from hgpose.cli import main
-from hgpose.model import CONFIG_METADATA_KEY, ModelConfig, build_model, load_model, save_model
+from hgpose.model.hourglass import ModelConfig, build_model
+from hgpose.model.weights import CONFIG_METADATA_KEY, load_model, save_model
 from hgpose.runtime.files import UserError
 from test_train import quick_config
 

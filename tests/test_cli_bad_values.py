@@ -4,7 +4,8 @@ any work, never a traceback nor a silent misbehaviour."""
 import pytest
 
 from hgpose.cli import main
-from hgpose.model import ModelConfig, build_model, save_model
+from hgpose.model.hourglass import ModelConfig, build_model
+from hgpose.model.weights import save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,7 +95,7 @@ def test_export_refuses_a_file_whose_opset_is_not_the_one_asked_for(files, capsy
 
     import torch
 
-    import hgpose.export as export
+    import hgpose.model.export as export
 
     def exporter_ignoring_the_opset(model, example, path, opset):
         with warnings.catch_warnings():

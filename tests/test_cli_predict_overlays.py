@@ -10,7 +10,8 @@ import pytest
 from hgpose.box_files import load_boxes_csv
 from hgpose.cli import main
 from hgpose.draw import LEFT_COLOUR, draw_pose
-from hgpose.model import ModelConfig, build_model, save_model
+from hgpose.model.hourglass import ModelConfig, build_model
+from hgpose.model.weights import save_model
 from hgpose.runtime.files import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,8 +7,8 @@ import torch
 from hgpose.data.coco import load_split
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.images import _reduction
-from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import frame_to_image, image_to_frame
+from hgpose.model.heatmaps import render_heatmaps
 
 
 def decode_peaks(heatmaps: torch.Tensor) -> torch.Tensor:

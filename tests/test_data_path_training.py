@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from hgpose.data.cache import prepare_cache
 from hgpose.data.coco import annotation_path
-from hgpose.model import ModelConfig
+from hgpose.model.hourglass import ModelConfig
 from hgpose.train import TrainConfig, train
 
 TINY = ModelConfig(depth=2, features=16, input_size=64)

@@ -13,7 +13,8 @@ import pytest
 
 from hgpose.cli import main
 from hgpose.data.coco import build_splits, load_split
-from hgpose.model import ModelConfig, build_model, save_model
+from hgpose.model.hourglass import ModelConfig, build_model
+from hgpose.model.weights import save_model
 from hgpose.runtime.files import UserError
 
 

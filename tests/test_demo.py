@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hgpose.model import load_model
+from hgpose.model.weights import load_model
 from test_train import subprocess_env
 
 # the demo's own code path (run_demo) at test sizes; --until-report stops after Table 1

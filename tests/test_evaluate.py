@@ -12,13 +12,11 @@ import torch
 from pycocotools.coco import COCO
 
 from hgpose.cli import main
-from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.data.transforms import crop_box_from_bbox, image_to_frame
 from hgpose.evaluate import (
     Inference,
     coco_keypoint_stats,
     coco_results,
-    decode_heatmaps,
     evaluate_checkpoint,
     evaluate_inference,
     format_evaluation,
@@ -30,7 +28,9 @@ from hgpose.evaluate import (
     seed_normalizer,
 )
 from hgpose.keypoints import KEYPOINT_NAMES, PERSON_CATEGORY
-from hgpose.model import ModelConfig, build_model, save_model
+from hgpose.model.heatmaps import decode_heatmaps, heatmap_loss, render_heatmaps
+from hgpose.model.hourglass import ModelConfig, build_model
+from hgpose.model.weights import save_model
 from hgpose.runtime.files import UserError
 
 # --- PCK, computed by hand --------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from hgpose.cli import main
 from hgpose.data.coco import load_split
 from hgpose.evaluate import add_coco_stats, coco_keypoint_stats, coco_results
 from hgpose.keypoints import KEYPOINT_NAMES
-from hgpose.model import ModelConfig, build_model, save_model
+from hgpose.model.hourglass import ModelConfig, build_model
+from hgpose.model.weights import save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,9 +16,10 @@ from hgpose import explore
 from hgpose.cli import main
 from hgpose.data.coco import load_split
 from hgpose.data.dataset import PersonDataset
-from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import seed_normalizer
-from hgpose.model import ModelConfig, build_model, save_model, to_model_input
+from hgpose.model.heatmaps import heatmap_loss, render_heatmaps
+from hgpose.model.hourglass import ModelConfig, build_model, to_model_input
+from hgpose.model.weights import save_model
 
 CONFIG = ModelConfig(depth=2, features=64, input_size=64)
 TRAIN_STEPS = 250

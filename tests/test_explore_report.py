@@ -15,7 +15,7 @@ from hgpose.explore.compare import COMPARE_TITLES, _run_sentence
 from hgpose.explore.sections import SECTION_TITLES
 from hgpose.explore.trajectory import chosen_epochs, lr_drop_epoch
 from hgpose.keypoints import KEYPOINT_NAMES
-from hgpose.model import ModelConfig
+from hgpose.model.hourglass import ModelConfig
 from hgpose.train import TrainConfig, train
 
 TINY = ModelConfig(depth=2, features=32, input_size=64)

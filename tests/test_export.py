@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from hgpose.cli import main
-from hgpose.model import ModelConfig, build_model, load_model, save_model
+from hgpose.model.hourglass import ModelConfig, build_model
+from hgpose.model.weights import load_model, save_model
 
 TINY = ModelConfig(depth=2, features=32, input_size=64)
 
@@ -53,7 +54,7 @@ def test_export_records_the_model_config_and_the_input_convention(exported):
 
 
 def test_export_prints_the_largest_difference(tmp_path, capsys, monkeypatch):
-    import hgpose.export as export
+    import hgpose.model.export as export
 
     checkpoint = save_model(build_model(TINY), tmp_path / "m.safetensors")
     # a cheap stand-in exporter: the real one is exercised by the fixture above
@@ -75,7 +76,7 @@ def _legacy(model, example, path, opset):
 
 
 def test_export_fails_clearly_when_onnx_and_pytorch_disagree(tmp_path, capsys, monkeypatch):
-    import hgpose.export as export
+    import hgpose.model.export as export
 
     checkpoint = save_model(build_model(TINY), tmp_path / "m.safetensors")
     monkeypatch.setattr(export, "_export", lambda model, example, path, opset: _legacy(model, example, path, opset))

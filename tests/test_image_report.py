@@ -120,7 +120,8 @@ def test_training_reports_them_at_the_start_and_the_undecodable_after_its_first_
 
 def test_evaluate_counts_them_over_the_whole_split(awkward_split, tmp_path):
     from hgpose.evaluate import evaluate_checkpoint, format_evaluation
-    from hgpose.model import build_model, save_model
+    from hgpose.model.hourglass import build_model
+    from hgpose.model.weights import save_model
     from test_train import TINY
 
     root, names = awkward_split

@@ -4,18 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from hgpose.model import (
-    Head,
-    Hourglass,
-    HourglassNet,
-    ModelConfig,
-    Residual,
-    build_model,
-    count_parameters,
-    load_model,
-    read_model_config,
-    save_model,
-)
+from hgpose.model.hourglass import Head, Hourglass, HourglassNet, ModelConfig, Residual, build_model, count_parameters
+from hgpose.model.weights import load_model, read_model_config, save_model
 
 SMALL = ModelConfig(depth=2, features=32, input_size=64)
 

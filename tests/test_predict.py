@@ -14,7 +14,8 @@ import hgpose
 from hgpose.cli import main
 from hgpose.data.transforms import crop_box_from_bbox
 from hgpose.draw import LEFT_COLOUR, RIGHT_COLOUR, draw_pose
-from hgpose.model import ModelConfig, build_model, save_model
+from hgpose.model.hourglass import ModelConfig, build_model
+from hgpose.model.weights import save_model
 from hgpose.predict import Predictor
 
 TINY = ModelConfig(depth=2, features=32, input_size=64)

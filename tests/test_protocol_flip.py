@@ -5,12 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import crop_box_from_bbox, crop_image, image_to_frame
-from hgpose.evaluate import decode_heatmaps
-from hgpose.flip import flip_back, flip_test
 from hgpose.keypoints import flip_permutation
-from hgpose.model import ModelConfig, build_model
+from hgpose.model.heatmaps import decode_heatmaps, flip_back, flip_test, render_heatmaps
+from hgpose.model.hourglass import ModelConfig, build_model
 from hgpose.runtime.files import UserError
 
 INPUT, HEATMAP = 64, 16

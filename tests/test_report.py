@@ -170,7 +170,7 @@ def test_a_run_without_its_own_record_says_whose_version_it_shows(run_dir):
 
 @pytest.mark.slow
 def test_a_trained_run_records_its_identity(synth_dataset, tmp_path):
-    from hgpose.model import ModelConfig
+    from hgpose.model.hourglass import ModelConfig
     from hgpose.train import TrainConfig, train
 
     config = TrainConfig(data=str(synth_dataset), out=str(tmp_path / "run"), epochs=1, batch_size=8, workers=0,

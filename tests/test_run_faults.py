@@ -15,7 +15,7 @@ import torch
 
 import hgpose.train as train_module
 from hgpose.cli import main
-from hgpose.model import load_model
+from hgpose.model.weights import load_model
 from hgpose.runtime.files import UserError
 from hgpose.train import train
 from test_train import TINY_FLAGS, TRAIN_COMMAND, quick_config, read_metrics, resume_and_compare, subprocess_env
@@ -237,7 +237,7 @@ def test_an_epoch_without_any_readable_training_sample_stops_with_one_line(tiny_
 def test_an_epoch_ending_in_one_sample_at_a_1x1_bottleneck_trains(synth_dataset, tmp_path):
     # 41 training instances in batches of 8 end in a batch of one; depth 4 on 64 px crops makes the
     # innermost maps 1x1, where batch norm cannot train on one sample (PyTorch raises)
-    from hgpose.model import ModelConfig
+    from hgpose.model.hourglass import ModelConfig
 
     run_dir = train(quick_config(synth_dataset, tmp_path / "run", epochs=1, batch_size=8,
                                  model=ModelConfig(features=32, input_size=64)))

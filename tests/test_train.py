@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 import hgpose.train as train_module
 from hgpose.cli import main
-from hgpose.model import ModelConfig, load_model
+from hgpose.model.hourglass import ModelConfig
+from hgpose.model.weights import load_model
 from hgpose.runtime.files import UserError
 from hgpose.train import TrainConfig, train
 

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hgpose.model import CONFIG_METADATA_KEY, check_tensor_shapes, read_model_config
+from hgpose.model.weights import CONFIG_METADATA_KEY, check_tensor_shapes, read_model_config
 from hgpose.runtime.files import UserError, atomic_path
 
 STATE_METADATA_KEY = "hgpose_train_state"

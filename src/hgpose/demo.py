@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from hgpose.model import ModelConfig
+from hgpose.model.hourglass import ModelConfig
 
 # The seed's architecture (one hourglass, 4 down/upsamples, 1 residual per level, 3 at the
 # bottleneck) at half the width on 64x64 crops (16x16 heatmaps): ~37x cheaper than the seed's model,

@@ -100,7 +100,9 @@ def detection_index(detections: Detections, annotation_file, image_dir, split: s
     counted in detections.skipped. Row i of the index is detection `positions[i]`.
 
     Returns (index, positions, every image id of the annotation file)."""
-    from hgpose.data.coco import MAX_IMAGE_PIXELS, PersonIndex, is_safe_file_name, read_annotation_json
+    from hgpose.data.coco import is_safe_file_name, read_annotation_json
+    from hgpose.data.images import MAX_IMAGE_PIXELS
+    from hgpose.data.person_index import PersonIndex
 
     annotation_file = Path(annotation_file)
     data = read_annotation_json(annotation_file)

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import frame_to_image
 from hgpose.keypoints import KEYPOINT_NAMES
-from hgpose.model import to_model_input
+from hgpose.model.heatmaps import check_decode_method, decode_heatmaps, render_heatmaps
+from hgpose.model.hourglass import to_model_input
 from hgpose.runtime.files import UserError, atomic_write_json
 from hgpose.runtime.precision import autocast, resolve_precision
 
@@ -31,47 +31,11 @@ PCK_THRESHOLD = 0.5  # r
 DEFAULT_CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
 PCK_STYLES = ("seed", "bearpaw")
-DECODE_METHODS = ("quarter", "dark")
 
 
 def seed_normalizer(heatmap_size: int) -> float:
     """The seed's c, a tenth of the heatmap side (after Olsen), computed as the seed writes it: 64 / 10 = 6.4."""
     return heatmap_size / 10
-
-
-# --- decoding ------------------------------------------------------------------------------------
-
-
-def decode_heatmaps(heatmaps: torch.Tensor, method: str = "quarter") -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K, H, W) heatmaps -> coords (N, K, 2) float32 (x, y) in heatmap pixel-centre coordinates
-    and confidence (N, K) = the heatmap maximum.
-
-    Argmax, then "quarter": a quarter pixel toward the larger neighbour in x and in y where both
-    neighbours exist (no shift when they are equal), or "dark": the Taylor step of DARK on the
-    smoothed log heatmap (hgpose.dark). Runs on the tensor's device with no host sync.
-    """
-    if method not in DECODE_METHODS:
-        raise UserError(f"--decode must be one of {', '.join(DECODE_METHODS)}, got {method!r}")
-    heatmaps = heatmaps.float()
-    n, k, h, w = heatmaps.shape
-    flat = heatmaps.reshape(n, k, h * w)  # reshape, not view: channels-last outputs are not contiguous
-    confidence, index = flat.max(dim=-1)
-    x, y = index % w, torch.div(index, w, rounding_mode="floor")
-
-    def value_at(dx: int, dy: int) -> torch.Tensor:
-        at = (y + dy).clamp(0, h - 1) * w + (x + dx).clamp(0, w - 1)
-        return flat.gather(-1, at.unsqueeze(-1)).squeeze(-1)
-
-    if method == "dark":
-        from hgpose.dark import dark_offsets
-
-        return torch.stack([x, y], dim=-1).float() + dark_offsets(heatmaps, x, y), confidence
-    inner_x = (x > 0) & (x < w - 1)
-    inner_y = (y > 0) & (y < h - 1)
-    shift_x = torch.sign(value_at(1, 0) - value_at(-1, 0)) * inner_x
-    shift_y = torch.sign(value_at(0, 1) - value_at(0, -1)) * inner_y
-    coords = torch.stack([x + 0.25 * shift_x, y + 0.25 * shift_y], dim=-1).float()
-    return coords, confidence
 
 
 # --- PCK ---------------------------------------------------------------------------------------------
@@ -310,11 +274,11 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
     allocated once (memory stays flat over any number of batches). Under torch.distributed every
     rank returns the whole split, each sample once (padding repeats dropped by index).
     channels_last converts the model in place (as training does). The model's train/eval mode is
-    restored afterwards. flip_test averages each crop's heatmaps with its mirror's (hgpose.flip);
+    restored afterwards. flip_test averages each crop's heatmaps with its mirror's (hgpose.model.heatmaps);
     decode is a decode_heatmaps method.
     """
     from hgpose.data.loader import device_batches
-    from hgpose.flip import flip_test as flip_test_heatmaps
+    from hgpose.model.heatmaps import flip_test as flip_test_heatmaps
     from hgpose.runtime.progress import progress_bar
 
     device = torch.device(device)
@@ -622,15 +586,14 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     from hgpose.data.dataset import PersonDataset
     from hgpose.data.image_report import image_report
     from hgpose.data.loader import make_loader
-    from hgpose.model import load_model, read_model_config
+    from hgpose.model.weights import load_model, read_model_config
     from hgpose.runtime.device import resolve_device
 
     if pck_style not in PCK_STYLES:
         raise UserError(f"--pck-style must be one of {', '.join(PCK_STYLES)}, got {pck_style!r}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    if decode not in DECODE_METHODS:
-        raise UserError(f"--decode must be one of {', '.join(DECODE_METHODS)}, got {decode!r}")
+    check_decode_method(decode)
     if plots and out is None:
         raise UserError("--plots writes its figures beside --out FILE.json: give --out")
     detections = None

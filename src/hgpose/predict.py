@@ -25,7 +25,9 @@ import torch
 from hgpose.data import images
 from hgpose.data.coco import is_safe_file_name
 from hgpose.data.transforms import crop_box_from_bbox, crop_image, frame_to_image
-from hgpose.model import HourglassNet, load_model, to_model_input
+from hgpose.model.heatmaps import check_decode_method, decode_heatmaps, flip_test
+from hgpose.model.hourglass import HourglassNet, to_model_input
+from hgpose.model.weights import load_model
 from hgpose.runtime.files import UserError, atomic_write_bytes, atomic_write_json, read_json
 
 __all__ = ["Predictor", "predict_paths", "read_image", "to_model_input", "PredictSummary"]
@@ -116,16 +118,13 @@ class Predictor:
     model: HourglassNet
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 32
-    flip_test: bool = False  # average with the mirrored crop's heatmaps (hgpose.flip), as evaluate --flip-test
-    decode: str = "quarter"  # a hgpose.evaluate.decode_heatmaps method: "quarter" or "dark"
+    flip_test: bool = False  # average with the mirrored crop's heatmaps, as evaluate --flip-test
+    decode: str = "quarter"  # a hgpose.model.heatmaps.decode_heatmaps method: "quarter" or "dark"
 
     @classmethod
     def from_checkpoint(cls, checkpoint, device="cpu", batch_size: int = 32, flip_test: bool = False,
                         decode: str = "quarter") -> Predictor:
-        from hgpose.evaluate import DECODE_METHODS
-
-        if decode not in DECODE_METHODS:
-            raise UserError(f"--decode must be one of {', '.join(DECODE_METHODS)}, got {decode!r}")
+        check_decode_method(decode)
         device = torch.device(device)
         return cls(load_model(checkpoint, device=device), device, batch_size, flip_test, decode)
 
@@ -141,9 +140,6 @@ class Predictor:
     def predict_crops(self, crops) -> tuple[np.ndarray, np.ndarray]:
         """uint8 crops (N, 3, S, S) RGB -> coords (N, K, 2) in heatmap pixel-centre coordinates and
         confidence (N, K), in batches of batch_size."""
-        from hgpose.evaluate import decode_heatmaps
-        from hgpose.flip import flip_test
-
         crops = torch.as_tensor(np.asarray(crops))
         coords, confidence = [], []
         self.model.eval()

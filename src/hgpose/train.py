@@ -36,9 +36,10 @@ from hgpose.data.coco import annotation_path, build_splits
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.image_report import first_problems, image_report
 from hgpose.data.loader import device_batches, make_loader
-from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import infer, pck, seed_normalizer
-from hgpose.model import ModelConfig, build_model, save_model, to_model_input
+from hgpose.model.heatmaps import heatmap_loss, render_heatmaps
+from hgpose.model.hourglass import ModelConfig, build_model, to_model_input
+from hgpose.model.weights import save_model
 from hgpose.run_info import write_run_info
 from hgpose.runtime import distributed as dist
 from hgpose.runtime.allocator import keep_freed_memory

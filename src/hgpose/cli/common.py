@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from hgpose.model import ModelConfig
+from hgpose.model.hourglass import ModelConfig
 from hgpose.runtime.device import resolve_device  # noqa: F401  (re-exported for the command modules)
 from hgpose.runtime.files import UserError
 
@@ -124,7 +124,7 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     for f in fields(ModelConfig):
         if getattr(args, f.name, None) is not None:
             values[f.name] = getattr(args, f.name)
-    from hgpose.model import beyond_limits
+    from hgpose.model.weights import beyond_limits
 
     if beyond_limits(values):
         raise UserError(f"model config: {beyond_limits(values)}")

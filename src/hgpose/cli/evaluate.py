@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from hgpose.cli.common import add_device_argument, check_output_path, require_at_least
+from hgpose.model.heatmaps import DECODE_METHODS
 from hgpose.runtime.files import UserError
 from hgpose.runtime.precision import PRECISIONS
 
@@ -41,7 +42,7 @@ def add_arguments(parser):
                           help="detections below this score are not used (0: every box, as the reference)")
     protocol.add_argument("--flip-test", action="store_true",
                           help="average each crop's heatmaps with its mirror's (flipped back, left/right swapped)")
-    protocol.add_argument("--decode", choices=("quarter", "dark"), default="quarter",
+    protocol.add_argument("--decode", choices=DECODE_METHODS, default="quarter",
                           help="sub-pixel decoding: a quarter pixel toward the larger neighbour, or DARK's Taylor step")
     protocol.add_argument("--plots", action="store_true",
                           help="draw the keypoint error breakdown per joint beside --out (FILE_errors.png)")

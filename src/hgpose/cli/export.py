@@ -19,7 +19,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from hgpose.export import TOLERANCE, export_onnx
+    from hgpose.model.export import TOLERANCE, export_onnx
 
     check_output_path(args.out, "--out", directory=False)
     result = export_onnx(args.checkpoint, args.out, opset=args.opset)

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from hgpose.cli.common import add_device_argument, check_output_path
+from hgpose.model.heatmaps import DECODE_METHODS
 from hgpose.runtime.device import resolve_device
 from hgpose.runtime.files import UserError
 
@@ -42,7 +43,7 @@ def add_arguments(parser):
     parser.add_argument("--flip-test", action="store_true",
                         help="average each crop's heatmaps with its mirror's (flipped back, left/right swapped), "
                              "as evaluate --flip-test")
-    parser.add_argument("--decode", choices=("quarter", "dark"), default="quarter",
+    parser.add_argument("--decode", choices=DECODE_METHODS, default="quarter",
                         help="sub-pixel decoding: a quarter pixel toward the larger neighbour, or DARK's Taylor step")
     add_device_argument(parser)
 

@@ -1,7 +1,7 @@
 import json
 
 from hgpose.cli.common import add_model_arguments, model_config_from_args
-from hgpose.summary import format_summary, model_summary
+from hgpose.model.summary import format_summary, model_summary
 
 HELP = "print the model's stages, parameter count and GFLOP per image"
 DESCRIPTION = HELP + ". With no options: the seed's single hourglass (3,426,705 parameters)."

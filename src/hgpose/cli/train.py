@@ -4,7 +4,7 @@ from pathlib import Path
 import yaml
 
 from hgpose.cli.common import add_model_arguments, model_config_from_args
-from hgpose.model import ModelConfig
+from hgpose.model.hourglass import ModelConfig
 from hgpose.runtime.compile import COMPILE_MODES
 from hgpose.runtime.files import UserError
 from hgpose.runtime.precision import PRECISIONS

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hgpose.data.coco import INDEX_VERSION, MAX_IMAGE_PIXELS, PersonIndex, load_annotation_file
-from hgpose.data.images import crop_file
-from hgpose.data.loader import single_threaded_opencv
+from hgpose.data.coco import load_annotation_file
+from hgpose.data.images import MAX_IMAGE_PIXELS, crop_file, single_threaded_opencv
+from hgpose.data.person_index import INDEX_VERSION, PersonIndex, split_name
 from hgpose.data.transforms import CROP_PADDING
 from hgpose.runtime.files import UserError, atomic_write_json, file_sha1
 from hgpose.runtime.progress import progress_bar
@@ -64,10 +64,6 @@ class CacheStatus:
         if len(rows) and (rows.max() >= len(ann_ids) or not np.array_equal(ann_ids[rows], index.ann_ids)):
             raise UserError(f"{self.path}: cache rows do not match {index.annotation_file}; "
                             "run `hgpose prepare --force` to rebuild it")
-
-
-def split_name(annotation_file: str | Path) -> str:
-    return Path(annotation_file).stem.removeprefix("person_keypoints_")
 
 
 def cache_location(annotation_file, image_dir, input_size: int, cache_dir=None) -> Path:

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hgpose.data.coco import PersonIndex
+from hgpose.data.cache import check_cache, check_cache_at, open_cache
 from hgpose.data.images import crop_file
+from hgpose.data.person_index import PersonIndex
 from hgpose.data.transforms import image_to_frame, inside_frame
+from hgpose.geometry import HEATMAP_STRIDE
 
 
 class PersonDataset(Dataset):
@@ -28,7 +30,7 @@ class PersonDataset(Dataset):
     def __init__(self, index: PersonIndex, input_size: int = 256, cache="auto", cache_dir=None):
         self.index = index
         self.input_size = int(input_size)
-        self.heatmap_size = self.input_size // 4
+        self.heatmap_size = self.input_size // HEATMAP_STRIDE
         self.boxes = index.crop_boxes()
         points = image_to_frame(index.keypoints[..., :2], self.boxes, self.heatmap_size)
         self.keypoints = points.astype(np.float32).reshape(-1, index.keypoints.shape[1], 2)
@@ -73,8 +75,6 @@ class PersonDataset(Dataset):
 
     def _open_cache(self):
         if self._cache is None:
-            from hgpose.data.cache import open_cache
-
             self._cache = open_cache(self.cache_path)
         return self._cache
 
@@ -84,8 +84,6 @@ _WARNED: set = set()
 
 def _resolve_cache(index: PersonIndex, input_size: int, cache, cache_dir) -> Path | None:
     """The prepared cache this dataset reads, or None for the raw-JPEG path."""
-    from hgpose.data.cache import check_cache, check_cache_at
-
     if cache is None or (isinstance(cache, str) and cache == "off"):
         return None
     if isinstance(cache, str) and cache == "auto":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hgpose.data.cache import read_cache_meta
 from hgpose.data.images import check_image_header, crop_file
 from hgpose.runtime.progress import progress_bar
 
@@ -70,8 +71,6 @@ def image_report(dataset, progress: bool = True) -> ImageReport:
 
 
 def _from_cache(dataset) -> ImageReport:
-    from hgpose.data.cache import read_cache_meta
-
     meta = read_cache_meta(dataset.cache_path)
     report = ImageReport(source="prepared cache")
     names = [dataset.index.file_names[i] for i in dataset.index.image_index]  # per sample of this dataset

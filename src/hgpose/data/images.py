@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from hgpose.data.transforms import crop_box_from_bbox, crop_image
+from hgpose.runtime.files import UserError
 
 # Larger images are refused rather than decoded (decompression bombs; COCO's largest is 0.4 MP).
 MAX_IMAGE_PIXELS = 100_000_000
@@ -356,8 +357,6 @@ def check_image_folder(image_dir, file_names, image_sizes, source, samples: int 
     A missing, empty or misplaced folder (unzipped one level too deep), or one where most sampled
     images are unreadable or of other sizes, is a UserError naming the folder expected.
     """
-    from hgpose.runtime.files import UserError
-
     if not len(file_names):
         return None
     image_dir = Path(image_dir)
@@ -381,3 +380,10 @@ def check_image_folder(image_dir, file_names, image_sizes, source, samples: int 
             raise UserError(f"{image_dir}: image folder is empty ({expected})")
         raise UserError(f"{image_dir}: {len(problems)} of {len(picks)} sampled images unusable "
                         f"(first: {problems[0]}); {expected}")
+
+
+def single_threaded_opencv() -> None:
+    """One OpenCV thread in this process and the workers it will fork: the worker processes are the
+    parallelism (more threads only oversubscribe the cores), and a forked child must not touch the
+    parent's OpenCV thread pool. Called in the parent, before forking; it stays set."""
+    cv2.setNumThreads(1)

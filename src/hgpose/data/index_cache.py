@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hgpose.data.coco import INDEX_VERSION, MAX_IMAGE_PIXELS, PersonIndex
+from hgpose.data.images import MAX_IMAGE_PIXELS
+from hgpose.data.person_index import INDEX_VERSION, PersonIndex, split_name
 from hgpose.runtime.files import atomic_path, file_sha1
 
 MIN_BYTES = 8 << 20
@@ -25,8 +26,6 @@ _ARRAYS = ("rows", "image_ids", "ann_ids", "image_index", "image_sizes", "bboxes
 
 
 def index_cache_path(annotation_file, image_dir) -> Path:
-    from hgpose.data.cache import split_name
-
     return Path(image_dir).parent / "hgpose_cache" / f"index_{split_name(annotation_file)}.npz"
 
 

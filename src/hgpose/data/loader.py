@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import random
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from hgpose.data.cache import open_cache
+from hgpose.data.images import single_threaded_opencv
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -78,13 +80,6 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def single_threaded_opencv() -> None:
-    """One OpenCV thread in this process and the workers it will fork: the worker processes are the
-    parallelism (more threads only oversubscribe the cores), and a forked child must not touch the
-    parent's OpenCV thread pool. Called in the parent, before forking; it stays set."""
-    cv2.setNumThreads(1)
-
-
 class CachedBatches(Dataset):
     """A PersonDataset that reads from a prepared cache, indexed by whole batches.
 
@@ -98,8 +93,6 @@ class CachedBatches(Dataset):
     """
 
     def __init__(self, dataset):
-        from hgpose.data.cache import open_cache
-
         self.reader = open_cache(dataset.cache_path)
         self.rows = np.asarray(dataset.index.rows, dtype=np.int64)
         self.keypoints = dataset.keypoints

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hgpose.model import Hourglass, HourglassNet, to_model_input
+from hgpose.model.hourglass import Hourglass, HourglassNet, to_model_input
 
 DEFAULT_BATCH = 16
 
@@ -74,7 +74,7 @@ def _hooks(modules_and_callbacks):
 
 
 def _decode(heatmaps: torch.Tensor):
-    from hgpose.evaluate import decode_heatmaps
+    from hgpose.model.heatmaps import decode_heatmaps
 
     return decode_heatmaps(heatmaps)
 
@@ -94,7 +94,7 @@ def heatmaps(model: HourglassNet, images, batch_size: int = DEFAULT_BATCH) -> np
 
 def target_heatmaps(keypoints, visibility, heatmap_size: int) -> np.ndarray:
     """The training targets (unit Gaussians, sigma 1) for (N, K, 2) keypoints: (N, K, h, h) float32."""
-    from hgpose.data.targets import render_heatmaps
+    from hgpose.model.heatmaps import render_heatmaps
 
     maps, _ = render_heatmaps(torch.as_tensor(np.asarray(keypoints)), torch.as_tensor(np.asarray(visibility)),
                               heatmap_size)

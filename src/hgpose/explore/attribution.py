@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from hgpose.explore.analyses import _batches, _device, _evaluating, _images, saliency
-from hgpose.model import HourglassNet, build_model, to_model_input
+from hgpose.model.hourglass import HourglassNet, build_model, to_model_input
 
 IG_STEPS = 32
 BASELINE_GREY = 0.5  # the IG baseline and the deletion fill: mid grey, as the occlusion patch

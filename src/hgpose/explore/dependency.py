@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from hgpose.explore.analyses import DEFAULT_BATCH, _decode, _images, heatmaps, occlusion_defaults, to_input_coords
-from hgpose.model import HourglassNet
+from hgpose.model.hourglass import HourglassNet
 
 
 @dataclass

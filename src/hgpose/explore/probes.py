@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from hgpose.explore.analyses import DEFAULT_BATCH, stage_batches, stage_names
-from hgpose.model import HourglassNet
+from hgpose.model.hourglass import HourglassNet
 
 POOL_GRID = 4  # stages are pooled to at most 4x4 cells before probing
 RIDGE_ALPHAS = np.logspace(-2, 6, 17)
@@ -179,7 +179,7 @@ def sample_folds(n: int, folds: int, seed: int = 0) -> np.ndarray:
 def stage_targets(keypoints, visibility, heatmap_size: int, side: int) -> tuple[np.ndarray, np.ndarray]:
     """The training targets (unit Gaussians, sigma 1, at heatmap resolution) area-averaged to side x side:
     (N, K, side, side) float32, and their weights (N, K) (1: labelled and on the heatmap)."""
-    from hgpose.data.targets import render_heatmaps
+    from hgpose.model.heatmaps import render_heatmaps
 
     maps, weights = render_heatmaps(torch.as_tensor(np.asarray(keypoints)), torch.as_tensor(np.asarray(visibility)),
                                     heatmap_size)

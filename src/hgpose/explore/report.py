@@ -22,7 +22,8 @@ from hgpose.explore.html import esc, page, paragraph, table
 from hgpose.explore.probes import cka_matrix, linear_probes, model_pixel_probes, pooled_stages
 from hgpose.explore.sections import SECTION_TITLES, fmt
 from hgpose.keypoints import KEYPOINT_NAMES
-from hgpose.model import HourglassNet, count_parameters, load_model
+from hgpose.model.hourglass import HourglassNet, count_parameters
+from hgpose.model.weights import load_model
 from hgpose.runtime.files import UserError, atomic_write_json, atomic_write_text
 
 __all__ = ["SECTION_TITLES", "Samples", "load_samples", "write_explore_report", "MIN_RELIABLE_SAMPLES"]

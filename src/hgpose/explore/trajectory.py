@@ -14,7 +14,7 @@ import torch
 
 from hgpose.explore.analyses import branch_contributions, decode, heatmaps
 from hgpose.explore.probes import linear_cka, model_pixel_probes, pooled_stages
-from hgpose.model import load_model
+from hgpose.model.weights import load_model
 from hgpose.runtime.files import UserError
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors")

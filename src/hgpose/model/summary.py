@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hgpose.model import HourglassNet, ModelConfig, count_parameters
+from hgpose.model.hourglass import HourglassNet, ModelConfig, count_parameters
 
 
 def model_summary(config: ModelConfig | None = None) -> dict:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hgpose.model import CONFIG_METADATA_KEY, HourglassNet, load_model
+from hgpose.model.hourglass import HourglassNet
+from hgpose.model.weights import CONFIG_METADATA_KEY, load_model
 from hgpose.runtime.files import UserError, atomic_path
 
 DEFAULT_OPSET = 18

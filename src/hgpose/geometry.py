@@ -1,0 +1,5 @@
+"""The network's stride: heatmap pixel j covers input pixels 4j..4j+3 (the stem downsamples x4), so
+a 256x256 input gives 64x64 heatmaps. Data (targets on the heatmap grid) and model (its stem) both
+depend on it; the pixel convention that uses it is written out in hgpose.data.transforms."""
+
+HEATMAP_STRIDE = 4
