@@ -32,15 +32,9 @@ from pycocotools.coco import COCO
 from hgpose.data.coco import load_annotation_file
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.transforms import frame_to_image
-from hgpose.evaluate import (
-    DEFAULT_CURVE_THRESHOLDS,
-    Inference,
-    coco_keypoint_stats,
-    coco_results,
-    pck_curve,
-    pck_groups,
-    seed_normalizer,
-)
+from hgpose.evaluation.coco import coco_keypoint_stats, coco_results
+from hgpose.evaluation.inference import Inference
+from hgpose.evaluation.pck import DEFAULT_CURVE_THRESHOLDS, pck_curve, pck_groups, seed_normalizer
 from hgpose.keypoints import PERSON_CATEGORY
 from hgpose.model.heatmaps import decode_heatmaps, render_heatmaps
 from hgpose.runtime.device import resolve_device
@@ -162,8 +156,8 @@ def main() -> None:
 
 def protocol_times(coco, boxes: int, seed: int = 0) -> tuple[dict, str]:
     """Time the detected-box protocol after inference on `boxes` synthetic detections."""
-    from hgpose.error_analysis import analyze_errors, per_keypoint_ap
-    from hgpose.oks import GroundTruth, oks_nms, rescore
+    from hgpose.evaluation.errors import analyze_errors, per_keypoint_ap
+    from hgpose.evaluation.oks import GroundTruth, oks_nms, rescore
 
     rng = np.random.default_rng(seed)
     gt = GroundTruth.from_coco(coco)

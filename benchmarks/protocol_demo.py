@@ -2,7 +2,7 @@
 
 After `make demo`, evaluates demo-out/run/best.safetensors on val2017 with quarter or DARK decoding
 and the flip test off or on, each time on ground-truth boxes and on the demo's jittered detection file
-(hgpose.detections.demo_detections, written if absent), and prints a markdown table of PCK, AP on each
+(hgpose.data.person_boxes.demo_detections, written if absent), and prints a markdown table of PCK, AP on each
 box source and the wall time of each evaluation. Usage:
 
     python benchmarks/protocol_demo.py [--demo-out demo-out] [--precision auto] [--device auto]
@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from hgpose.detections import demo_detections
+from hgpose.data.person_boxes import demo_detections
 from hgpose.evaluate import evaluate_checkpoint
 
 

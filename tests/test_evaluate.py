@@ -13,20 +13,10 @@ from pycocotools.coco import COCO
 
 from hgpose.cli import main
 from hgpose.data.transforms import crop_box_from_bbox, image_to_frame
-from hgpose.evaluate import (
-    Inference,
-    coco_keypoint_stats,
-    coco_results,
-    evaluate_checkpoint,
-    evaluate_inference,
-    format_evaluation,
-    infer,
-    pck,
-    pck_bearpaw,
-    pck_bearpaw_epoch,
-    pck_curve,
-    seed_normalizer,
-)
+from hgpose.evaluate import evaluate_checkpoint, evaluate_inference, format_evaluation
+from hgpose.evaluation.coco import coco_keypoint_stats, coco_results
+from hgpose.evaluation.inference import Inference, infer
+from hgpose.evaluation.pck import pck, pck_bearpaw, pck_bearpaw_epoch, pck_curve, seed_normalizer
 from hgpose.keypoints import KEYPOINT_NAMES, PERSON_CATEGORY
 from hgpose.model.heatmaps import decode_heatmaps, heatmap_loss, render_heatmaps
 from hgpose.model.hourglass import ModelConfig, build_model
@@ -463,7 +453,7 @@ print(rss[75], rss[175])
 
 
 def test_coco_ground_truth_holds_only_the_evaluated_images_and_scores_as_the_whole_file(tmp_path):
-    from hgpose.evaluate import coco_ground_truth
+    from hgpose.evaluation.coco import coco_ground_truth
 
     data = write_coco(tmp_path / "gt.json", people_per_image=(2, 1, 3, 1))
     for ann in data["annotations"]:

@@ -10,7 +10,7 @@ import pytest
 
 from hgpose.cli import main
 from hgpose.data.coco import load_split
-from hgpose.evaluate import add_coco_stats, coco_keypoint_stats, coco_results
+from hgpose.evaluation.coco import add_coco_stats, coco_keypoint_stats, coco_results
 from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.model.hourglass import ModelConfig, build_model
 from hgpose.model.weights import save_model

@@ -16,7 +16,7 @@ from hgpose import explore
 from hgpose.cli import main
 from hgpose.data.coco import load_split
 from hgpose.data.dataset import PersonDataset
-from hgpose.evaluate import seed_normalizer
+from hgpose.evaluation.pck import seed_normalizer
 from hgpose.model.heatmaps import heatmap_loss, render_heatmaps
 from hgpose.model.hourglass import ModelConfig, build_model, to_model_input
 from hgpose.model.weights import save_model

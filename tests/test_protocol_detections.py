@@ -16,13 +16,13 @@ from pycocotools.cocoeval import COCOeval
 from hgpose.cli import main
 from hgpose.data.coco import load_split
 from hgpose.data.dataset import PersonDataset
+from hgpose.data.person_boxes import demo_detections, detection_index, read_detections, write_jittered_detections
 from hgpose.data.transforms import image_to_frame
-from hgpose.detections import demo_detections, detection_index, read_detections, write_jittered_detections
-from hgpose.evaluate import coco_ground_truth
+from hgpose.evaluation.coco import coco_ground_truth
+from hgpose.evaluation.topdown import evaluate_detected_boxes
 from hgpose.model.heatmaps import render_heatmaps
 from hgpose.model.hourglass import ModelConfig, build_model
 from hgpose.model.weights import save_model
-from hgpose.protocol import evaluate_detected_boxes
 from hgpose.runtime.files import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -8,9 +8,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from hgpose.error_analysis import ERROR_TYPES, analyze_errors, error_figure, per_keypoint_ap
+from hgpose.evaluation.errors import ERROR_TYPES, analyze_errors, error_figure, per_keypoint_ap
+from hgpose.evaluation.oks import GroundTruth, coco_keypoint_ap, oks_nms, rescore, results_arrays
 from hgpose.keypoints import PERSON_CATEGORY, flip_permutation
-from hgpose.oks import GroundTruth, coco_keypoint_ap, oks_nms, rescore, results_arrays
 
 
 def random_scene(seed: int, images: int = 25, noise=(0.3, 6.0)):

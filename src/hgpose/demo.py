@@ -41,7 +41,7 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
     code path quickly."""
     from hgpose.data.cache import prepare_cache
     from hgpose.data.coco import annotation_path
-    from hgpose.detections import demo_detections
+    from hgpose.data.person_boxes import demo_detections
     from hgpose.evaluate import evaluate_checkpoint, format_evaluation
     from hgpose.explore import write_explore_report
     from hgpose.predict import predict_paths

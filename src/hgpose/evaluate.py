@@ -1,407 +1,41 @@
-"""Evaluation: heatmap decoding, PCK (the seed's and bearpaw/pytorch-pose's), COCO keypoint AP.
-
-The seed's PCK (Section 1.1): a labelled keypoint (v = 1 or 2) is correct when
-||pred - gt|| / c < r, with c = heatmap size / 10 (6.4 for 64x64 heatmaps) and r = 0.5, both in
-heatmap pixels; gt is the true sub-pixel keypoint. The figure is pooled over every counted keypoint.
-
-`pck_bearpaw` reproduces bearpaw/pytorch-pose's `accuracy()` instead (ground truth = argmax of the
-target heatmap, integer argmax predictions, per-joint means averaged, batch figures averaged), so a
-number can be compared with work that used that code. See the README for the differences.
-"""
+"""`hgpose evaluate`: run a checkpoint over a split (evaluation.inference) and score its outputs with
+PCK (evaluation.pck), COCO keypoint AP (evaluation.coco) and, on detected boxes, the top-down protocol
+(evaluation.topdown); the text summary it prints."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
+from hgpose.data.coco import annotation_path, build_splits, load_split
+from hgpose.data.dataset import PersonDataset
+from hgpose.data.image_report import first_problems, image_report
+from hgpose.data.loader import make_loader
+from hgpose.data.person_boxes import read_detections
 from hgpose.data.transforms import frame_to_image
+from hgpose.evaluation.coco import COCO_STAT_NAMES, add_coco_stats, coco_results
+from hgpose.evaluation.inference import Inference, infer
+from hgpose.evaluation.pck import (
+    PCK_STYLES,
+    PCK_THRESHOLD,
+    VISIBILITY_GROUPS,
+    keep_flags,
+    pck_bearpaw_epoch,
+    pck_curve,
+    pck_groups,
+    seed_normalizer,
+)
+from hgpose.evaluation.topdown import GROUND_TRUTH_BOXES, ap_analysis, evaluate_detected_boxes, write_error_figures
 from hgpose.keypoints import KEYPOINT_NAMES
-from hgpose.model.heatmaps import check_decode_method, decode_heatmaps, render_heatmaps
-from hgpose.model.hourglass import to_model_input
-from hgpose.runtime.files import UserError, atomic_write_json
-from hgpose.runtime.precision import autocast, resolve_precision
-
-PCK_THRESHOLD = 0.5  # r
-DEFAULT_CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
-COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
-PCK_STYLES = ("seed", "bearpaw")
-
-
-def seed_normalizer(heatmap_size: int) -> float:
-    """The seed's c, a tenth of the heatmap side (after Olsen), computed as the seed writes it: 64 / 10 = 6.4."""
-    return heatmap_size / 10
-
-
-# --- PCK ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PCKResult:
-    """PCK of one set of predictions. per_joint is NaN for a joint with nothing counted."""
-
-    overall: float  # correct / counted, pooled over every counted keypoint
-    per_joint: np.ndarray  # (K,)
-    mean_per_joint: float  # mean of per_joint over joints that have a value
-    correct: np.ndarray  # (K,) int64
-    counted: np.ndarray  # (K,) int64
-    normalizer: float
-    threshold: float
-
-    def to_dict(self, names=KEYPOINT_NAMES) -> dict:
-        """JSON-ready (NaN -> None), per joint keyed by keypoint name."""
-        names = names if len(names) == len(self.per_joint) else [str(i) for i in range(len(self.per_joint))]
-        return {
-            "overall": _json_float(self.overall),
-            "mean_per_joint": _json_float(self.mean_per_joint),
-            "correct": int(self.correct.sum()),
-            "counted": int(self.counted.sum()),
-            "per_joint": {name: _json_float(v) for name, v in zip(names, self.per_joint)},
-            "per_joint_counted": {name: int(c) for name, c in zip(names, self.counted)},
-            "normalizer": self.normalizer,
-            "threshold": self.threshold,
-        }
-
-
-def _numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _json_float(x) -> float | None:
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
-def normalized_distances(pred, gt, normalizer) -> np.ndarray:
-    """(N, K) ||pred - gt|| / normalizer; normalizer is a number or one per sample (N,)."""
-    pred, gt = _numpy(pred).astype(np.float64), _numpy(gt).astype(np.float64)
-    normalizer = np.asarray(_numpy(normalizer), dtype=np.float64)
-    if normalizer.ndim == 1:
-        normalizer = normalizer[:, None]
-    return np.linalg.norm(pred - gt, axis=-1) / normalizer
-
-
-def counted_mask(visibility) -> np.ndarray:
-    """Keypoints PCK counts: COCO flag 1 (labelled, occluded) or 2 (labelled, visible)."""
-    visibility = _numpy(visibility)
-    return (visibility == 1) | (visibility == 2)
-
-
-def pck_from_distances(distances: np.ndarray, counted: np.ndarray, threshold: float = PCK_THRESHOLD,
-                       normalizer: float = float("nan")) -> PCKResult:
-    correct_mask = counted & (distances < threshold)  # strict; a NaN distance is counted and wrong
-    correct = correct_mask.sum(axis=0).astype(np.int64)
-    counts = counted.sum(axis=0).astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_joint = np.where(counts > 0, correct / np.maximum(counts, 1), np.nan)
-    total = counts.sum()
-    overall = correct.sum() / total if total else float("nan")
-    has_value = ~np.isnan(per_joint)
-    mean_per_joint = float(per_joint[has_value].mean()) if has_value.any() else float("nan")
-    return PCKResult(float(overall), per_joint, mean_per_joint, correct, counts,
-                     float(np.mean(normalizer)) if np.size(normalizer) else float("nan"), float(threshold))
-
-
-def pck(pred, gt, visibility, normalizer, threshold: float = PCK_THRESHOLD) -> PCKResult:
-    """Percentage of correct keypoints, exactly as the seed defines it.
-
-    pred, gt: (N, K, 2) in heatmap pixels (gt: the true sub-pixel keypoint); visibility: (N, K) COCO
-    flags, only 1 and 2 are counted (callers pass 0 for keypoints off the heatmap); normalizer: c,
-    a number or one per sample. Correct: ||pred - gt|| / c < threshold (strict). numpy or torch input.
-    """
-    distances = normalized_distances(pred, gt, normalizer)
-    return pck_from_distances(distances, counted_mask(visibility), threshold, _numpy(normalizer))
-
-
-def pck_curve(pred, gt, visibility, normalizer, thresholds=DEFAULT_CURVE_THRESHOLDS) -> list[float]:
-    """Overall PCK at each threshold (the distances are computed once)."""
-    distances = normalized_distances(pred, gt, normalizer)
-    counted = counted_mask(visibility)
-    total = counted.sum()
-    return [float((counted & (distances < t)).sum() / total) if total else float("nan") for t in thresholds]
-
-
-# --- PCK as bearpaw/pytorch-pose computes it -----------------------------------------------------------
-
-
-def bearpaw_argmax(heatmaps: torch.Tensor) -> torch.Tensor:
-    """pytorch-pose's get_preds: 1-based integer argmax (x, y) per map, (0, 0) where the max is <= 0."""
-    n, k, h, w = heatmaps.shape
-    maxval, index = heatmaps.reshape(n, k, h * w).max(dim=-1)
-    coords = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], dim=-1).float() + 1
-    return coords * (maxval > 0).unsqueeze(-1)
-
-
-def pck_bearpaw(output: torch.Tensor, target: torch.Tensor, joints=None, threshold: float = PCK_THRESHOLD):
-    """One batch's accuracy as pytorch-pose's accuracy(output, target, idxs): a tensor laid out as
-    theirs, [mean, joint_0, joint_1, ...] on the input's device (no host sync).
-
-    output, target: (N, K, H, W) predicted and target heatmaps; joints: 0-based joints to include
-    (theirs are 1-based idxs), default all. A joint entry is -1 when no sample has a valid target for
-    it; a target is valid when both 1-based argmax coordinates are > 1 (so an all-zero map, and a
-    keypoint in the first row or column, are excluded). Distances are normalised by W / 10. The mean
-    is over joints with an entry >= 0, and 0 when there are none (as theirs).
-    """
-    joints = list(range(output.shape[1])) if joints is None else list(joints)
-    preds, gts = bearpaw_argmax(output.float()), bearpaw_argmax(target.float())
-    valid = (gts[..., 0] > 1) & (gts[..., 1] > 1)
-    distances = torch.linalg.vector_norm(preds - gts, dim=-1) / (output.shape[3] / 10)
-    counted = valid.sum(dim=0)
-    correct = (valid & (distances < threshold)).sum(dim=0)
-    per_joint = torch.where(counted > 0, correct / counted.clamp(min=1), torch.full_like(distances[0], -1.0))
-    per_joint = per_joint[joints]
-    has = per_joint >= 0
-    mean = (per_joint * has).sum() / has.sum().clamp(min=1)  # 0 when no joint has an entry
-    return torch.cat([mean.reshape(1), per_joint])
-
-
-@dataclass
-class BearpawPCK:
-    """An epoch figure as pytorch-pose reports it: batch accuracies averaged, weighted by batch size."""
-
-    overall: float
-    per_joint: np.ndarray  # (K,) the same average of each joint's batch accuracies, skipping -1 entries
-    batches: int
-
-
-def pck_bearpaw_epoch(batch_accuracies, batch_sizes) -> BearpawPCK:
-    """Their AverageMeter over batches: sum(acc_b * n_b) / sum(n_b). batch_accuracies: (B, 1 + K)
-    rows from pck_bearpaw; batch_sizes: (B,)."""
-    acc = _numpy(batch_accuracies).astype(np.float64).reshape(len(batch_sizes), -1)
-    sizes = _numpy(batch_sizes).astype(np.float64)
-    if not len(sizes):
-        return BearpawPCK(float("nan"), np.full(max(acc.shape[1] - 1, 0), np.nan), 0)
-    overall = float((acc[:, 0] * sizes).sum() / sizes.sum())
-    joint_acc, has = acc[:, 1:], acc[:, 1:] >= 0
-    weights = has * sizes[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_joint = np.where(weights.sum(0) > 0, (joint_acc * weights).sum(0) / weights.sum(0), np.nan)
-    return BearpawPCK(overall, per_joint, len(sizes))
-
-
-# --- running a model over a split ---------------------------------------------------------------------
-
-
-@dataclass
-class Inference:
-    """A model's predictions over a split, sorted by dataset index, on the CPU as numpy arrays.
-
-    Samples whose image could not be read are kept (valid False) with visibility 0, so PCK never
-    counts them; `skipped` is how many there were.
-    """
-
-    indices: np.ndarray  # (N,) int64 dataset indices
-    coords: np.ndarray  # (N, K, 2) float32 decoded predictions, heatmap pixel-centre coordinates
-    confidence: np.ndarray  # (N, K) float32 heatmap maxima
-    gt: np.ndarray  # (N, K, 2) float32 true keypoints, heatmap coordinates
-    visibility: np.ndarray  # (N, K) int64 COCO flags, 0 off the heatmap or for an invalid sample
-    valid: np.ndarray  # (N,) bool
-    loss: float  # mean heatmap MSE over valid samples (NaN when not computed)
-    skipped: int
-    sample_loss: np.ndarray | None = None  # (N,) per-sample heatmap MSE
-    bearpaw_batches: np.ndarray | None = None  # (B, 1 + K) pck_bearpaw rows, one per batch
-    bearpaw_batch_sizes: np.ndarray | None = None  # (B,) their batch sizes
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() \
-        and torch.distributed.get_world_size() > 1
-
-
-def _gather_ranks(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Concatenate every rank's arrays (all ranks get all of them)."""
-    if not _distributed():
-        return parts
-    gathered: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, parts)
-    return {key: np.concatenate([g[key] for g in gathered]) for key in parts}
-
-
-class _Outputs:
-    """Per-sample results written into tensors allocated once, at the first batch, for as many
-    samples as the loader announces: no per-batch allocation outlives its batch, so memory stays
-    flat over any number of batches (small per-batch tensors kept in lists pinned freed large
-    blocks: +2.8 GB of heap over a val2017 pass). A loader that yields more than it announced
-    (a plain iterable) only costs a doubling now and then."""
-
-    def __init__(self, capacity: int, device):
-        self.capacity, self.device, self.filled = max(int(capacity), 1), device, 0
-        self.arrays: dict[str, torch.Tensor] = {}
-
-    def add(self, values: dict[str, torch.Tensor]) -> None:
-        n = len(next(iter(values.values())))
-        if self.filled + n > self.capacity:
-            while self.filled + n > self.capacity:
-                self.capacity *= 2
-            for key, old in self.arrays.items():
-                self.arrays[key] = torch.empty((self.capacity, *old.shape[1:]), dtype=old.dtype, device=self.device)
-                self.arrays[key][: self.filled] = old[: self.filled]
-        for key, value in values.items():
-            if key not in self.arrays:
-                self.arrays[key] = torch.empty((self.capacity, *value.shape[1:]), dtype=value.dtype,
-                                               device=self.device)
-            self.arrays[key][self.filled : self.filled + n] = value
-        self.filled += n
-
-    def numpy(self) -> dict[str, np.ndarray]:
-        return {key: value[: self.filled].cpu().numpy() for key, value in self.arrays.items()}
-
-
-def _announced(loader) -> tuple[int, int]:
-    """(samples, batches) a DataLoader will yield (0 when unknown: a plain iterable of batches)."""
-    from torch.utils.data import BatchSampler
-
-    sampler = getattr(loader, "batch_sampler", None) or getattr(loader, "sampler", None)
-    if not isinstance(sampler, BatchSampler):
-        return 0, 0
-    return len(sampler.sampler), len(loader)
-
-
-@torch.no_grad()  # not inference_mode: the channels-last parameters must stay usable for training
-def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool = True,
-          compute_loss: bool = True, bearpaw: bool = False, progress: bool = True,
-          desc: str = "val", flip_test: bool = False, decode: str = "quarter") -> Inference:
-    """Run `model` (eval mode, last stack) over `loader`'s batches and decode every prediction.
-
-    Results stay on the device until the end (one transfer, no per-batch host sync), in arrays
-    allocated once (memory stays flat over any number of batches). Under torch.distributed every
-    rank returns the whole split, each sample once (padding repeats dropped by index).
-    channels_last converts the model in place (as training does). The model's train/eval mode is
-    restored afterwards. flip_test averages each crop's heatmaps with its mirror's (hgpose.model.heatmaps);
-    decode is a decode_heatmaps method.
-    """
-    from hgpose.data.loader import device_batches
-    from hgpose.model.heatmaps import flip_test as flip_test_heatmaps
-    from hgpose.runtime.progress import progress_bar
-
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    samples, batches = _announced(loader)
-    outputs, per_batch = _Outputs(samples, device), _Outputs(batches, device)
-    try:
-        bar = progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
-        for batch in device_batches(bar, device):
-            images = to_model_input(batch["image"].to(device, non_blocking=True))
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            keypoints = batch["keypoints"].to(device, non_blocking=True)
-            valid = batch["valid"].to(device, non_blocking=True)
-            visibility = batch["visibility"].to(device, non_blocking=True) * valid.unsqueeze(-1)
-            with autocast(device, precision):
-                heatmaps = flip_test_heatmaps(model, images) if flip_test else model(images)
-            heatmaps = heatmaps.float()
-            coords, confidence = decode_heatmaps(heatmaps, decode)
-            row = {"indices": batch["index"].to(device), "coords": coords, "confidence": confidence,
-                   "gt": keypoints, "visibility": visibility, "valid": valid}
-            if compute_loss or bearpaw:
-                targets, _ = render_heatmaps(keypoints, visibility, heatmaps.shape[-1])
-            if compute_loss:
-                # per sample, so that the mean over the split is exact after dropping DDP padding;
-                # the same MSE as heatmap_loss (mean over every element of the sample's maps)
-                row["sample_loss"] = ((heatmaps - targets) ** 2).mean(dim=(1, 2, 3))
-            if bearpaw:
-                per_batch.add({"rows": pck_bearpaw(heatmaps, targets).unsqueeze(0),
-                               "sizes": torch.tensor([len(images)], device=device)})
-            outputs.add(row)
-            del heatmaps, images, row
-    finally:
-        model.train(was_training)
-
-    if not outputs.filled:
-        raise UserError("nothing to evaluate: the split is empty")
-    parts = outputs.numpy()
-    batch_parts = per_batch.numpy() if bearpaw else {}
-    bearpaw_rows = batch_parts.get("rows")
-    batch_sizes = batch_parts.get("sizes", np.zeros(0, np.int64)).tolist()
-    parts = _gather_ranks(parts)
-    if bearpaw:
-        bearpaw_rows = _gather_ranks({"rows": bearpaw_rows, "sizes": np.asarray(batch_sizes)})
-        bearpaw_rows, batch_sizes = bearpaw_rows["rows"], bearpaw_rows["sizes"]
-    _, first = np.unique(parts["indices"], return_index=True)  # sorted by index, repeats dropped
-    parts = {key: value[first] for key, value in parts.items()}
-    valid = parts["valid"].astype(bool)
-    sample_loss = parts.get("sample_loss")
-    loss = float(sample_loss[valid].astype(np.float64).mean()) if sample_loss is not None and valid.any() \
-        else float("nan")
-    return Inference(
-        indices=parts["indices"].astype(np.int64),
-        coords=parts["coords"].astype(np.float32),
-        confidence=parts["confidence"].astype(np.float32),
-        gt=parts["gt"].astype(np.float32),
-        visibility=parts["visibility"].astype(np.int64),
-        valid=valid,
-        loss=loss,
-        skipped=int((~valid).sum()),
-        sample_loss=sample_loss,
-        bearpaw_batches=bearpaw_rows,
-        bearpaw_batch_sizes=np.asarray(batch_sizes, dtype=np.int64) if bearpaw else None,
-    )
-
-
-# --- metrics over a split -------------------------------------------------------------------------------
-
-
-VISIBILITY_GROUPS = {"all": (1, 2), "v2": (2,), "v1": (1,)}
-
-
-def keep_flags(visibility, flags) -> np.ndarray:
-    """Visibility with every flag not in `flags` set to 0 (not counted)."""
-    visibility = _numpy(visibility)
-    return np.where(np.isin(visibility, flags), visibility, 0)
-
-
-def pck_groups(inference: Inference, normalizer: float, threshold: float = PCK_THRESHOLD) -> dict:
-    """PCK over v in {1, 2} ("all", the seed's figure), v = 2 only and v = 1 only."""
-    distances = normalized_distances(inference.coords, inference.gt, normalizer)
-    return {
-        name: pck_from_distances(distances, counted_mask(keep_flags(inference.visibility, flags)), threshold,
-                                 normalizer)
-        for name, flags in VISIBILITY_GROUPS.items()
-    }
-
-
-def coco_results(image_ids, image_points, confidence, category_id: int = 1) -> list[dict]:
-    """COCO keypoint results: one per instance, (x, y, confidence) triplets, score = mean confidence;
-    category_id: the person category of the dataset they belong to."""
-    confidence = np.asarray(confidence, np.float64)  # rounded in float64: 0.0833, not 0.08330000191926956
-    triplets = np.concatenate([np.round(image_points, 2), np.round(confidence[..., None], 4)], axis=-1)
-    scores = confidence.mean(axis=-1)
-    return [
-        {"image_id": int(i), "category_id": int(category_id), "keypoints": t.reshape(-1).tolist(), "score": float(s)}
-        for i, t, s in zip(image_ids, triplets.astype(np.float64), scores)
-    ]
-
-
-def coco_keypoint_stats(annotation_file, results: list[dict], image_ids) -> dict[str, float | None]:
-    """pycocotools COCOeval('keypoints') summary stats over `image_ids`; None where undefined
-    (pycocotools' -1). From a file, the ground truth holds only those images and their annotations
-    (coco_ground_truth); a COCO object is used as it is. Its printing is silenced."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    if not results:
-        return dict.fromkeys(COCO_STAT_NAMES)
-    image_ids = sorted({int(i) for i in image_ids})
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = annotation_file if isinstance(annotation_file, COCO) \
-            else coco_ground_truth(annotation_file, image_ids)
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds fields to its input
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
-        evaluator.params.imgIds = image_ids
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {name: (None if v < 0 else float(v)) for name, v in zip(COCO_STAT_NAMES, evaluator.stats)}
+from hgpose.model.heatmaps import check_decode_method
+from hgpose.model.weights import load_model, read_model_config
+from hgpose.runtime.device import resolve_device
+from hgpose.runtime.files import UserError, atomic_write_json, json_float
+from hgpose.runtime.precision import resolve_precision
 
 
 def evaluate_inference(inference: Inference, dataset, thresholds=None, threshold: float = PCK_THRESHOLD,
@@ -417,21 +51,21 @@ def evaluate_inference(inference: Inference, dataset, thresholds=None, threshold
     result = {
         "instances": int(len(inference.indices)),
         "skipped": inference.skipped,
-        "loss": _json_float(inference.loss),
+        "loss": json_float(inference.loss),
         "pck": {name: r.to_dict() for name, r in groups.items()},
     }
     if thresholds is not None:
         thresholds = [float(t) for t in thresholds]
         result["pck_curve"] = {"thresholds": thresholds, **{
-            name: [_json_float(v) for v in pck_curve(inference.coords, inference.gt,
+            name: [json_float(v) for v in pck_curve(inference.coords, inference.gt,
                                                      keep_flags(inference.visibility, flags), normalizer,
                                                      thresholds)]
             for name, flags in VISIBILITY_GROUPS.items()}}
     if inference.bearpaw_batches is not None:
         bearpaw = pck_bearpaw_epoch(inference.bearpaw_batches, inference.bearpaw_batch_sizes)
         result["pck_bearpaw"] = {
-            "overall": _json_float(bearpaw.overall),
-            "per_joint": {n: _json_float(v) for n, v in zip(KEYPOINT_NAMES, bearpaw.per_joint)},
+            "overall": json_float(bearpaw.overall),
+            "per_joint": {n: json_float(v) for n, v in zip(KEYPOINT_NAMES, bearpaw.per_joint)},
             "batches": bearpaw.batches,
         }
     valid = inference.valid
@@ -445,88 +79,9 @@ def evaluate_inference(inference: Inference, dataset, thresholds=None, threshold
     return result
 
 
-def add_coco_stats(result: dict, index, image_ids, ground_truth_images=None):
-    """result["coco"] = COCO keypoint AP of result["coco_results"] over the readable `image_ids`, scored
-    against coco_ground_truth(index, ground_truth_images) (None: every image of the file), which is
-    returned for further analyses. A pycocotools failure is recorded in result["coco_error"] (one line)
-    instead of raised, and None returned, so the PCK figures computed before are never lost."""
-    try:
-        coco = coco_ground_truth(index, ground_truth_images)
-        result["coco"] = coco_keypoint_stats(coco, result["coco_results"], image_ids)
-        return coco
-    except UserError:
-        raise
-    except Exception as exc:  # pycocotools on a file from another tool: report, keep the rest
-        reason = f"a ground-truth annotation has no {exc}" if isinstance(exc, KeyError) \
-            else f"{type(exc).__name__}: {exc}"
-        result["coco"] = None
-        result["coco_error"] = f"{index.annotation_file}: COCO AP not computed ({reason})"[:300]
-        return None
-
-
-def coco_ground_truth(index, image_ids=None):
-    """The ground truth COCOeval scores, as hgpose reads the file: the person category's annotations,
-    with what COCOeval needs filled in where another tool left it out (area from the bbox, iscrowd 0,
-    num_keypoints from the keypoints), and the people hgpose drops (degenerate box, no keypoint on the
-    image, ...) marked ignored (num_keypoints 0, as COCOeval ignores unlabelled people), so that
-    predicting every kept person perfectly scores AP 1.
-
-    `index`: a PersonIndex (or anything with .annotation_file, optionally .ann_ids and .category_id),
-    or the annotation file itself (every person kept). With `image_ids`, only those images and their
-    annotations are indexed (segmentation is always dropped: keypoint OKS never reads it), so scoring
-    7.5k held-out people indexes those, not all of train2017's."""
-    from pycocotools.coco import COCO
-
-    from hgpose.data.coco import read_annotation_json
-
-    if isinstance(index, (str, Path)):
-        annotation_file, category_id, ann_ids = Path(index), None, None
-    else:
-        annotation_file = Path(index.annotation_file)
-        category_id = getattr(index, "category_id", 1)
-        ann_ids = getattr(index, "ann_ids", None)  # None: an index-like object that keeps every person
-    data = read_annotation_json(annotation_file)
-    if category_id is None:  # a bare file: its person category (COCO's id 1 when there are several)
-        persons = [c.get("id") for c in data["categories"] if isinstance(c, dict) and c.get("name") == "person"]
-        category_id = persons[0] if len(persons) == 1 else 1
-    wanted = None if image_ids is None else {int(i) for i in image_ids}
-    kept = None if ann_ids is None else set(np.asarray(ann_ids).tolist())
-    people = []
-    for ann in data["annotations"]:
-        if ann.get("category_id") != category_id:
-            continue
-        if wanted is not None and ann.get("image_id") not in wanted:
-            continue
-        ann = {k: v for k, v in ann.items() if k != "segmentation"}  # unused by keypoint AP
-        ann.setdefault("iscrowd", 0)
-        visibility = ann.get("keypoints", [])[2::3]
-        ann.setdefault("num_keypoints", sum(1 for v in visibility if isinstance(v, (int, float)) and v > 0))
-        if not _is_finite_number(ann.get("area")):
-            box = ann.get("bbox")
-            ann["area"] = float(box[2] * box[3]) if isinstance(box, list) and len(box) == 4 \
-                and all(_is_finite_number(v) for v in box) else 0.0
-        if kept is not None and not ann["iscrowd"] and ann.get("id") not in kept:
-            ann["num_keypoints"] = 0  # dropped by hgpose: ignored, neither matched nor missed
-        people.append(ann)
-    categories = [c for c in data["categories"] if isinstance(c, dict) and c.get("id") == category_id]
-    coco = COCO()
-    images = data["images"] if wanted is None else [im for im in data["images"] if im.get("id") in wanted]
-    del data
-    coco.dataset = {"images": images, "annotations": people, "categories": categories}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def _is_finite_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def unreadable_images(dataset, inference, limit: int = 5) -> dict:
     """{"images": count, "first": [{"file_name", "problem"}, ...]} for the samples that could not be
     read; the first `limit` images are read again to name their problem (cheap: a handful of files)."""
-    from hgpose.data.image_report import first_problems
-
     positions = inference.indices[~inference.valid]
     named = first_problems(dataset, positions, limit, default="unreadable from the cache")
     return {"images": len(set(dataset.index.image_index[positions].tolist())),
@@ -542,8 +97,6 @@ HELD_OUT_SPLITS = ("train", "val")  # the seeded parts of train2017 that trainin
 def _run_config(checkpoint: Path) -> dict:
     """The data options of the run a checkpoint belongs to (RUN/best.safetensors or
     RUN/checkpoints/epoch_NNN.safetensors), or {} when it is not inside a run directory."""
-    import yaml
-
     for directory in (checkpoint.parent, checkpoint.parent.parent):
         config = directory / "config.yaml"
         if config.is_file():
@@ -558,8 +111,6 @@ def _run_config(checkpoint: Path) -> dict:
 def load_eval_index(data_root, split: str, checkpoint: Path):
     """`split` names an annotation file (val2017, ...) or is "train"/"val": the held-out split of
     training, reproduced from the checkpoint's run config (its train split, val split/fraction, seed)."""
-    from hgpose.data.coco import annotation_path, build_splits, load_split
-
     if split in HELD_OUT_SPLITS:
         run = _run_config(Path(checkpoint))
         options = {k: run[k] for k in ("train_split", "val_split", "val_fraction", "seed") if k in run}
@@ -580,15 +131,9 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     Writes the metrics JSON to `out` and the COCO results beside it (<stem>_keypoints.json), both
     atomically. Returns the metrics, with the COCO results list under "coco_results".
     `boxes`: a COCO detection results file; AP is then also computed on those boxes by the top-down
-    protocol (hgpose.protocol), its results written to <stem>_keypoints_detected.json. flip_test and
+    protocol (hgpose.evaluation.topdown), its results written to <stem>_keypoints_detected.json. flip_test and
     decode apply to every pass; plots draws the error breakdowns beside `out`.
     """
-    from hgpose.data.dataset import PersonDataset
-    from hgpose.data.image_report import image_report
-    from hgpose.data.loader import make_loader
-    from hgpose.model.weights import load_model, read_model_config
-    from hgpose.runtime.device import resolve_device
-
     if pck_style not in PCK_STYLES:
         raise UserError(f"--pck-style must be one of {', '.join(PCK_STYLES)}, got {pck_style!r}")
     if batch_size < 1:
@@ -598,8 +143,6 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
         raise UserError("--plots writes its figures beside --out FILE.json: give --out")
     detections = None
     if boxes is not None:  # read before the model runs: a bad file fails at once
-        from hgpose.detections import read_detections
-
         detections = read_detections(boxes, min_box_score)
     checkpoint = Path(checkpoint)
     config = read_model_config(checkpoint)
@@ -658,8 +201,6 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
             result["detected_boxes"]["results_file"] = str(detected_file)
             atomic_write_json(detected_file, result["detected_coco_results"], indent=None)
         if plots:
-            from hgpose.protocol import write_error_figures
-
             result["plots"] = [str(p) for p in write_error_figures(result, out)]
         write()
     return result
@@ -669,8 +210,6 @@ def _add_protocol(result: dict, model, detections, index, config, coco, **run) -
     """The top-down protocol's additions: which boxes each AP used, per-keypoint AP and the error
     breakdown on ground-truth boxes, and with detections the whole block on detected boxes. `coco`:
     the ground truth the ground-truth-box AP was scored against (coco_ground_truth)."""
-    from hgpose.protocol import GROUND_TRUTH_BOXES, ap_analysis, evaluate_detected_boxes
-
     result["protocol"] = {"flip_test": run["flip_test"], "decode": run["decode"],
                           "pck_boxes": f"{GROUND_TRUTH_BOXES} (PCK is a ground-truth-box metric)"}
     result["coco_boxes"] = GROUND_TRUTH_BOXES

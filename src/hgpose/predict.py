@@ -271,12 +271,12 @@ class BoxTable:
 
 def load_boxes_json(path, min_box_score: float = 0.0) -> BoxTable:
     """The person boxes of a COCO-format annotation file (its images and non-crowd person annotations)
-    or of a COCO detection results list (hgpose.detections: person boxes scoring >= min_box_score,
+    or of a COCO detection results list (hgpose.data.person_boxes: person boxes scoring >= min_box_score,
     their scores kept)."""
     path = Path(path)
     data = read_json(path, "boxes file")
     if isinstance(data, list):  # COCO detection results: no file names, ids are the numeric stems
-        from hgpose.detections import read_detections
+        from hgpose.data.person_boxes import read_detections
 
         detections = read_detections(path, min_box_score)
         table = BoxTable(path, 1)
@@ -341,7 +341,7 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     them). Otherwise image ids run 1, 2, ... in input order and each photo's EXIF orientation is applied.
     """
     from hgpose.draw import draw_pose
-    from hgpose.evaluate import coco_results
+    from hgpose.evaluation.coco import coco_results
     from hgpose.runtime.progress import progress_bar
 
     out = Path(out)
@@ -403,7 +403,7 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
             entries = coco_results(np.full(len(keypoints), image_id), keypoints[..., :2], keypoints[..., 2],
                                    table.category_id if table is not None else 1)
             if box_scores is not None:  # detections: the detector's score, and the protocol's instance score
-                from hgpose.oks import rescore
+                from hgpose.evaluation.oks import rescore
 
                 for entry, box_score, score in zip(entries, box_scores, rescore(box_scores, keypoints[..., 2])):
                     entry.update(box_score=float(box_score), score=float(score))

@@ -36,7 +36,8 @@ from hgpose.data.coco import annotation_path, build_splits
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.image_report import first_problems, image_report
 from hgpose.data.loader import device_batches, make_loader
-from hgpose.evaluate import infer, pck, seed_normalizer
+from hgpose.evaluation.inference import infer
+from hgpose.evaluation.pck import pck, seed_normalizer
 from hgpose.model.heatmaps import heatmap_loss, render_heatmaps
 from hgpose.model.hourglass import ModelConfig, build_model, to_model_input
 from hgpose.model.weights import save_model

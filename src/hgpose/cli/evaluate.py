@@ -49,7 +49,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from hgpose.evaluate import DEFAULT_CURVE_THRESHOLDS, evaluate_checkpoint, format_evaluation
+    from hgpose.evaluate import evaluate_checkpoint, format_evaluation
+    from hgpose.evaluation.pck import DEFAULT_CURVE_THRESHOLDS
 
     require_at_least(args, 1, "batch_size", "input_size")
     require_at_least(args, 0, "workers")

@@ -374,7 +374,7 @@ def lesion_study(model: HourglassNet, images, keypoints, visibility, normalizer:
                  stack: int = -1, batch_size: int = DEFAULT_BATCH, progress: bool = False) -> LesionStudy:
     """PCK (the seed's) on crops (N, 3, S, S) with true keypoints (N, K, 2) and COCO visibility (N, K),
     intact and with each level's skip branch, then its low branch, zeroed in turn."""
-    from hgpose.evaluate import pck, seed_normalizer
+    from hgpose.evaluation.pck import pck, seed_normalizer
     from hgpose.runtime.progress import progress_bar
 
     images, device = _images(images), _device(model)
@@ -421,7 +421,7 @@ class Failures:
 def failures(coords, gt, visibility, normalizer: float, worst: int = 8) -> Failures:
     """Per-joint PCK and the samples with the largest mean keypoint error. coords, gt: (N, K, 2) heatmap
     coordinates; visibility (N, K) COCO flags (1 and 2 count)."""
-    from hgpose.evaluate import counted_mask, pck
+    from hgpose.evaluation.pck import counted_mask, pck
 
     result = pck(coords, gt, visibility, normalizer)
     counted = counted_mask(visibility)

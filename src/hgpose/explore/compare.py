@@ -54,7 +54,7 @@ def _clock(seconds: dict, name: str):
 
 
 def _measure(model, main, probe_set, dependency_set, shown, options, seconds) -> dict:
-    from hgpose.evaluate import counted_mask, normalized_distances, pck, seed_normalizer
+    from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
 
     batch_size, seed = options["batch_size"], options["seed"]
     normalizer = seed_normalizer(model.config.heatmap_size)
@@ -262,7 +262,7 @@ def _accuracy_section(a, b, difference, pooled, n: int, seconds: float) -> Secti
 
 
 def _heatmaps_section(a, b, main, shown, config, seconds: float) -> Section:
-    from hgpose.evaluate import seed_normalizer
+    from hgpose.evaluation.pck import seed_normalizer
 
     body = []
     names = fg.SHORT_NAMES

@@ -298,7 +298,7 @@ def pixel_probes(batches, keypoints, visibility, heatmap_size: int, folds: int =
 
 
 def _pixel_probes(batches, keypoints, visibility, heatmap_size, folds, seed, fit_pixels) -> PixelProbes:
-    from hgpose.evaluate import counted_mask, normalized_distances, seed_normalizer
+    from hgpose.evaluation.pck import counted_mask, normalized_distances, seed_normalizer
 
     keypoints, visibility = np.asarray(keypoints, np.float64), np.asarray(visibility)
     n, k = visibility.shape

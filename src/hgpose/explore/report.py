@@ -187,7 +187,7 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
             dependency_samples, attribution_samples, ig_steps, run, every, batch_size, seed
             ) -> tuple[list, dict]:
     """Every section of the report, in order, and the numbers behind them."""
-    from hgpose.evaluate import counted_mask, normalized_distances, pck, seed_normalizer
+    from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
 
     config = model.config
     normalizer = seed_normalizer(config.heatmap_size)

@@ -73,7 +73,7 @@ class TrainingTrajectory:
 def training_trajectory(run_dir, images, keypoints, visibility, every: int = DEFAULT_EVERY, device="cpu",
                         batch_size: int = 16, folds: int = 5, progress: bool = False) -> TrainingTrajectory:
     """Run the per-epoch analyses on crops (N, 3, S, S) with their truth (heatmap coordinates)."""
-    from hgpose.evaluate import pck, seed_normalizer
+    from hgpose.evaluation.pck import pck, seed_normalizer
     from hgpose.runtime.progress import progress_bar
 
     checkpoints = epoch_checkpoints(run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -153,3 +154,9 @@ def file_sha1(path: str | Path) -> str:
                     digest.update(block)
             _SHA1_MEMO[key] = digest.hexdigest()
     return _SHA1_MEMO[key]
+
+
+def json_float(x) -> float | None:
+    """A float for JSON: NaN (an undefined figure) becomes None (null), as JSON has no NaN."""
+    x = float(x)
+    return None if math.isnan(x) else x

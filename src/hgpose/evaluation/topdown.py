@@ -1,6 +1,6 @@
 """The COCO top-down protocol on detected boxes, and the AP analyses shared with ground-truth boxes.
 
-Detected boxes (hgpose.detections) are cropped as ground-truth boxes and run through the model
+Detected boxes (hgpose.data.person_boxes) are cropped as ground-truth boxes and run through the model
 (optionally with the flip test and DARK decoding); each instance is rescored as box score x the mean
 of its keypoint confidences above 0.2; OKS-NMS at 0.9 (COCO sigmas) runs per image; COCOeval
 ('keypoints', maxDets 20) scores the rest over every image of the annotation file (as the
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hgpose.oks import NMS_THRESHOLD, RESCORE_CONFIDENCE, GroundTruth, oks_nms, rescore, results_arrays
+from hgpose.evaluation.oks import NMS_THRESHOLD, RESCORE_CONFIDENCE, GroundTruth, oks_nms, rescore, results_arrays
 
 GROUND_TRUTH_BOXES = "ground-truth boxes"
 
@@ -26,7 +26,7 @@ def person_category(coco) -> int:
 
 def ap_analysis(coco, results: list[dict], image_ids) -> dict:
     """Per-keypoint AP and the Ronchi-Perona error breakdown of a results list (None when empty)."""
-    from hgpose.error_analysis import analyze_errors, per_keypoint_ap
+    from hgpose.evaluation.errors import analyze_errors, per_keypoint_ap
 
     if not results:
         return {"per_keypoint_ap": None, "errors": None}
@@ -48,9 +48,10 @@ def evaluate_detected_boxes(model, detections, annotation_file, image_dir, split
     only_images restricts the evaluated images (a held-out part of an annotation file)."""
     from hgpose.data.dataset import PersonDataset
     from hgpose.data.loader import make_loader
+    from hgpose.data.person_boxes import detection_index
     from hgpose.data.transforms import frame_to_image
-    from hgpose.detections import detection_index
-    from hgpose.evaluate import coco_keypoint_stats, coco_results, infer
+    from hgpose.evaluation.coco import coco_keypoint_stats, coco_results
+    from hgpose.evaluation.inference import infer
 
     if only_images is not None:  # boxes on other images are not even cropped
         outside = ~np.isin(detections.image_ids, only_images)
@@ -101,7 +102,7 @@ def evaluate_detected_boxes(model, detections, annotation_file, image_dir, split
 def write_error_figures(result: dict, out: Path) -> list[Path]:
     """`evaluate --plots`: the error breakdown of each box source as OUT_errors.png (ground-truth
     boxes) and OUT_errors_detected.png (detected boxes)."""
-    from hgpose.error_analysis import error_figure
+    from hgpose.evaluation.errors import error_figure
     from hgpose.runtime.files import atomic_path
 
     written = []

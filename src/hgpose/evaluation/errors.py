@@ -14,7 +14,7 @@ keypoint similarity ks (COCO's per-keypoint term of OKS):
     miss       none of these
 
 (in that order of precedence). "AP if fixed" moves every keypoint of one error type to its matched
-ground-truth position and recomputes COCO keypoint AP (hgpose.oks.coco_keypoint_ap). Everything is
+ground-truth position and recomputes COCO keypoint AP (hgpose.evaluation.oks.coco_keypoint_ap). Everything is
 numpy over all images at once; the only Python loop is over score ranks (at most 20).
 """
 
@@ -24,8 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hgpose.keypoints import KEYPOINT_NAMES, flip_permutation
-from hgpose.oks import (
+from hgpose.evaluation.oks import (
     COCO_SIGMAS,
     MAX_DETECTIONS,
     GroundTruth,
@@ -38,6 +37,7 @@ from hgpose.oks import (
     pair_oks,
     pairs_of,
 )
+from hgpose.keypoints import KEYPOINT_NAMES, flip_permutation
 
 ERROR_TYPES = ("good", "jitter", "inversion", "swap", "miss")
 FIXABLE = ("jitter", "inversion", "swap", "miss")
