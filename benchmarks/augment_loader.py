@@ -3,7 +3,7 @@
 Builds a prepared cache as benchmarks/data_pipeline.py does (random crops, no JPEG decoded; warm in
 the page cache), then for 0, 1 and 2 loader workers measures samples/s of
   plain      loader -> device (what `hgpose train` feeds the step without --augment)
-  augmented  loader -> device -> float -> hgpose.augment.BatchAugment (flip, rotation, scale; defaults)
+  augmented  loader -> device -> float -> hgpose.data.augment.BatchAugment (flip, rotation, scale; defaults)
 and the warp alone on the device (a batch already there, as many times as fit in the time).
 The step's own cost with and without augmentation is in benchmarks/train_step.py.
 
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_pipeline import BATCH, synthetic_index, warm_up, write_cache  # noqa: E402
-from hgpose.augment import AugmentConfig, BatchAugment  # noqa: E402
+from hgpose.data.augment import AugmentConfig, BatchAugment  # noqa: E402
 from hgpose.data.dataset import PersonDataset  # noqa: E402
 from hgpose.data.loader import device_batches, make_loader  # noqa: E402
 from hgpose.model.hourglass import to_model_input  # noqa: E402

@@ -4,7 +4,7 @@ Prints images/s and achieved GFLOP/s (forward + backward, counted by torch's FLO
 variant, side by side, in one run on the current device. On a CUDA device the variants are eager,
 compiled (`--compile default`) and CUDA graphs (`--compile reduce-overhead`), each in fp32 and bf16;
 on the CPU eager fp32 and bf16 (and compiled with --compile). Each eager variant is also timed with
-`--augment`'s default augmentation (hgpose.augment, on the same device), with its cost over the plain step.
+`--augment`'s default augmentation (hgpose.data.augment, on the same device), with its cost over the plain step.
 Usage:
 
     python benchmarks/train_step.py [--batch-size 16] [--steps 5] [--device auto] [--input-size 256]
@@ -18,13 +18,13 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hgpose.augment import AugmentConfig, BatchAugment
+from hgpose.data.augment import AugmentConfig, BatchAugment
 from hgpose.model.heatmaps import heatmap_loss, render_heatmaps
 from hgpose.model.hourglass import ModelConfig, build_model
 from hgpose.runtime.allocator import keep_freed_memory
 from hgpose.runtime.compile import begin_step, compile_step_model
 from hgpose.runtime.device import resolve_device
-from hgpose.train import train_step
+from hgpose.train.loop import train_step
 
 
 def make_batch(batch_size: int, config: ModelConfig) -> dict:

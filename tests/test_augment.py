@@ -8,15 +8,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import hgpose.train as train_module
-from hgpose.augment import AugmentConfig, BatchAugment, draw_uniforms
+import hgpose.train.loop as train_module
 from hgpose.cli import main
+from hgpose.data.augment import AugmentConfig, BatchAugment, draw_uniforms
 from hgpose.keypoints import KEYPOINT_NAMES, flip_permutation
 from hgpose.model.heatmaps import heatmap_loss, render_heatmaps
 from hgpose.model.hourglass import to_model_input
 from hgpose.runtime.files import UserError
 from hgpose.runtime.precision import autocast
-from hgpose.train import TrainConfig, train
+from hgpose.train.config import TrainConfig
+from hgpose.train.loop import train
 from test_train import (
     TINY_FLAGS,
     TRAIN_COMMAND,

@@ -10,11 +10,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hgpose.checkpoint import STATE_METADATA_KEY
 from hgpose.cli import main
 from hgpose.model.hourglass import ModelConfig, build_model
 from hgpose.model.weights import CONFIG_METADATA_KEY, load_model, save_model
 from hgpose.runtime.files import UserError
+from hgpose.train.checkpoint import STATE_METADATA_KEY
 from test_train import quick_config
 
 SMALL = ModelConfig(depth=2, features=32, input_size=64)
@@ -69,7 +69,7 @@ def test_wrong_shape_and_missing_tensor_are_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def finished_run(synth_dataset, tmp_path_factory):
-    from hgpose.train import train
+    from hgpose.train.loop import train
 
     return train(quick_config(synth_dataset, tmp_path_factory.mktemp("hostile") / "run", epochs=1, subset=16,
                               model=SMALL))
@@ -113,7 +113,7 @@ def test_a_damaged_training_checkpoint_is_one_line_on_resume(finished_run, tmp_p
 
 def test_resumed_optimizer_state_has_the_parameters_memory_layout(finished_run):
     # the uninterrupted run's RMSprop state is channels-last like the weights; a resumed run's must be too
-    from hgpose.checkpoint import load_training_checkpoint
+    from hgpose.train.checkpoint import load_training_checkpoint
 
     model = build_model(SMALL).to(memory_format=torch.channels_last)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)

@@ -6,7 +6,7 @@ import torch
 from hgpose.cli import build_parser
 from hgpose.runtime.compile import compile_mode, compile_step_model, effective_mode
 from hgpose.runtime.files import UserError
-from hgpose.train import TrainConfig
+from hgpose.train.config import TrainConfig
 
 
 def test_compile_flag_alone_keeps_its_meaning_and_takes_a_mode():

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from hgpose.data.cache import prepare_cache
 from hgpose.data.coco import annotation_path
 from hgpose.model.hourglass import ModelConfig
-from hgpose.train import TrainConfig, train
+from hgpose.train.config import TrainConfig
+from hgpose.train.loop import train
 
 TINY = ModelConfig(depth=2, features=16, input_size=64)
 

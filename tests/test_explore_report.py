@@ -16,7 +16,8 @@ from hgpose.explore.sections import SECTION_TITLES
 from hgpose.explore.trajectory import chosen_epochs, lr_drop_epoch
 from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.model.hourglass import ModelConfig
-from hgpose.train import TrainConfig, train
+from hgpose.train.config import TrainConfig
+from hgpose.train.loop import train
 
 TINY = ModelConfig(depth=2, features=32, input_size=64)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: a second thread only waits on 2 cores

@@ -15,7 +15,7 @@ from hgpose.data.coco import load_split
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.image_report import image_report
 from hgpose.data.images import HEADER_BYTES, check_image_header
-from hgpose.train import train
+from hgpose.train.loop import train
 from test_train import quick_config
 
 

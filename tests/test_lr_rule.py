@@ -1,6 +1,6 @@
 import pytest
 
-from hgpose.train import PlateauDrop
+from hgpose.train.loop import PlateauDrop
 
 
 def drops(sequence, patience=5):

@@ -144,7 +144,7 @@ def test_figure2_losses_stay_readable_when_one_epoch_spikes():
 
 def test_table1_and_the_report_carry_the_run_identity(run_dir):
     from hgpose import __version__
-    from hgpose.run_info import git_commit, write_run_info
+    from hgpose.train.run_info import git_commit, write_run_info
 
     (run_dir / "config.yaml").write_text("data: /datasets/coco\nepochs: 8\n")
     write_run_info(run_dir)
@@ -160,7 +160,7 @@ def test_table1_and_the_report_carry_the_run_identity(run_dir):
 
 
 def test_a_run_without_its_own_record_says_whose_version_it_shows(run_dir):
-    from hgpose.run_info import identity_markdown, run_identity
+    from hgpose.train.run_info import identity_markdown, run_identity
 
     identity = run_identity(run_dir)  # metrics.csv only: no config.yaml, no run_info.json
     assert not identity["recorded"] and identity["data"] is None and identity["started"] is None
@@ -171,7 +171,8 @@ def test_a_run_without_its_own_record_says_whose_version_it_shows(run_dir):
 @pytest.mark.slow
 def test_a_trained_run_records_its_identity(synth_dataset, tmp_path):
     from hgpose.model.hourglass import ModelConfig
-    from hgpose.train import TrainConfig, train
+    from hgpose.train.config import TrainConfig
+    from hgpose.train.loop import train
 
     config = TrainConfig(data=str(synth_dataset), out=str(tmp_path / "run"), epochs=1, batch_size=8, workers=0,
                          progress=False, cache="off", subset=8, model=ModelConfig(depth=2, features=32,
@@ -179,7 +180,7 @@ def test_a_trained_run_records_its_identity(synth_dataset, tmp_path):
     run_dir = train(config)
     info = json.loads((run_dir / "run_info.json").read_text())
     assert set(info) == {"hgpose_version", "git_commit", "started"}
-    from hgpose.run_info import identity_markdown, run_identity
+    from hgpose.train.run_info import identity_markdown, run_identity
 
     line = identity_markdown(run_identity(run_dir))  # what write_report puts under Table 1
     assert f"data `{synth_dataset}`" in line and "did not record" not in line

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import hgpose.train as train_module
+import hgpose.train.loop as train_module
 from hgpose.cli import main
 from hgpose.model.weights import load_model
 from hgpose.runtime.files import UserError
-from hgpose.train import train
+from hgpose.train.loop import train
+from hgpose.train.run_dir import RunLog
 from test_train import TINY_FLAGS, TRAIN_COMMAND, quick_config, read_metrics, resume_and_compare, subprocess_env
 
 EPOCHS = 3
@@ -151,7 +152,7 @@ def test_a_full_disk_while_writing_train_log_is_one_line(small_tmpfs):
             f.write(b"\0" * (4 << 20))
         except OSError:
             pass
-    log = train_module.RunLog(small_tmpfs / "train.log")
+    log = RunLog(small_tmpfs / "train.log")
     with pytest.raises(UserError, match=r"train\.log: cannot write \(No space left on device\)"):
         log("x" * 100_000)
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import hgpose.train as train_module
+import hgpose.train.loop as train_module
 from hgpose.cli import main
 from hgpose.model.hourglass import ModelConfig
 from hgpose.model.weights import load_model
 from hgpose.runtime.files import UserError
-from hgpose.train import TrainConfig, train
+from hgpose.train.config import TrainConfig
+from hgpose.train.loop import train
 
 TINY = ModelConfig(depth=2, features=32, input_size=64)
 TINY_FLAGS = ["--depth", "2", "--features", "32", "--input-size", "64"]
@@ -105,7 +106,7 @@ def start_training(data, out: Path, batch_size: int, **popen) -> subprocess.Pope
 PAUSING_TRAIN = """
 import sys, time
 from pathlib import Path
-import hgpose.train as loop
+import hgpose.train.loop as loop
 run_dir, paused, release = (Path(p) for p in sys.argv[1:4])
 real_step = loop.train_step
 def step_then_pause(*args, **kwargs):
@@ -248,7 +249,7 @@ def synth_learnable(tmp_path_factory):
 def test_torchrun_ranks_all_stop_when_rank_0_cannot_take_the_run(synth_dataset, tmp_path):
     import fcntl
 
-    from hgpose.train import LOCK_NAME
+    from hgpose.train.run_dir import LOCK_NAME
 
     run_dir = tmp_path / "busy"
     run_dir.mkdir()

@@ -12,7 +12,8 @@ import yaml
 from hgpose.cli import build_parser, main
 from hgpose.cli.train import build_config
 from hgpose.demo import DEMO_EPOCHS, DEMO_LR, DEMO_MODEL
-from hgpose.train import TrainConfig, train
+from hgpose.train.config import TrainConfig
+from hgpose.train.loop import train
 from test_train import TINY_FLAGS, quick_config, read_metrics
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -49,7 +49,9 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
     from hgpose.runtime.device import resolve_device
     from hgpose.runtime.precision import resolve_precision
     from hgpose.synth import generate_dataset
-    from hgpose.train import TrainConfig, load_run_config, run_is_finished, train
+    from hgpose.train.config import TrainConfig
+    from hgpose.train.loop import train
+    from hgpose.train.run_dir import load_run_config, run_is_finished
 
     started = time.perf_counter()
     precision = resolve_precision(precision, resolve_device("auto"))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from hgpose.data.coco import annotation_path, build_splits, load_split
 from hgpose.data.dataset import PersonDataset
@@ -36,6 +35,7 @@ from hgpose.model.weights import load_model, read_model_config
 from hgpose.runtime.device import resolve_device
 from hgpose.runtime.files import UserError, atomic_write_json, json_float
 from hgpose.runtime.precision import resolve_precision
+from hgpose.train.run_dir import RUN_CONFIG, run_record
 
 
 def evaluate_inference(inference: Inference, dataset, thresholds=None, threshold: float = PCK_THRESHOLD,
@@ -95,16 +95,11 @@ HELD_OUT_SPLITS = ("train", "val")  # the seeded parts of train2017 that trainin
 
 
 def _run_config(checkpoint: Path) -> dict:
-    """The data options of the run a checkpoint belongs to (RUN/best.safetensors or
+    """The options of the run a checkpoint belongs to (RUN/best.safetensors or
     RUN/checkpoints/epoch_NNN.safetensors), or {} when it is not inside a run directory."""
     for directory in (checkpoint.parent, checkpoint.parent.parent):
-        config = directory / "config.yaml"
-        if config.is_file():
-            try:
-                loaded = yaml.safe_load(config.read_text())
-            except yaml.YAMLError:
-                return {}
-            return loaded if isinstance(loaded, dict) else {}
+        if (directory / RUN_CONFIG).is_file():
+            return run_record(directory)
     return {}
 
 

@@ -16,8 +16,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hgpose.run_info import identity_markdown, run_identity
 from hgpose.runtime.files import UserError, atomic_path, atomic_write_json, atomic_write_text, read_json
+from hgpose.train.run_info import identity_markdown, run_identity
 
 REQUIRED_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_pck")
 TABLE1_COLUMNS = ("Description", "Epoch", "Training loss", "Validation loss", "Validation accuracy")

@@ -54,15 +54,11 @@ def add_arguments(parser):
 
 
 def _run_data(run: Path) -> Path:
-    import yaml
+    from hgpose.train.run_dir import read_run_yaml
 
-    config = run / "config.yaml"
-    try:
-        data = (yaml.safe_load(config.read_text()) or {}).get("data")
-    except (OSError, yaml.YAMLError, AttributeError) as exc:
-        raise UserError(f"{config}: cannot read the run's data root ({exc}); pass --data") from None
+    data = read_run_yaml(run).get("data")
     if not data:
-        raise UserError(f"{config}: names no data root; pass --data")
+        raise UserError(f"{run / 'config.yaml'}: names no data root; pass --data")
     return Path(data)
 
 

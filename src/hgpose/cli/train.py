@@ -8,6 +8,7 @@ from hgpose.model.hourglass import ModelConfig
 from hgpose.runtime.compile import COMPILE_MODES
 from hgpose.runtime.files import UserError
 from hgpose.runtime.precision import PRECISIONS
+from hgpose.train.config import TrainConfig
 
 HELP = "train with the seed's protocol (batch 16, MSE, RMSProp 2.5e-4, one PCK-plateau LR drop)"
 DESCRIPTION = (
@@ -15,25 +16,33 @@ DESCRIPTION = (
     "saved. Multi-GPU: `torchrun --nproc-per-node N -m hgpose train ...`."
 )
 
-# (flag, type, default, help); defaults are applied after parsing so that --resume can tell which
-# options were given explicitly
+# (flag, type, help); the defaults are TrainConfig's (shown in --help), applied after parsing so that
+# --resume can tell which options were given explicitly
 OPTIONS = [
-    ("epochs", int, 100, "epochs to train (no automatic early stopping)"),
-    ("batch_size", int, 16, "images per optimisation step, over all processes"),
-    ("lr", float, 2.5e-4, "initial RMSProp learning rate"),
-    ("lr_patience", int, 5, "epochs without a new best val PCK before the one LR drop"),
-    ("lr_factor", float, 0.2, "factor of the one LR drop"),
-    ("seed", int, 0, "seed for init, data order and the held-out split"),
-    ("precision", str, "auto", "bf16 autocast (loss in fp32), fp32, or auto: bf16 where the hardware has it"),
-    ("device", str, "auto", "auto (cuda when available), cpu, cuda, cuda:N"),
-    ("workers", int, 2, "data loader worker processes"),
-    ("subset", int, "all", "use a seeded random N training (and at most N validation) instances"),
-    ("train_split", str, "train2017", "training split name"),
-    ("val_split", str, "a held-out part of the training split", "separate validation split, e.g. val2017"),
-    ("val_fraction", float, 0.05, "fraction of training images held out for validation"),
-    ("cache", str, "auto", "auto (use a current `hgpose prepare` cache when present) or off"),
-    ("cache_dir", str, "DATA/hgpose_cache", "where `hgpose prepare --cache-dir` wrote the caches"),
+    ("epochs", int, "epochs to train (no automatic early stopping)"),
+    ("batch_size", int, "images per optimisation step, over all processes"),
+    ("lr", float, "initial RMSProp learning rate"),
+    ("lr_patience", int, "epochs without a new best val PCK before the one LR drop"),
+    ("lr_factor", float, "factor of the one LR drop"),
+    ("seed", int, "seed for init, data order and the held-out split"),
+    ("precision", str, "bf16 autocast (loss in fp32), fp32, or auto: bf16 where the hardware has it"),
+    ("device", str, "auto (cuda when available), cpu, cuda, cuda:N"),
+    ("workers", int, "data loader worker processes"),
+    ("subset", int, "use a seeded random N training (and at most N validation) instances"),
+    ("train_split", str, "training split name"),
+    ("val_split", str, "separate validation split, e.g. val2017"),
+    ("val_fraction", float, "fraction of training images held out for validation"),
+    ("cache", str, "auto (use a current `hgpose prepare` cache when present) or off"),
+    ("cache_dir", str, "where `hgpose prepare --cache-dir` wrote the caches"),
 ]
+TRAIN_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+# how --help shows the options whose TrainConfig default is None
+NONE_MEANS = {"subset": "all", "val_split": "a held-out part of the training split", "cache_dir": "DATA/hgpose_cache"}
+
+
+def _default_text(name: str) -> str:
+    default = TRAIN_DEFAULTS[name]
+    return NONE_MEANS[name] if default is None else str(default)
 
 
 def add_arguments(parser):
@@ -44,10 +53,10 @@ def add_arguments(parser):
     parser.add_argument("--config", type=Path, metavar="YAML",
                         help="start from a file of options with the keys of a run's config.yaml (e.g. "
                         "configs/seed.yaml); flags given here override it")
-    for name, kind, default, text in OPTIONS:
+    for name, kind, text in OPTIONS:
         choices = {"precision": PRECISIONS, "cache": ["auto", "off"]}.get(name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices,
-                            help=f"{text} (default: {default})")
+                            help=f"{text} (default: {_default_text(name)})")
     parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
                         metavar="MODE",
                         help="torch.compile the training step (compiles for a minute or more first); MODE: "
@@ -107,7 +116,7 @@ def augment_given(args) -> dict:
 
 def _with_augment(saved: dict, given: dict, source) -> dict:
     """The augment block: `saved` (a config file's or a run's) with the flags' values on top."""
-    from hgpose.augment import AugmentConfig
+    from hgpose.data.augment import AugmentConfig
 
     merged = AugmentConfig.from_dict(dict(saved or {}), source).to_dict() | given
     if not merged["enabled"] and set(given) - {"enabled"}:
@@ -132,7 +141,7 @@ def config_from_file(path: Path) -> dict:
 def build_config(args):
     """The TrainConfig the command line asks for: a run's saved config for --resume, else the --config
     file's options (if any) with the flags given on top."""
-    from hgpose.train import TrainConfig, resume_config
+    from hgpose.train.run_dir import resume_config
 
     given = _given(args)
     model_given = args.model_config or any(getattr(args, f.name) is not None for f in fields(ModelConfig))
@@ -170,7 +179,8 @@ INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C; also afte
 
 
 def run(args):
-    from hgpose.train import run_is_finished, train
+    from hgpose.train.loop import train
+    from hgpose.train.run_dir import run_is_finished
 
     config = build_config(args)
     run_dir = train(config, resume=args.resume)

@@ -11,9 +11,8 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
 from hgpose.runtime.files import UserError, atomic_write_json, read_json
+from hgpose.train.run_dir import run_record
 
 RUN_INFO_FILE = "run_info.json"
 
@@ -54,12 +53,9 @@ def run_identity(run_dir) -> dict:
     identity = {"run_dir": str(run_dir.resolve()), "data": None, "started": None, "last_epoch": None}
     config_file, metrics_file = run_dir / "config.yaml", run_dir / "metrics.csv"
     if config_file.is_file():
-        try:
-            config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError):
-            config = None
-        if isinstance(config, dict) and config.get("data") is not None:
-            identity["data"] = str(config["data"])
+        data = run_record(run_dir).get("data")
+        if data is not None:
+            identity["data"] = str(data)
         identity["started"] = utc_timestamp(config_file.stat().st_mtime)
     if metrics_file.is_file():
         identity["last_epoch"] = utc_timestamp(metrics_file.stat().st_mtime)
