@@ -1,0 +1,104 @@
+"""The rules of the seed's protocol and of the COCO top-down protocol, each pinned by a small, exact
+test whose failure message names the rule and the numbers (issue 25).
+
+Training tests run a tiny model (16x16 heatmaps, so a hard-coded 64 shows) for a few epochs in this
+process, with the validation PCK replaced where a rule needs PCK values forced: the patch sits where
+the training loop calls the PCK function, and each test asserts that it fired."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import hgpose.train as train_module
+from hgpose.checkpoint import read_training_state
+from hgpose.coco_names import KEYPOINT_NAMES
+from hgpose.data.targets import render_heatmaps
+from hgpose.model import ModelConfig
+from hgpose.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = ModelConfig(depth=2, features=32, input_size=64)  # 16x16 heatmaps: the seed's c is 1.6, not 6.4
+
+
+def tiny_run_config(data, out, **overrides) -> TrainConfig:
+    options = dict(data=str(data), out=str(out), epochs=2, batch_size=8, workers=0, progress=False, cache="off",
+                   model=TINY, precision="fp32", val_fraction=0.3)
+    return TrainConfig(**(options | overrides))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+class ForcedPCK:
+    """Stands in for hgpose.train.pck: the real PCK is computed, and its overall figure replaced by the
+    next of `values` (one per epoch); `calls` counts the epochs it served."""
+
+    def __init__(self, values):
+        self.values, self.calls = list(values), 0
+        self.real = train_module.pck
+
+    def __call__(self, *args, **kwargs):
+        result = self.real(*args, **kwargs)
+        result.overall = self.values[self.calls]
+        self.calls += 1
+        return result
+
+
+# --- the seed's PCK in training: c = heatmap side / 10, the same figure `evaluate` gives -------------
+
+
+def pck_at(coords, gt, visibility, normalizer: float, r: float = 0.5) -> float:
+    """The seed's PCK written out from its definition (not hgpose's code): pooled over keypoints
+    labelled v = 1 or 2, correct when ||pred - gt|| / c < r."""
+    counted = (visibility == 1) | (visibility == 2)
+    distances = np.linalg.norm(coords.astype(np.float64) - gt.astype(np.float64), axis=-1) / normalizer
+    return float((counted & (distances < r)).sum() / counted.sum())
+
+
+def test_logged_val_pck_is_the_seed_pck_with_c_a_tenth_of_the_heatmap_side(synth_dataset, tmp_path):
+    from hgpose.data.dataset import PersonDataset
+    from hgpose.data.loader import make_loader
+    from hgpose.evaluate import evaluate_checkpoint, infer, load_eval_index
+    from hgpose.model import load_model
+
+    # lr 2e-3: after two epochs some predictions land within a pixel or two, where normalizers differ
+    run_dir = train(tiny_run_config(synth_dataset, tmp_path / "run", epochs=2, lr=2e-3))
+    side = TINY.input_size // 4
+    assert side != 64
+    told_apart = []
+    for row in read_metrics(run_dir):
+        epoch, logged = int(row["epoch"]), float(row["val_pck"])
+        checkpoint = run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors"
+        evaluated = evaluate_checkpoint(checkpoint, synth_dataset, split="val", batch_size=16, device="cpu",
+                                        precision="fp32", cache="off", progress=False)["pck"]["all"]
+        assert evaluated["normalizer"] == side / 10, (
+            f"evaluate's PCK normalizer is {evaluated['normalizer']}; the seed's c is heatmap side / 10 = "
+            f"{side} / 10 = {side / 10}")
+        assert logged == evaluated["overall"], (
+            f"epoch {epoch}: training logged val_pck {logged}, but `evaluate` gives PCK {evaluated['overall']} "
+            f"for that epoch's checkpoint on the same held-out split ({evaluated['counted']} keypoints)")
+        # the figure itself, from the definition, on this model's 16x16 heatmaps
+        dataset = PersonDataset(load_eval_index(synth_dataset, "val", checkpoint), TINY.input_size, cache="off")
+        inference = infer(load_model(checkpoint), make_loader(dataset, 16, shuffle=False), device="cpu",
+                          precision="fp32", progress=False)
+        points = (inference.coords, inference.gt, inference.visibility)
+        expected = pck_at(*points, normalizer=side / 10)
+        wrong = {"64 / 10": pck_at(*points, normalizer=6.4), f"{side} / 8": pck_at(*points, normalizer=side / 8)}
+        assert wrong["64 / 10"] != expected, f"epoch {epoch}: PCK {expected} at c = {side / 10} and at c = 6.4"
+        told_apart.append(wrong[f"{side} / 8"] != expected)
+        assert logged == expected, (
+            f"epoch {epoch}: logged val_pck {logged} is not the seed's PCK with c = {side} / 10 = {side / 10} "
+            f"and r = 0.5 ({expected}); with c = 64 / 10 it would be {wrong['64 / 10']}, "
+            f"with c = {side} / 8 {wrong[f'{side} / 8']}")
+    assert any(told_apart), f"no epoch's held-out predictions tell c = {side} / 10 from c = {side} / 8"
