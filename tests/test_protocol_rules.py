@@ -102,3 +102,49 @@ def test_logged_val_pck_is_the_seed_pck_with_c_a_tenth_of_the_heatmap_side(synth
             f"and r = 0.5 ({expected}); with c = 64 / 10 it would be {wrong['64 / 10']}, "
             f"with c = {side} / 8 {wrong[f'{side} / 8']}")
     assert any(told_apart), f"no epoch's held-out predictions tell c = {side} / 10 from c = {side} / 8"
+
+
+# --- the one-time LR drop: x lr_factor, once, after lr_patience epochs without a new best PCK -------
+
+
+def test_lr_drops_once_by_a_fifth_after_patience_epochs_without_a_new_best(synth_dataset, tmp_path, monkeypatch):
+    lr, epochs = 2.5e-4, 4
+    forced = ForcedPCK([0.25] * epochs)  # never a new best after epoch 1: with patience 1, drop after epoch 2
+    monkeypatch.setattr(train_module, "pck", forced)
+    step_lrs: dict[int, set] = {}  # epoch -> every learning rate the optimizer held at a step
+    saved_lrs: list[list[float]] = []  # what last.safetensors holds after each epoch, every param group
+    real_step, real_save = train_module.train_step, train_module.save_training_checkpoint
+    epoch_now = {"n": 0}
+
+    def recording_step(model, optimizer, *args, **kwargs):
+        step_lrs.setdefault(epoch_now["n"], set()).update(g["lr"] for g in optimizer.param_groups)
+        return real_step(model, optimizer, *args, **kwargs)
+
+    def recording_save(path, model, optimizer, state):
+        written = real_save(path, model, optimizer, state)
+        saved_lrs.append([g["lr"] for g in read_training_state(path)["optimizer_param_groups"]])
+        epoch_now["n"] = state["epoch"]  # the epoch the next steps belong to
+        return written
+
+    epoch_now["n"] = 1
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    monkeypatch.setattr(train_module, "save_training_checkpoint", recording_save)
+    run_dir = train(tiny_run_config(synth_dataset, tmp_path / "run", epochs=epochs, lr=lr, lr_patience=1,
+                                    lr_factor=0.2))
+    assert forced.calls == epochs, f"the forced PCK served {forced.calls} of {epochs} epochs"
+    rows = read_metrics(run_dir)
+    assert [float(r["val_pck"]) for r in rows] == [0.25] * epochs
+    expected = [lr, lr] + [lr * 0.2] * (epochs - 2)
+    logged = [float(r["lr"]) for r in rows]
+    assert logged == expected, (f"LR rule (x0.2 once, after 1 epoch without a new best PCK): metrics.csv lr "
+                                f"per epoch {logged}, expected {expected}")
+    used = [sorted(step_lrs.get(epoch, set())) for epoch in range(1, epochs + 1)]
+    assert used == [[value] for value in expected], (
+        f"LR rule: the optimizer stepped with learning rates {used} in epochs 1..{epochs}, expected {expected}")
+    saved = [sorted(set(groups)) for groups in saved_lrs]
+    assert saved == [[value] for value in expected[1:] + [lr * 0.2]], (
+        f"LR rule: last.safetensors after epochs 1..{epochs} holds optimizer learning rates {saved}, "
+        f"expected {expected[1:] + [lr * 0.2]} (the rate of the epoch that follows)")
+    said = [line for line in (run_dir / "train.log").read_text().splitlines() if "learning rate x0.2" in line]
+    assert len(said) == 1 and "dropped after epoch 2, once" in said[0], (
+        f"LR rule: train.log should say once that the rate dropped after epoch 2; it says {said}")
