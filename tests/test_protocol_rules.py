@@ -8,19 +8,15 @@ the training loop calls the PCK function, and each test asserts that it fired.""
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import hgpose.train as train_module
 from hgpose.checkpoint import read_training_state
-from hgpose.coco_names import KEYPOINT_NAMES
-from hgpose.data.targets import render_heatmaps
 from hgpose.model import ModelConfig
 from hgpose.train import TrainConfig, train
 
@@ -148,3 +144,25 @@ def test_lr_drops_once_by_a_fifth_after_patience_epochs_without_a_new_best(synth
     said = [line for line in (run_dir / "train.log").read_text().splitlines() if "learning rate x0.2" in line]
     assert len(said) == 1 and "dropped after epoch 2, once" in said[0], (
         f"LR rule: train.log should say once that the rate dropped after epoch 2; it says {said}")
+
+
+# --- the best checkpoint: the epoch with the highest validation PCK, not the lowest loss -----------
+
+
+def test_best_checkpoint_is_the_epoch_of_highest_val_pck_not_lowest_loss(synth_dataset, tmp_path, monkeypatch):
+    forced = ForcedPCK([0.6, 0.2, 0.4])  # epoch 1 best by PCK; its loss (an untrained model's) is the worst
+    monkeypatch.setattr(train_module, "pck", forced)
+    run_dir = train(tiny_run_config(synth_dataset, tmp_path / "run", epochs=3))
+    assert forced.calls == 3, f"the forced PCK served {forced.calls} of 3 epochs"
+    rows = read_metrics(run_dir)
+    losses = {int(r["epoch"]): float(r["val_loss"]) for r in rows}
+    lowest_loss = min(losses, key=losses.get)
+    assert lowest_loss != 1, f"val losses {losses}: the best-loss epoch must differ from the best-PCK epoch 1"
+    best = load_file(str(run_dir / "best.safetensors"))
+    epochs = {e: load_file(str(run_dir / "checkpoints" / f"epoch_{e:03d}.safetensors")) for e in losses}
+    same_as = [e for e, weights in epochs.items() if all(torch.equal(best[k], weights[k]) for k in weights)]
+    assert same_as == [1], (
+        f"best.safetensors must be the epoch of the highest val PCK (epoch 1, PCK 0.6; PCK per epoch "
+        f"{[float(r['val_pck']) for r in rows]}), not of the lowest val loss (epoch {lowest_loss}, losses "
+        f"{losses}); it equals epoch(s) {same_as}")
+    assert "done: best val PCK 0.6000 at epoch 1" in (run_dir / "train.log").read_text()
