@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 
 import hgpose.train as train_module
 from hgpose.checkpoint import read_training_state
+from hgpose.coco_names import KEYPOINT_NAMES
+from hgpose.data.targets import render_heatmaps
 from hgpose.model import ModelConfig
 from hgpose.train import TrainConfig, train
 
@@ -166,3 +168,65 @@ def test_best_checkpoint_is_the_epoch_of_highest_val_pck_not_lowest_loss(synth_d
         f"{[float(r['val_pck']) for r in rows]}), not of the lowest val loss (epoch {lowest_loss}, losses "
         f"{losses}); it equals epoch(s) {same_as}")
     assert "done: best val PCK 0.6000 at epoch 1" in (run_dir / "train.log").read_text()
+
+
+# --- the flip test: every keypoint to its mirror twin, the whole skeleton realigned ----------------
+
+
+def mirror_name(name: str) -> str:
+    """The name of a keypoint's mirror image: left_X <-> right_X, the nose itself."""
+    for side, other in (("left_", "right_"), ("right_", "left_")):
+        if name.startswith(side):
+            return other + name[len(side):]
+    return name
+
+
+def test_flip_permutation_maps_every_keypoint_to_its_mirror_twin_by_name():
+    from hgpose.flip import flip_permutation
+
+    perm = flip_permutation(len(KEYPOINT_NAMES))
+    wrong = {KEYPOINT_NAMES[j]: KEYPOINT_NAMES[perm[j]] for j in range(len(KEYPOINT_NAMES))
+             if KEYPOINT_NAMES[perm[j]] != mirror_name(KEYPOINT_NAMES[j])}
+    assert not wrong, f"flip permutation: these keypoints map to a joint that is not their mirror twin: {wrong}"
+    assert sorted(perm) == list(range(17)), f"flip permutation {perm} is not a permutation"
+
+
+def off_joints(error: torch.Tensor) -> str:
+    """'left_ankle 0.912, ...': the joints whose heatmaps differ, with the largest difference."""
+    return ", ".join(f"{KEYPOINT_NAMES[k]} {float(e):.3f}" for k, e in enumerate(error) if e >= 1e-6)
+
+
+class LookupModel(torch.nn.Module):
+    """A perfect network for two known inputs: returns `heatmaps[i]` for an input equal to `inputs[i]`."""
+
+    def __init__(self, inputs: torch.Tensor, heatmaps: torch.Tensor):
+        super().__init__()
+        self.inputs, self.heatmaps = inputs, heatmaps
+
+    def forward(self, x):
+        found = [next(i for i, known in enumerate(self.inputs) if torch.equal(sample, known)) for sample in x]
+        return self.heatmaps[found]
+
+
+def test_flip_test_realigns_the_mirrored_targets_of_the_whole_skeleton():
+    from hgpose.flip import flip_back, flip_test
+
+    size, heatmap = 64, 16
+    rng = np.random.default_rng(3)
+    points = torch.as_tensor(rng.uniform(1.0, heatmap - 2.0, (1, 17, 2)), dtype=torch.float32)  # sub-pixel
+    visibility = torch.full((1, 17), 2)
+    # the mirrored crop: pixel x -> H - 1 - x, and what was the left wrist is now seen as a right wrist
+    twin = [KEYPOINT_NAMES.index(mirror_name(name)) for name in KEYPOINT_NAMES]
+    mirrored_points = points.clone()
+    mirrored_points[..., 0] = heatmap - 1 - points[..., 0]
+    mirrored_points = mirrored_points[:, twin]
+    targets, _ = render_heatmaps(points, visibility, heatmap)
+    mirrored_targets, _ = render_heatmaps(mirrored_points, visibility, heatmap)
+    realigned = flip_back(mirrored_targets)
+    error = (realigned - targets).abs().amax(dim=(0, 2, 3))
+    assert error.max() < 1e-6, f"flip_back of the mirrored crop's targets is off at {off_joints(error)}"
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    model = LookupModel(torch.cat([image, image.flip(-1)]), torch.cat([targets, mirrored_targets]))
+    averaged = flip_test(model, image)
+    error = (averaged - targets).abs().amax(dim=(0, 2, 3))
+    assert error.max() < 1e-6, f"the flip test of a perfect network is off the targets at {off_joints(error)}"
