@@ -8,6 +8,7 @@ the training loop calls the PCK function, and each test asserts that it fired.""
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,48 @@ def test_flip_test_realigns_the_mirrored_targets_of_the_whole_skeleton():
     averaged = flip_test(model, image)
     error = (averaged - targets).abs().amax(dim=(0, 2, 3))
     assert error.max() < 1e-6, f"the flip test of a perfect network is off the targets at {off_joints(error)}"
+
+
+# --- the target Gaussian (sigma 1 heatmap pixel, as documented) and DARK's use of the same sigma ----
+
+
+def test_target_gaussian_has_the_documented_sigma_of_one_heatmap_pixel():
+    targets, _ = render_heatmaps(torch.tensor([[[8.0, 7.0]]]), torch.tensor([[2]]), 16)
+    peak = targets[0, 0]
+    found = {"peak": float(peak[7, 8]), "1 px": float(peak[7, 9]), "2 px": float(peak[7, 10]),
+             "diagonal": float(peak[8, 9]), "1 px up": float(peak[6, 8])}
+    expected = {"peak": 1.0, "1 px": math.exp(-0.5), "2 px": math.exp(-2), "diagonal": math.exp(-1),
+                "1 px up": math.exp(-0.5)}
+    assert found == pytest.approx(expected, abs=1e-6), (
+        f"target Gaussian (sigma = 1 heatmap pixel: exp(-d^2 / 2)): values at distances from the peak {found}, "
+        f"expected {expected}")
+
+
+def target_sigma(targets: torch.Tensor) -> float:
+    """The sigma of a rendered unit Gaussian centred on a pixel, from the value one pixel off its peak,
+    to 3 decimals (float32 rendering leaves ~1e-7 of noise, which would change DARK's kernel a little)."""
+    flat = targets.reshape(-1)
+    centre = int(flat.argmax())
+    return round(math.sqrt(-1 / (2 * math.log(float(flat[centre + 1])))), 3)
+
+
+def test_dark_decoding_uses_the_sigma_of_the_training_targets():
+    from hgpose.dark import dark_offsets
+    from hgpose.evaluate import decode_heatmaps
+
+    sigma = target_sigma(render_heatmaps(torch.tensor([[[8.0, 8.0]]]), torch.tensor([[2]]), 16)[0])
+    truth = torch.tensor([[[7.3, 8.6], [3.8, 11.45], [10.1, 4.7], [6.55, 6.5]]])
+    targets, _ = render_heatmaps(truth, torch.full((1, 4), 2), 16)
+    # a network's heatmap is no exact Gaussian: the blur's sigma then shows in the decoded point
+    noisy = targets + 0.05 * torch.rand(targets.shape, generator=torch.Generator().manual_seed(0))
+    for maps in (targets, noisy):
+        decoded, _ = decode_heatmaps(maps, "dark")
+        index = maps.reshape(1, 4, -1).argmax(-1)
+        argmax = torch.stack([index % 16, index // 16], dim=-1)
+        with_target_sigma = argmax + dark_offsets(maps, argmax[..., 0], argmax[..., 1], sigma=sigma)
+        gap = float((decoded - with_target_sigma).abs().max())
+        assert gap < 1e-6, (f"DARK decoding differs by {gap:.2e} px from DARK with the targets' sigma {sigma:.4f}: "
+                            "its smoothing must use the training targets' sigma")
+    decoded, _ = decode_heatmaps(targets, "dark")
+    error = float((decoded - truth).abs().max())
+    assert error < 1e-3, f"DARK on exact Gaussian targets (sigma {sigma:.4f}) is {error:.2e} px off their centres"
