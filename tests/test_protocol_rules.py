@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import hgpose.train as train_module
@@ -276,3 +277,45 @@ def test_dark_decoding_uses_the_sigma_of_the_training_targets():
     decoded, _ = decode_heatmaps(targets, "dark")
     error = float((decoded - truth).abs().max())
     assert error < 1e-3, f"DARK on exact Gaussian targets (sigma {sigma:.4f}) is {error:.2e} px off their centres"
+
+
+# --- the residual block's skip, and an hourglass level's sum of its two branches ------------------
+
+
+def test_residual_block_with_its_last_conv_zeroed_is_the_identity():
+    from hgpose.model import Residual
+
+    block = Residual(8, 8).eval()
+    torch.nn.init.zeros_(block.conv3.weight)
+    torch.nn.init.zeros_(block.conv3.bias)
+    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = block(x)
+    gap = float((out - x).abs().max())
+    assert gap == 0, f"residual block with its last conv zeroed is not the identity (max |out - x| {gap:.3g}): no skip"
+    widening = Residual(8, 16).eval()  # channels change: the skip is a 1x1 convolution
+    torch.nn.init.zeros_(widening.conv3.weight)
+    torch.nn.init.zeros_(widening.conv3.bias)
+    with torch.no_grad():
+        gap = float((widening(x) - widening.skip(x)).abs().max())
+    assert gap == 0, f"widening residual with its last conv zeroed differs from its 1x1 skip by {gap:.3g}"
+
+
+def test_hourglass_level_sums_its_skip_and_its_upsampled_lower_branch():
+    from hgpose.model import Hourglass
+
+    level = Hourglass(depth=2, features=8, residuals_per_level=1, innermost_residuals=1).eval()
+    x = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        skip = level.skip(x)
+        low = F.interpolate(level.low3(level.inner(level.low1(F.max_pool2d(x, 2, 2)))), scale_factor=2)
+        both = level(x)
+        level.ablate = "low"
+        skip_only = level(x)
+        level.ablate = "skip"
+        low_only = level(x)
+    gaps = {"output - (skip + low)": float((both - (skip + low)).abs().max()),
+            "low branch zeroed - skip": float((skip_only - skip).abs().max()),
+            "skip branch zeroed - low": float((low_only - low).abs().max())}
+    assert max(gaps.values()) < 1e-6, f"an hourglass level must output skip(x) + upsample(low(x)); max gaps {gaps}"
+    assert float(skip.abs().max()) > 0 and float(low.abs().max()) > 0
