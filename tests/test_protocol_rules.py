@@ -8,6 +8,7 @@ the training loop calls the PCK function, and each test asserts that it fired.""
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -319,3 +320,66 @@ def test_hourglass_level_sums_its_skip_and_its_upsampled_lower_branch():
             "skip branch zeroed - low": float((low_only - low).abs().max())}
     assert max(gaps.values()) < 1e-6, f"an hourglass level must output skip(x) + upsample(low(x)); max gaps {gaps}"
     assert float(skip.abs().max()) > 0 and float(low.abs().max()) > 0
+
+
+# --- OKS-NMS honours its threshold, in oks_nms and through the detected-box protocol ---------------
+
+# COCO's per-keypoint sigmas, as published with the COCO keypoint evaluation
+COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10
+
+
+def test_oks_nms_drops_a_prediction_only_above_the_given_threshold():
+    from hgpose.oks import NMS_THRESHOLD, oks_nms
+
+    rng = np.random.default_rng(0)
+    first = rng.uniform(20, 80, (17, 2))
+    second = first + [3.0, 0.0]  # every keypoint 3 px to the right
+    area = 2000.0
+    oks = float(np.mean(np.exp(-9.0 / (2 * area * (2 * COCO_SIGMAS) ** 2))))  # the pair's OKS, from its definition
+    assert 0.5 < oks < NMS_THRESHOLD
+    args = ([7, 7], np.stack([first, second]), [0.9, 0.8], [area, area])
+    kept = {threshold: oks_nms(*args, threshold=threshold).tolist() for threshold in (NMS_THRESHOLD, oks + 0.01,
+                                                                                       oks - 0.01, 0.5)}
+    expected = {NMS_THRESHOLD: [True, True], oks + 0.01: [True, True], oks - 0.01: [True, False], 0.5: [True, False]}
+    assert kept == expected, (f"OKS-NMS must drop the lower-scored of two predictions with OKS {oks:.4f} exactly "
+                              f"when the threshold is below it; kept per threshold {kept}, expected {expected}")
+    assert oks_nms(*args).tolist() == [True, True], f"the default threshold is {NMS_THRESHOLD}"
+
+
+def test_detected_box_protocol_applies_its_nms_threshold(tiny_coco, tmp_path):
+    from hgpose.data.coco import load_split
+    from hgpose.data.dataset import PersonDataset
+    from hgpose.data.transforms import image_to_frame
+    from hgpose.detections import read_detections
+    from hgpose.evaluate import coco_ground_truth
+    from hgpose.protocol import evaluate_detected_boxes
+    from test_protocol_detections import OracleModel, det, two_images_three_people
+
+    root, _, _ = two_images_three_people(tiny_coco)
+    people = tiny_coco.annotations
+    dets = []
+    for ann in people:  # each person found twice: exactly (score 0.9) and a pixel off (0.6, a duplicate)
+        shifted = np.add(ann["bbox"], [1, 1, 0, 0]).tolist()
+        dets += [det(ann["image_id"], ann["bbox"], 0.9), det(ann["image_id"], shifted, 0.6)]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    annotation_file = tiny_coco.annotation_file("val2017")
+    boxes = PersonDataset(load_split(root, "val2017"), input_size=64, cache="off").boxes
+    keypoints = np.stack([image_to_frame(np.array(people[i // 2]["keypoints"], np.float64).reshape(17, 3)[:, :2],
+                                         boxes[i // 2], 16) for i in range(6)]).astype(np.float32)
+    visibility = np.full((6, 17), 2)
+
+    def after_nms(**threshold) -> tuple[int, str]:
+        block, _ = evaluate_detected_boxes(
+            OracleModel(keypoints, visibility, 16), read_detections(path), annotation_file, root / "val2017",
+            "val2017", coco_ground_truth(annotation_file), input_size=64, batch_size=8, device="cpu",
+            precision="fp32", progress=False, **threshold)
+        return block["instances_after_nms"], block["nms"]
+
+    found = {"default": after_nms(), "1.0": after_nms(nms_threshold=1.0), "0.0": after_nms(nms_threshold=0.0)}
+    counts = {name: count for name, (count, _) in found.items()}
+    # 1.0: no OKS exceeds it, all 6 stay; 0.9: the 3 duplicates go; 0.0: one prediction per image
+    assert counts == {"default": 3, "1.0": 6, "0.0": 2}, (
+        f"the detected-box protocol's OKS-NMS must use its nms_threshold: instances after NMS {counts}, "
+        "expected 3 at the default 0.9, 6 at 1.0, 2 at 0.0")
+    assert "at 1.0" in found["1.0"][1] and "at 0.9" in found["default"][1], found
