@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io
 import math
+import random
 import shlex
 import signal
 import sys
@@ -27,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -459,6 +461,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
         raise UserError(f"--batch-size {config.batch_size} is not divisible by {ctx.world_size} processes")
     log = RunLog(run_dir / "train.log" if is_main else None)
     torch.manual_seed(config.seed)  # any random op of the run is reproducible; --resume restores the state
+    np.random.seed(config.seed)  # and so are numpy's and Python's (the checkpoint holds them too)
+    random.seed(config.seed)
     model = build_model(config.model, seed=config.seed).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr)
     schedule = PlateauDrop(config.lr_patience, config.lr_factor)
