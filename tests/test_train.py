@@ -67,17 +67,6 @@ def test_default_run_names_increment(synth_dataset, tmp_path, monkeypatch):
     assert (first.name, second.name) == ("train", "train2")
 
 
-def test_lr_drops_once_in_a_real_run(synth_dataset, tmp_path):
-    # patience 1: the first epoch without a new best PCK triggers the one drop
-    run_dir = train(quick_config(synth_dataset, tmp_path / "run", epochs=6, lr_patience=1, subset=32))
-    lrs = [float(r["lr"]) for r in read_metrics(run_dir)]
-    changes = [i for i in range(1, len(lrs)) if lrs[i] != lrs[i - 1]]
-    assert len(changes) <= 1
-    if changes:
-        assert lrs[changes[0]] == pytest.approx(lrs[0] * 0.2)
-        assert "learning rate x0.2" in (run_dir / "train.log").read_text()
-
-
 @pytest.mark.slow
 def test_short_cpu_training_lowers_the_loss_and_reaches_a_useful_pck(synth_learnable, tmp_path):
     # the seed's architecture at quarter width on 64x64 crops, batch 16, RMSProp (lr raised to learn in

@@ -1,15 +1,18 @@
 """Resumable training checkpoints: safetensors tensors plus JSON metadata, never a pickle.
 
 One file holds the model weights under their own names (so `hgpose.model.load_model` reads it like
-any weights file), the optimizer's tensors under `optimizer.<param>.<name>`, the RNG state, and a
-JSON header entry with everything else (epoch, position in the epoch, LR-rule state, metric history).
+any weights file), the optimizer's tensors under `optimizer.<param>.<name>`, torch's CPU RNG state, and
+a JSON header entry with everything else (epoch, position in the epoch, LR-rule state, metric history,
+numpy's and Python's global RNG states).
 """
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -20,6 +23,22 @@ from hgpose.runtime.files import UserError, atomic_path
 STATE_METADATA_KEY = "hgpose_train_state"
 OPTIMIZER_PREFIX = "optimizer."
 RNG_KEY = "rng.torch_cpu"
+HOST_RNG_KEY = "host_rng"  # in the JSON state: numpy's and Python's global RNG states
+
+
+def host_rng_state() -> dict:
+    """numpy's and Python's global RNG states as JSON. Training draws nothing from them today, but a
+    data op or a library that did would otherwise make a resumed run drift from an uninterrupted one."""
+    key, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    return {"numpy": [key, keys.tolist(), pos, has_gauss, cached], "python": [version, list(internal), gauss_next]}
+
+
+def set_host_rng_state(state: dict) -> None:
+    key, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((key, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 def _unwrap(model):
@@ -40,9 +59,8 @@ def save_training_checkpoint(path: str | Path, model, optimizer: torch.optim.Opt
     tensors[RNG_KEY] = torch.get_rng_state()
     metadata = {
         CONFIG_METADATA_KEY: module.config.to_json(),
-        STATE_METADATA_KEY: json.dumps(
-            {**state, "optimizer_param_groups": opt_state["param_groups"], "optimizer_scalars": scalars}
-        ),
+        STATE_METADATA_KEY: json.dumps({**state, "optimizer_param_groups": opt_state["param_groups"],
+                                        "optimizer_scalars": scalars, HOST_RNG_KEY: host_rng_state()}),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -75,7 +93,8 @@ def read_training_state(path: str | Path) -> dict:
 
 
 def load_training_checkpoint(path: str | Path, model, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model, optimizer and RNG in place; return the JSON state.
+    """Restore model, optimizer and RNG states (torch's, and numpy's and Python's where the file has
+    them: files written before they were saved have not) in place; return the JSON state.
 
     Everything is checked against the model before a tensor is read (names, shapes, dtypes), so a
     wrong, corrupt or hostile file is a one-line UserError and never a large allocation.
@@ -103,7 +122,10 @@ def load_training_checkpoint(path: str | Path, model, optimizer: torch.optim.Opt
         optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("optimizer_param_groups")})
         _match_parameter_layouts(optimizer)
         torch.set_rng_state(tensors[RNG_KEY])
-    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        host_rng = state.pop(HOST_RNG_KEY, None)
+        if host_rng is not None:
+            set_host_rng_state(host_rng)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, OverflowError) as exc:
         raise UserError(f"{path}: corrupt training state ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     return state
 

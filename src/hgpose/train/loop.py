@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hgpose.data.augment import BatchAugment
@@ -273,6 +275,8 @@ def start_session(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Sess
         raise UserError(f"--batch-size {config.batch_size} is not divisible by {ctx.world_size} processes")
     log = RunLog(run_dir / "train.log" if is_main else None)
     torch.manual_seed(config.seed)  # any random op of the run is reproducible; --resume restores the state
+    np.random.seed(config.seed)  # and so are numpy's and Python's (the checkpoint holds them too)
+    random.seed(config.seed)
     model = build_model(config.model, seed=config.seed).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr)
     state = {"schedule": asdict(PlateauDrop(config.lr_patience, config.lr_factor)), "history": [], "epoch": 1,
