@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from hgpose.data.targets import render_heatmaps
 from hgpose.data.transforms import frame_to_image
 from hgpose.fileio import UserError, atomic_write_json
 from hgpose.model import to_model_input
+from hgpose.oks import AREA_PER_BOX_AREA, area_from_bbox
 from hgpose.precision import autocast, resolve_precision
 
 PCK_THRESHOLD = 0.5  # r
@@ -502,7 +504,8 @@ def add_coco_stats(result: dict, index, image_ids, ground_truth_images=None):
 
 def coco_ground_truth(index, image_ids=None):
     """The ground truth COCOeval scores, as hgpose reads the file: the person category's annotations,
-    with what COCOeval needs filled in where another tool left it out (area from the bbox, iscrowd 0,
+    with what COCOeval needs filled in where another tool left it out (area from the bbox as
+    hgpose.oks.area_from_bbox, said in one line; iscrowd 0,
     num_keypoints from the keypoints), and the people hgpose drops (degenerate box, no keypoint on the
     image, ...) marked ignored (num_keypoints 0, as COCOeval ignores unlabelled people), so that
     predicting every kept person perfectly scores AP 1.
@@ -527,7 +530,7 @@ def coco_ground_truth(index, image_ids=None):
         category_id = persons[0] if len(persons) == 1 else 1
     wanted = None if image_ids is None else {int(i) for i in image_ids}
     kept = None if ann_ids is None else set(np.asarray(ann_ids).tolist())
-    people = []
+    people, without_area = [], 0
     for ann in data["annotations"]:
         if ann.get("category_id") != category_id:
             continue
@@ -539,11 +542,16 @@ def coco_ground_truth(index, image_ids=None):
         ann.setdefault("num_keypoints", sum(1 for v in visibility if isinstance(v, (int, float)) and v > 0))
         if not _is_finite_number(ann.get("area")):
             box = ann.get("bbox")
-            ann["area"] = float(box[2] * box[3]) if isinstance(box, list) and len(box) == 4 \
+            ann["area"] = area_from_bbox(box) if isinstance(box, list) and len(box) == 4 \
                 and all(_is_finite_number(v) for v in box) else 0.0
+            without_area += not ann["iscrowd"]  # a crowd region is ignored by keypoint AP whatever its area
         if kept is not None and not ann["iscrowd"] and ann.get("id") not in kept:
             ann["num_keypoints"] = 0  # dropped by hgpose: ignored, neither matched nor missed
         people.append(ann)
+    if without_area:
+        print(f"note: {annotation_file}: {without_area} of {len(people)} person annotations have no 'area'; "
+              f"their OKS scale is {AREA_PER_BOX_AREA} x bbox width x height (xtcocotools' use_area=False, as "
+              "mmpose scores PoseTrack)", file=sys.stderr)
     categories = [c for c in data["categories"] if isinstance(c, dict) and c.get("id") == category_id]
     coco = COCO()
     images = data["images"] if wanted is None else [im for im in data["images"] if im.get("id") in wanted]
@@ -633,11 +641,6 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
         raise UserError(f"--decode must be one of {', '.join(DECODE_METHODS)}, got {decode!r}")
     if plots and out is None:
         raise UserError("--plots writes its figures beside --out FILE.json: give --out")
-    detections = None
-    if boxes is not None:  # read before the model runs: a bad file fails at once
-        from hgpose.detections import read_detections
-
-        detections = read_detections(boxes, min_box_score)
     checkpoint = Path(checkpoint)
     config = read_model_config(checkpoint)
     if input_size is not None and input_size != config.input_size:
@@ -651,6 +654,11 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     index = load_eval_index(data_root, split, checkpoint)
     if len(index) == 0:
         raise UserError(f"{index.annotation_file}: split {split} holds no person instances to evaluate")
+    detections = None
+    if boxes is not None:  # read before the model runs, with the dataset's person id: a bad file fails at once
+        from hgpose.detections import read_detections
+
+        detections = read_detections(boxes, min_box_score, index.category_id, index.annotation_file)
     dataset = PersonDataset(index, input_size=config.input_size, cache=cache)
     model = load_model(checkpoint, device=device)
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, device=device)
@@ -735,6 +743,8 @@ def _fmt(x, digits: int = 3) -> str:
 
 def format_evaluation(result: dict) -> str:
     """The printed summary: overall PCK, v=2 / v=1, per-joint PCK, COCO AP stats."""
+    from hgpose.detections import describe_skipped
+
     pcks = result["pck"]
     normalizer, threshold = pcks["all"]["normalizer"], pcks["all"]["threshold"]
     lines = [
@@ -783,10 +793,12 @@ def format_evaluation(result: dict) -> str:
     if detected:
         lines.append(f"COCO keypoints ({detected['boxes']}): "
                      + "  ".join(f"{name} {_fmt(detected['coco'][name])}" for name in COCO_STAT_NAMES))
-        lines.append(f"  {detected['boxes_evaluated']} of {detected['boxes_in_file']} boxes cropped "
+        lines.append(f"  {detected.get('boxes_cropped', detected['boxes_evaluated'])} of "
+                     f"{detected['boxes_in_file']} boxes cropped "
                      f"(min box score {detected['min_box_score']:g}), "
                      f"{detected.get('instances_after_nms', 0)} left after {detected['nms']}, "
                      f"on {detected['images_evaluated']} images; score = {detected['rescoring']}")
+        lines.append(f"  boxes not cropped: {describe_skipped(detected.get('boxes_skipped', {}))}")
         lines += _error_lines(detected.get("errors"), detected["boxes"])
     return "\n".join(lines)
 
