@@ -137,7 +137,8 @@ def test_a_kill_between_the_fallback_renames_gets_the_old_cache_back(synth_datas
 
 def test_sweep_touches_only_names_hgpose_gives(tmp_path):
     ours = [tmp_path / ".hgpose-tmp-val2017_64.new-17", tmp_path / ".train2017_256.tmp-4242"]
-    users = [tmp_path / ".my.tmp-folder", tmp_path / "train2017_64", tmp_path / ".backup.old-1"]
+    users = [tmp_path / ".my.tmp-folder", tmp_path / "train2017_64", tmp_path / ".backup.old-1",
+             tmp_path / ".hgpose-tmp-index_train2017.npz.k2j3h4l5"]  # another process's atomic write
     for folder in ours + users:
         folder.mkdir()
         (folder / "x").write_text("x")

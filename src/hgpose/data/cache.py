@@ -532,6 +532,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
+# a cache's temp folders; not the index cache's atomic writes beside them (mkdtemp names hold no "-")
+_CACHE_TEMP = re.compile(re.escape(TEMP_PREFIX) + r"(.+)\.(new|old)-\d+")
 _LEGACY_TEMP = re.compile(r"\.[^/]+_\d+\.(tmp|old)-\d+")  # `.train2017_256.tmp-1234`, before TEMP_PREFIX
 
 
@@ -539,19 +541,18 @@ def sweep_stale_temp_folders(folder: Path) -> list[Path]:
     """Remove the temp folders killed prepares left in `folder` (one holds a full-size crops.u8),
     first putting back an old cache that a kill between the fallback swap's two renames left aside.
     Call only while holding _exclusive(folder): then no live prepare owns any of them.
-    Only names hgpose gives are touched: TEMP_PREFIX ones, and `.NAME.tmp-PID` / `.NAME.old-PID`
-    folders of older versions."""
+    Only the names prepare gives are touched: `.hgpose-tmp-NAME.new-PID` / `.old-PID`, and the
+    `.NAME.tmp-PID` / `.NAME.old-PID` folders of older versions."""
     removed = []
     for entry in sorted(Path(folder).glob(".*")):
         name = entry.name
         if not entry.is_dir() or entry.is_symlink():
             continue
-        if name.startswith(TEMP_PREFIX) and ".old-" in name:
-            target = entry.parent / name[len(TEMP_PREFIX):].rsplit(".old-", 1)[0]
-            if not target.exists():
-                os.rename(entry, target)  # the cache as it was before the interrupted swap
-                continue
-        if name.startswith(TEMP_PREFIX) or _LEGACY_TEMP.fullmatch(name):
+        ours = _CACHE_TEMP.fullmatch(name)
+        if ours and ours.group(2) == "old" and not (entry.parent / ours.group(1)).exists():
+            os.rename(entry, entry.parent / ours.group(1))  # the cache as it was before the interrupted swap
+            continue
+        if ours or _LEGACY_TEMP.fullmatch(name):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
