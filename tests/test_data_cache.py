@@ -110,10 +110,10 @@ c.prepare_cache(root / "annotations/person_keypoints_train2017.json", root / "tr
                 Path({str(cache)!r}), progress=False, workers=1)
 """
     child = subprocess.Popen([sys.executable, "-c", script])
-    _wait_for(lambda: (tmp_path / "cropped").exists() and list(cache.glob(".train2017_64.tmp-*/crops.u8")))
+    _wait_for(lambda: (tmp_path / "cropped").exists() and list(cache.glob(".hgpose-tmp-train2017_64.new-*/crops.u8")))
     child.send_signal(signal.SIGKILL)
     child.wait()
-    leftovers = list(cache.glob(".train2017_64.tmp-*"))
+    leftovers = list(cache.glob(".hgpose-tmp-train2017_64.new-*"))
     assert len(leftovers) == 1 and not (cache / "train2017_64").exists()
     json_file, image_dir = annotation_path(synth_dataset, "train2017"), synth_dataset / "train2017"
     assert find_cache(json_file, image_dir, 64, cache) is None
@@ -122,7 +122,7 @@ c.prepare_cache(root / "annotations/person_keypoints_train2017.json", root / "tr
     assert find_cache(json_file, image_dir, 64, cache) is None
 
     assert _prepare(synth_dataset, cache) == cache / "train2017_64"
-    assert not list(cache.glob(".train2017_64.*"))
+    assert not list(cache.glob(".hgpose-tmp-*"))
     assert find_cache(json_file, image_dir, 64, cache) is not None
 
 
@@ -298,7 +298,7 @@ def test_ctrl_c_stops_prepare_with_one_line_and_no_worker_tracebacks(synth_datas
 def test_two_prepares_at_once_end_with_one_current_cache(synth_dataset, tmp_path):
     cache_dir, gate = tmp_path / "c", tmp_path / "go"
     first = _prepare_process(synth_dataset, cache_dir, workers=1, gate=gate)  # holds on until `gate`
-    _wait_for(lambda: list(cache_dir.glob(".train2017_64.tmp-*")))
+    _wait_for(lambda: list(cache_dir.glob(".hgpose-tmp-train2017_64.new-*")))
     second = _prepare_process(synth_dataset, cache_dir, workers=1)
     assert "waiting for another hgpose prepare" in second.stderr.readline()
     gate.touch()

@@ -151,10 +151,11 @@ def test_table1_and_the_report_carry_the_run_identity(run_dir):
     outputs = write_report(run_dir)
     text = outputs["table1.md"].read_text()
     identity_line = text.strip().splitlines()[-1]
-    assert identity_line.startswith(f"Run `{run_dir}`: data `/datasets/coco`; started 20")
+    assert identity_line.startswith(f"Run `{run_dir.name}`: data `coco`; started 20")  # names, not paths
     assert f"hgpose {__version__}, commit {git_commit() or 'unknown'}." in identity_line
     assert "did not record" not in identity_line
     run = json.loads(outputs["report.json"].read_text())["run"]
+    assert run["run_dir"] == str(run_dir.resolve())  # the JSON keeps the paths
     assert run["data"] == "/datasets/coco" and run["hgpose_version"] == __version__ and run["recorded"]
     assert run["last_epoch"].endswith("UTC")
 

@@ -43,17 +43,17 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 def wait_until_locked(lock_file: Path, proc: subprocess.Popen) -> None:
-    """Until another process holds the flock on lock_file."""
+    """Until another process holds the lock (a POSIX lockf lock) on lock_file."""
     import fcntl
 
     wait_for(lock_file, proc)
     while True:
-        with open(lock_file) as f:
+        with open(lock_file, "r+") as f:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
                 return
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.lockf(f, fcntl.LOCK_UN)
         assert proc.poll() is None
         time.sleep(0.01)
 
@@ -159,12 +159,16 @@ def test_a_full_disk_while_writing_train_log_is_one_line(small_tmpfs):
 
 def test_leftover_temp_files_are_swept_and_checkpoints_get_normal_permissions(synth_dataset, tmp_path):
     run_dir = train(quick_config(synth_dataset, tmp_path / "run", epochs=1, subset=16))
-    leftovers = [run_dir / ".last.safetensors.k3j2h1.tmp", run_dir / ".tmpAb12Cd",
-                 run_dir / "checkpoints" / ".epoch_002.safetensors.x9y8z7.tmp"]
-    for path in leftovers:
-        path.write_bytes(b"half a checkpoint")
+    leftovers = [run_dir / ".hgpose-tmp-last.safetensors.k3j2h1", run_dir / "checkpoints" / ".hgpose-tmp-x9y8z7"]
+    leftovers[0].mkdir()
+    (leftovers[0] / ".tmpAb12Cd").write_bytes(b"half a checkpoint")  # safetensors' own temp file, inside ours
+    leftovers[1].write_bytes(b"half a checkpoint")
+    users = [run_dir / ".notes.tmp", run_dir / ".tmpAb12Cd"]  # names hgpose never gives: not ours to delete
+    for path in users:
+        path.write_bytes(b"the user's")
     train(quick_config(synth_dataset, tmp_path / "run", epochs=2, subset=16), resume=run_dir)
     assert not any(p.exists() for p in leftovers)
+    assert all(p.read_bytes() == b"the user's" for p in users)
     mode = stat.S_IMODE((run_dir / "metrics.csv").stat().st_mode)
     for name in ("last.safetensors", "best.safetensors", "checkpoints/epoch_002.safetensors"):
         assert stat.S_IMODE((run_dir / name).stat().st_mode) == mode, name

@@ -243,7 +243,7 @@ def test_torchrun_ranks_all_stop_when_rank_0_cannot_take_the_run(synth_dataset, 
     run_dir = tmp_path / "busy"
     run_dir.mkdir()
     with open(run_dir / LOCK_NAME, "w") as held:  # another train writing there
-        fcntl.flock(held, fcntl.LOCK_EX)
+        fcntl.lockf(held, fcntl.LOCK_EX)
         # a slow monitor: the agent would otherwise stop rank 1 itself once rank 0 has failed
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519",
                "--monitor-interval", "5", "-m", "hgpose", "train", "--data", str(synth_dataset), "--out",

@@ -14,7 +14,7 @@ from hgpose.data.coco import annotation_path, build_splits, load_split
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.image_report import first_problems, image_report
 from hgpose.data.loader import make_loader
-from hgpose.data.person_boxes import read_detections
+from hgpose.data.person_boxes import describe_skipped, read_detections
 from hgpose.data.transforms import frame_to_image
 from hgpose.evaluation.coco import COCO_STAT_NAMES, add_coco_stats, coco_results
 from hgpose.evaluation.inference import Inference, infer
@@ -136,9 +136,6 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     check_decode_method(decode)
     if plots and out is None:
         raise UserError("--plots writes its figures beside --out FILE.json: give --out")
-    detections = None
-    if boxes is not None:  # read before the model runs: a bad file fails at once
-        detections = read_detections(boxes, min_box_score)
     checkpoint = Path(checkpoint)
     config = read_model_config(checkpoint)
     if input_size is not None and input_size != config.input_size:
@@ -152,6 +149,9 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     index = load_eval_index(data_root, split, checkpoint)
     if len(index) == 0:
         raise UserError(f"{index.annotation_file}: split {split} holds no person instances to evaluate")
+    detections = None
+    if boxes is not None:  # read before the model runs, with the dataset's person id: a bad file fails at once
+        detections = read_detections(boxes, min_box_score, index.category_id, index.annotation_file)
     dataset = PersonDataset(index, input_size=config.input_size, cache=cache)
     model = load_model(checkpoint, device=device)
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, device=device)
@@ -280,10 +280,12 @@ def format_evaluation(result: dict) -> str:
     if detected:
         lines.append(f"COCO keypoints ({detected['boxes']}): "
                      + "  ".join(f"{name} {_fmt(detected['coco'][name])}" for name in COCO_STAT_NAMES))
-        lines.append(f"  {detected['boxes_evaluated']} of {detected['boxes_in_file']} boxes cropped "
+        lines.append(f"  {detected.get('boxes_cropped', detected['boxes_evaluated'])} of "
+                     f"{detected['boxes_in_file']} boxes cropped "
                      f"(min box score {detected['min_box_score']:g}), "
                      f"{detected.get('instances_after_nms', 0)} left after {detected['nms']}, "
                      f"on {detected['images_evaluated']} images; score = {detected['rescoring']}")
+        lines.append(f"  boxes not cropped: {describe_skipped(detected.get('boxes_skipped', {}))}")
         lines += _error_lines(detected.get("errors"), detected["boxes"])
     return "\n".join(lines)
 

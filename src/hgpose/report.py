@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -235,9 +236,24 @@ def figure2(metrics: list[dict], title: str | None = None, subtitle: str | None 
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""),
-                     fontsize="medium" if subtitle else "large")
+        lines = textwrap.wrap(title, TITLE_CHARS) + (textwrap.wrap(subtitle, TITLE_CHARS) if subtitle else [])
+        fig.suptitle("\n".join(lines), fontsize="medium" if subtitle else "large")
     return fig
+
+
+# characters per line of Figure 2's title: wrapped, a long run path or data path is never cut off
+# at the figure's edges (13 inches at 10 pt hold about 170)
+TITLE_CHARS = 140
+
+
+def shown_identity(identity: dict) -> dict:
+    """The identity as figures and Table 1 show it: the run's and the data's folder names, not the
+    absolute paths of the machine that made them (report.json keeps those)."""
+    shown = dict(identity)
+    for key in ("run_dir", "data"):
+        if shown.get(key):
+            shown[key] = Path(shown[key]).name or shown[key]
+    return shown
 
 
 def write_report(run_dir) -> dict[str, Path]:
@@ -250,8 +266,9 @@ def write_report(run_dir) -> dict[str, Path]:
     selection = select_model(run_dir, metrics)
     identity = run_identity(run_dir)
     outputs = {}
-    fig = figure2(metrics, title=f"{run_dir.resolve().name}: training loss, validation loss and validation PCK",
-                  subtitle=identity_markdown(identity).replace("`", ""))
+    shown = shown_identity(identity)
+    fig = figure2(metrics, title=f"{shown['run_dir']}: training loss, validation loss and validation PCK",
+                  subtitle=identity_markdown(shown).replace("`", ""))
     for suffix in ("png", "pdf"):
         path = run_dir / f"figure2.{suffix}"
         with atomic_path(path) as tmp:
@@ -259,7 +276,7 @@ def write_report(run_dir) -> dict[str, Path]:
         fig.set_layout_engine("none")  # keep the layout the first save computed: the second is faster
         outputs[path.name] = path
     markdown = (table1_markdown(rows) + "\n\n" + selection_markdown(selection) + "\n\n"
-                + identity_markdown(identity) + "\n")
+                + identity_markdown(shown) + "\n")
     outputs["table1.md"] = atomic_write_text(run_dir / "table1.md", markdown)
     outputs["table1.csv"] = atomic_write_text(run_dir / "table1.csv", table1_csv(rows))
     outputs["report.json"] = atomic_write_json(run_dir / "report.json", _json_ready(

@@ -9,7 +9,7 @@ import pkgutil
 import sys
 
 from hgpose import __version__
-from hgpose.cli.common import HelpFormatter
+from hgpose.cli.common import HelpFormatter, unknown_arguments_message
 from hgpose.runtime.allocator import keep_freed_memory
 from hgpose.runtime.files import UserError
 
@@ -46,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # one line naming the option and the closest valid one, not the top-level usage
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = commands.choices[args.command]
+        print(f"{command.prog}: error: {unknown_arguments_message(command, unknown)}", file=sys.stderr)
+        return 2
     keep_freed_memory()  # every command that runs the network allocates large tensors over and over
     try:
         return int(args._run(args) or 0)

@@ -137,3 +137,18 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1")
+
+
+def unknown_arguments_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """What a command says about arguments it does not know: the first unknown option and the
+    closest valid one (difflib), instead of argparse's top-level usage and a bare list."""
+    import difflib
+
+    first = unknown[0]
+    if not first.startswith("-") or first == "-":
+        return f"unexpected argument {first!r} (see {parser.prog} --help)"
+    name = first.split("=", 1)[0]
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"see {parser.prog} --help"
+    return f"unknown option {name}; {hint}"

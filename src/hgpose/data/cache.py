@@ -15,18 +15,21 @@ pwrite each crop; CacheReader reads exactly the rows asked for with preadv (one 
 consecutive rows, straight into the caller's array) on a descriptor advised POSIX_FADV_RANDOM.
 
 meta.json holds a fingerprint of the source JSON (its sha1) and the crop settings and is written
-last, into a temporary folder that is then renamed into place: a folder without a matching
-meta.json is never used, so an interrupted prepare leaves nothing that looks complete.
+last, into a temporary folder (.hgpose-tmp-NAME.new-PID) that is then swapped into place: a folder
+without a matching meta.json is never used, so an interrupted prepare leaves nothing that looks
+complete, and the next prepare removes what it left.
 The fingerprint does not cover the image files: after replacing images, run prepare --force.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sys
@@ -42,7 +45,7 @@ from hgpose.data.coco import load_annotation_file
 from hgpose.data.images import MAX_IMAGE_PIXELS, crop_file, single_threaded_opencv
 from hgpose.data.person_index import INDEX_VERSION, PersonIndex, split_name
 from hgpose.data.transforms import CROP_PADDING
-from hgpose.runtime.files import UserError, atomic_write_json, file_sha1
+from hgpose.runtime.files import TEMP_PREFIX, UserError, atomic_write_json, file_sha1
 from hgpose.runtime.progress import progress_bar
 
 # Bump when decoding or cropping changes the pixels: old caches then read as stale.
@@ -221,10 +224,14 @@ def prepare_cache(annotation_file, image_dir, input_size: int, cache_dir=None, p
     status = check_cache(annotation_file, image_dir, input_size, cache_dir)
     name = split_name(annotation_file)
     if status.state == "current" and not force:
+        with _exclusive(status.path.parent, wait=False) as free:
+            if free:  # no prepare is writing here: what a killed one left is stale
+                sweep_stale_temp_folders(status.path.parent)
         print(f"cache for {name} is current: {status.path}", file=sys.stderr)
         return status.path
     seen = _inode(status.path)
     with _exclusive(status.path.parent):
+        sweep_stale_temp_folders(status.path.parent)  # we hold the lock: nobody else is writing here
         again = check_cache(annotation_file, image_dir, input_size, cache_dir)
         if again.state == "current" and (not force or _inode(again.path) != seen):
             print(f"cache for {name} is current (built by another prepare meanwhile): {again.path}",
@@ -251,18 +258,23 @@ def _inode(path: Path) -> int | None:
 
 
 @contextmanager
-def _exclusive(folder: Path):
+def _exclusive(folder: Path, wait: bool = True):
     """Hold an exclusive lock on the cache folder's parent (flock: released when the process dies,
-    however it dies, and it leaves no lock file behind)."""
+    however it dies, and it leaves no lock file behind). Every prepare writing in `folder` holds it,
+    so its holder may treat any temp folder there as stale. With wait=False, yields whether the lock
+    was free instead of waiting for it."""
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                yield False
+                return
             print(f"waiting for another hgpose prepare writing in {folder}", file=sys.stderr)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         os.close(fd)  # releases the lock
 
@@ -275,8 +287,7 @@ def _build(index: PersonIndex, path: Path, size: int, key: dict, workers, progre
     if needed > free:
         raise UserError(f"{path.parent}: the cache needs {needed / 1e9:.1f} GB, {free / 1e9:.1f} GB free "
                         "(use --cache-dir to put it elsewhere)")
-    _remove_leftovers(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp = path.parent / f"{TEMP_PREFIX}{path.name}.new-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -461,10 +472,20 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename the finished folder onto `path`; an old cache is moved aside first, then deleted."""
+    """Put the finished folder `tmp` at `path` so that a kill at any moment leaves a cache there.
+
+    With an old cache in place the two folders are exchanged in one step (renameat2 RENAME_EXCHANGE),
+    then the old one, now at the temp name, is deleted. Where the file system cannot exchange, the old
+    cache is renamed aside first; a kill between that and the second rename is undone by the next
+    prepare (sweep_stale_temp_folders puts the old cache back).
+    """
+    if path.exists() and _exchange(tmp, path):
+        _fsync_dir(path.parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # the old cache
+        return
     old = None
     if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        old = path.parent / f"{TEMP_PREFIX}{path.name}.old-{os.getpid()}"
         shutil.rmtree(old, ignore_errors=True)
         os.rename(path, old)
     os.rename(tmp, path)
@@ -473,19 +494,44 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_leftovers(path: Path) -> None:
-    """Delete temporary folders of earlier prepares that were killed (their process is gone)."""
-    for leftover in list(path.parent.glob(f".{path.name}.tmp-*")) + list(path.parent.glob(f".{path.name}.old-*")):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap the names of `a` and `b` (Linux renameat2); False where that is unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
         return False
-    except PermissionError:
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
-    return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+# a cache's temp folders; not the index cache's atomic writes beside them (mkdtemp names hold no "-")
+_CACHE_TEMP = re.compile(re.escape(TEMP_PREFIX) + r"(.+)\.(new|old)-\d+")
+_LEGACY_TEMP = re.compile(r"\.[^/]+_\d+\.(tmp|old)-\d+")  # `.train2017_256.tmp-1234`, before TEMP_PREFIX
+
+
+def sweep_stale_temp_folders(folder: Path) -> list[Path]:
+    """Remove the temp folders killed prepares left in `folder` (one holds a full-size crops.u8),
+    first putting back an old cache that a kill between the fallback swap's two renames left aside.
+    Call only while holding _exclusive(folder): then no live prepare owns any of them.
+    Only the names prepare gives are touched: `.hgpose-tmp-NAME.new-PID` / `.old-PID`, and the
+    `.NAME.tmp-PID` / `.NAME.old-PID` folders of older versions."""
+    removed = []
+    for entry in sorted(Path(folder).glob(".*")):
+        name = entry.name
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        ours = _CACHE_TEMP.fullmatch(name)
+        if ours and ours.group(2) == "old" and not (entry.parent / ours.group(1)).exists():
+            os.rename(entry, entry.parent / ours.group(1))  # the cache as it was before the interrupted swap
+            continue
+        if ours or _LEGACY_TEMP.fullmatch(name):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed

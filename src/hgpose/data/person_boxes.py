@@ -20,6 +20,9 @@ from hgpose.runtime.files import UserError, atomic_write_json, read_json
 
 PERSON_CATEGORY_ID = 1
 SKIP_REASONS = ("not person", "below --min-box-score", "bad bbox", "unknown image id", "unusable image")
+# how the printed summary words each reason (the JSON keeps the keys above)
+SKIP_WORDS = {"not person": "not a person", "below --min-box-score": "below --min-box-score",
+              "bad bbox": "degenerate or outside its image", "unreadable image": "on an unreadable image"}
 
 
 @dataclass
@@ -41,13 +44,20 @@ class Detections:
         return f"detected boxes: {self.source}"
 
     def describe(self) -> str:
-        skipped = ", ".join(f"{reason} {n}" for reason, n in self.skipped.items() if n) or "none"
+        skipped = describe_skipped(self.skipped)
         return (f"{self.source}: {len(self)} of {self.total} boxes kept (min score {self.min_score:g}); "
                 f"skipped: {skipped}")
 
 
-def read_detections(path, min_score: float = 0.0, category_id: int = PERSON_CATEGORY_ID) -> Detections:
-    """Parse a COCO detection results file; one-line UserError when it is not one."""
+def describe_skipped(skipped: dict[str, int]) -> str:
+    """'not a person 3, below --min-box-score 10' (or 'none'): dropped boxes by reason, in words."""
+    return ", ".join(f"{SKIP_WORDS.get(reason, reason)} {n}" for reason, n in skipped.items() if n) or "none"
+
+
+def read_detections(path, min_score: float = 0.0, category_id: int = PERSON_CATEGORY_ID,
+                    annotation_file=None) -> Detections:
+    """Parse a COCO detection results file; one-line UserError when it is not one, or when none of its
+    boxes has `category_id` (the person id of `annotation_file`, the dataset they are scored on)."""
     path = Path(path)
     data = read_json(path, "detection results file")
     if not isinstance(data, list):
@@ -60,6 +70,7 @@ def read_detections(path, min_score: float = 0.0, category_id: int = PERSON_CATE
         bboxes = np.array([d["bbox"] for d in data], dtype=np.float64).reshape(len(data), 4)
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         raise UserError(f"{path}: {_first_problem(data)}") from None
+    check_person_category(path, categories, category_id, annotation_file)
     skipped = dict.fromkeys(SKIP_REASONS, 0)
     reason = np.zeros(len(data), dtype=np.int8)
 
@@ -74,6 +85,20 @@ def read_detections(path, min_score: float = 0.0, category_id: int = PERSON_CATE
     skipped.update({name: int(counts[i + 1]) for i, name in enumerate(SKIP_REASONS)})
     keep = reason == 0
     return Detections(path, image_ids[keep], bboxes[keep], scores[keep], float(min_score), len(data), skipped)
+
+
+def check_person_category(path: Path, categories: np.ndarray, person_id: int, annotation_file=None) -> None:
+    """Boxes none of which has the dataset's person category id are a UserError naming both ids: the
+    file was written for a dataset that numbers its categories otherwise (COCO's person is 1), and
+    scoring it would either keep no box (AP "-") or take another category's boxes for people."""
+    if not len(categories) or (categories == person_id).any():
+        return
+    found = ", ".join(str(int(c)) for c in np.unique(categories)[:5]) + (", ..." if len(np.unique(categories)) > 5
+                                                                       else "")
+    where = f"{annotation_file} names person {person_id}" if annotation_file else f"person is {person_id}"
+    raise UserError(f"{path}: none of its {len(categories)} boxes has the dataset's person category_id "
+                    f"({where}); its boxes have category_id {found}. Write the person boxes with "
+                    f"category_id {person_id}")
 
 
 def _first_problem(data: list) -> str:

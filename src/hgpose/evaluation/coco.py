@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from hgpose.data.coco import read_annotation_json
+from hgpose.evaluation.oks import AREA_PER_BOX_AREA, area_from_bbox
 from hgpose.runtime.files import UserError
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
@@ -70,7 +72,8 @@ def add_coco_stats(result: dict, index, image_ids, ground_truth_images=None):
 
 def coco_ground_truth(index, image_ids=None):
     """The ground truth COCOeval scores, as hgpose reads the file: the person category's annotations,
-    with what COCOeval needs filled in where another tool left it out (area from the bbox, iscrowd 0,
+    with what COCOeval needs filled in where another tool left it out (area from the bbox as
+    evaluation.oks.area_from_bbox, said in one line; iscrowd 0,
     num_keypoints from the keypoints), and the people hgpose drops (degenerate box, no keypoint on the
     image, ...) marked ignored (num_keypoints 0, as COCOeval ignores unlabelled people), so that
     predicting every kept person perfectly scores AP 1.
@@ -91,7 +94,7 @@ def coco_ground_truth(index, image_ids=None):
         category_id = persons[0] if len(persons) == 1 else 1
     wanted = None if image_ids is None else {int(i) for i in image_ids}
     kept = None if ann_ids is None else set(np.asarray(ann_ids).tolist())
-    people = []
+    people, without_area = [], 0
     for ann in data["annotations"]:
         if ann.get("category_id") != category_id:
             continue
@@ -103,11 +106,16 @@ def coco_ground_truth(index, image_ids=None):
         ann.setdefault("num_keypoints", sum(1 for v in visibility if isinstance(v, (int, float)) and v > 0))
         if not _is_finite_number(ann.get("area")):
             box = ann.get("bbox")
-            ann["area"] = float(box[2] * box[3]) if isinstance(box, list) and len(box) == 4 \
+            ann["area"] = area_from_bbox(box) if isinstance(box, list) and len(box) == 4 \
                 and all(_is_finite_number(v) for v in box) else 0.0
+            without_area += not ann["iscrowd"]  # a crowd region is ignored by keypoint AP whatever its area
         if kept is not None and not ann["iscrowd"] and ann.get("id") not in kept:
             ann["num_keypoints"] = 0  # dropped by hgpose: ignored, neither matched nor missed
         people.append(ann)
+    if without_area:
+        print(f"note: {annotation_file}: {without_area} of {len(people)} person annotations have no 'area'; "
+              f"their OKS scale is {AREA_PER_BOX_AREA} x bbox width x height (xtcocotools' use_area=False, as "
+              "mmpose scores PoseTrack)", file=sys.stderr)
     categories = [c for c in data["categories"] if isinstance(c, dict) and c.get("id") == category_id]
     coco = COCO()
     images = data["images"] if wanted is None else [im for im in data["images"] if im.get("id") in wanted]

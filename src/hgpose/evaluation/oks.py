@@ -81,9 +81,10 @@ def oks_nms(image_ids, keypoints, scores, areas, threshold: float = NMS_THRESHOL
 
     In score order, a prediction is dropped when its OKS with an already kept prediction of the same
     image exceeds `threshold`. The OKS between two predictions uses all keypoints and the mean of
-    their two areas (as the reference oks_nms). keypoints (N, K, 2+) image pixels; areas (N,) the
-    boxes' w x h. Vectorised over images: images holding the same number n of predictions are done
-    together as (images, n, n) OKS arrays (no padding); the only loop is over score ranks.
+    their two areas (as the reference oks_nms). keypoints (N, K, 2+) image pixels; areas (N,) each
+    prediction's scale (hgpose.evaluation.topdown passes its padded crop's area, as mmpose and HRNet do).
+    Vectorised over images: images holding the same number n of predictions are done together as
+    (images, n, n) OKS arrays (no padding); the only loop is over score ranks.
     """
     image_ids = np.asarray(image_ids)
     points = np.asarray(keypoints, dtype=np.float64)[..., :2]
@@ -115,6 +116,18 @@ def oks_nms(image_ids, keypoints, scores, areas, threshold: float = NMS_THRESHOL
 
 
 # --- ground truth and detections as arrays ------------------------------------------------------------
+
+
+# Ground truth without `area` (PoseTrack-style files): xtcocotools' COCOeval with use_area=False
+# scales OKS by bbox w * h * 0.53 (cocoeval.py, computeOks), and mmpose scores PoseTrack18 that way
+# (PoseTrack18Metric sets use_area=False). The 0.53 makes a box about as large as the segmented
+# area COCO would give; the bare box area (1/0.53 = 1.9x larger) would inflate AP.
+AREA_PER_BOX_AREA = 0.53
+
+
+def area_from_bbox(bbox) -> float:
+    """The OKS area of a ground-truth person that has a bbox but no `area` (see AREA_PER_BOX_AREA)."""
+    return float(bbox[2]) * float(bbox[3]) * AREA_PER_BOX_AREA
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Detected boxes (hgpose.data.person_boxes) are cropped as ground-truth boxes and run through the model
 (optionally with the flip test and DARK decoding); each instance is rescored as box score x the mean
-of its keypoint confidences above 0.2; OKS-NMS at 0.9 (COCO sigmas) runs per image; COCOeval
+of its keypoint confidences above 0.2; OKS-NMS at 0.9 (COCO sigmas, each person's scale the area of
+its padded crop, as mmpose and HRNet) runs per image; COCOeval
 ('keypoints', maxDets 20) scores the rest over every image of the annotation file (as the
 reference protocol, which evaluates all of val2017), leaving out images that could not be read.
 """
@@ -69,7 +70,7 @@ def evaluate_detected_boxes(model, detections, annotation_file, image_dir, split
         "boxes_skipped": {k: v for k, v in detections.skipped.items() if v},
         "boxes_evaluated": len(index),
         "rescoring": f"box score x mean keypoint confidence above {RESCORE_CONFIDENCE}",
-        "nms": f"OKS-NMS per image at {nms_threshold} (COCO sigmas)",
+        "nms": f"OKS-NMS per image at {nms_threshold} (COCO sigmas, scale: the padded crop's area)",
     }
     results: list[dict] = []
     unreadable_images = np.zeros(0, dtype=np.int64)
@@ -84,14 +85,20 @@ def evaluate_detected_boxes(model, detections, annotation_file, image_dir, split
         confidence = inference.confidence[valid]
         scores = rescore(detections.scores[positions[rows]], confidence)
         image_ids = index.image_ids[rows]
-        areas = index.bboxes[rows, 2].astype(np.float64) * index.bboxes[rows, 3]
+        # OKS-NMS's scale of each detected person is the area of its padded crop (the square the model
+        # saw), as in mmpose (the product of bbox_scale, the padded box) and HRNet (np.prod(s * 200)),
+        # not the detector's w x h: their published detected-box APs are computed so.
+        areas = dataset.boxes[rows, 2].astype(np.float64) ** 2
         keep = oks_nms(image_ids, points, scores, areas, nms_threshold)
         results = coco_results(image_ids[keep], points[keep], confidence[keep], person_category(coco))
         for entry, score in zip(results, scores[keep]):
             entry["score"] = float(score)
         unreadable_images = np.unique(index.image_ids[inference.indices[~valid]])
+        if (~valid).any():
+            block["boxes_skipped"]["unreadable image"] = int((~valid).sum())
         block.update(unreadable=int((~valid).sum()), instances_before_nms=int(valid.sum()),
                      instances_after_nms=int(keep.sum()))
+    block["boxes_cropped"] = block.get("instances_before_nms", 0)  # what the model really saw
     eval_image_ids = np.setdiff1d(all_image_ids, unreadable_images)
     block["images_evaluated"] = int(len(eval_image_ids))
     block["coco"] = coco_keypoint_stats(coco, results, eval_image_ids)

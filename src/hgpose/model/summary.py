@@ -46,13 +46,28 @@ def model_summary(config: ModelConfig | None = None) -> dict:
     }
 
 
+def checkpoint_summary(path) -> dict:
+    """model_summary of the model a checkpoint holds, its config read from the file. The weights are
+    loaded (and checked against the config, as every command does) and their parameters counted,
+    so the count is the file's, not only what the config implies."""
+    from hgpose.model.weights import load_model
+
+    model = load_model(path)
+    summary = model_summary(model.config)
+    summary["total_parameters"] = count_parameters(model)
+    return {"checkpoint": str(path), **summary}
+
+
 def format_summary(summary: dict) -> str:
     rows = [
         (s["name"], "x".join(map(str, s["output_shape"] or ["-"])), f"{s['parameters']:,}") for s in summary["stages"]
     ]
     widths = [max(len(r[i]) for r in rows + [("stage", "output shape", "parameters")]) for i in range(3)]
     line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
-    out = [line(("stage", "output shape", "parameters")), "-" * (sum(widths) + 4)]
+    out = [f"checkpoint: {summary['checkpoint']}"] if "checkpoint" in summary else []
+    if "checkpoint" in summary:
+        out.append("model config: " + ", ".join(f"{k} {v}" for k, v in summary["config"].items()))
+    out += [line(("stage", "output shape", "parameters")), "-" * (sum(widths) + 4)]
     out += [line(r) for r in rows]
     out += [
         "-" * (sum(widths) + 4),

@@ -7,6 +7,8 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,14 +22,16 @@ class UserError(Exception):
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`.
 
-    A crash at any moment leaves either the old file or the new one, never half of one.
+    A crash at any moment leaves either the old file or the new one, never half of one. The
+    temporary path lies in a private folder named with TEMP_PREFIX, so that whatever a writer makes
+    beside it (safetensors writes its own `.tmpXXXXXX` file and renames it onto ours) is inside that
+    folder too, and a later sweep removes exactly what hgpose made and nothing a user keeps there.
     """
     path = Path(path)
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        os.close(fd)
-    tmp = Path(tmp)
+        folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent))
+    tmp = folder / path.name
     try:
         with disk_errors(path):
             yield tmp
@@ -37,10 +41,11 @@ def atomic_path(path: str | Path):
                 os.fsync(f.fileno())
             os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-TEMP_SUFFIX = ".tmp"
+# Every temporary file or folder hgpose makes starts with this; sweeps remove nothing else.
+TEMP_PREFIX = ".hgpose-tmp-"
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -68,15 +73,17 @@ def disk_errors(path: str | Path):
 
 
 def sweep_temp_files(folder: str | Path) -> list[Path]:
-    """Remove what a killed atomic write left in `folder`: our `.NAME.XXXX.tmp` files and the
-    `.tmpXXXXXX` files safetensors writes before its rename. Call only on folders this process owns."""
+    """Remove what a killed atomic write left in `folder`: entries named with TEMP_PREFIX, which only
+    hgpose makes. Anything else stays, whatever its name (older hgpose versions named temp files
+    `.NAME.XXXX.tmp`, a pattern a user's own files can match, so those are left alone).
+    Call only on folders of a run this process holds the lock of."""
     removed = []
-    for leftover in Path(folder).glob(".*"):
-        ours = leftover.name.endswith(TEMP_SUFFIX) and leftover.name.count(".") >= 3
-        safetensors_own = leftover.name.startswith(".tmp") and len(leftover.name) == 10
-        if (ours or safetensors_own) and leftover.is_file():
+    for leftover in Path(folder).glob(f"{TEMP_PREFIX}*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
             leftover.unlink(missing_ok=True)
-            removed.append(leftover)
+        removed.append(leftover)
     return removed
 
 
@@ -114,27 +121,88 @@ def read_json(path: str | Path, what: str = "JSON file"):
         raise UserError(f"{path}: malformed JSON (not UTF-8 text)") from None
 
 
+# (device, inode) of the locks this process holds: a POSIX lock never refuses its own process
+_HELD_LOCKS: set[tuple[int, int]] = set()
+
+
 @contextmanager
 def exclusive_lock(path: str | Path, busy_message: str):
-    """Hold an exclusive flock on `path` (created if absent) for the `with` block, or raise
-    UserError(busy_message) at once if another process holds it. The kernel drops the lock when the
-    holder dies, so a killed process never leaves a stale lock behind."""
+    """Hold an exclusive lock on `path` (created if absent) for the `with` block, or raise
+    UserError(busy_message) at once if another process (or this one) holds it.
+
+    A POSIX record lock (fcntl.lockf), not flock: it belongs to this process alone, so forked
+    DataLoader workers do not inherit it, and the kernel drops it the moment this process dies,
+    however it dies, even while orphaned workers still hold the descriptor. (An flock belongs to the
+    open file, which the workers share: it outlived a SIGKILLed train by seconds. O_CLOEXEC does not
+    help: fork keeps descriptors, only exec closes them.)
+    The file is opened without following a symbolic link, and one that is not a lock of ours (a
+    link, a hard link, something holding other data) is refused, never truncated.
+    A POSIX lock is also dropped when its process closes any descriptor of the file: nothing else in
+    hgpose opens the lock file, and a second exclusive_lock of it is refused before it opens one.
+    """
     import fcntl
 
     path = Path(path)
-    with disk_errors(path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    if _lock_key(path) in _HELD_LOCKS:  # before opening: closing a second descriptor would drop our lock
+        raise UserError(busy_message)
+    fd = _open_lock_file(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        key = _check_lock_file(fd, path)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise UserError(busy_message) from None
+            raise
+    except BaseException:
         os.close(fd)
-        raise UserError(busy_message) from None
+        raise
+    _HELD_LOCKS.add(key)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a curious user; the flock is what counts
+        with disk_errors(path):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a curious user; the lock is what counts
         yield
     finally:
+        _HELD_LOCKS.discard(key)
         os.close(fd)  # releases the lock
+
+
+def _lock_key(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _open_lock_file(path: Path) -> int:
+    with disk_errors(path):
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UserError(f"{path}: is a symbolic link, not hgpose's lock file; remove the link "
+                                "(hgpose never writes through it)") from None
+            if exc.errno in (errno.EISDIR, errno.ENXIO, errno.EACCES, errno.EPERM):
+                raise UserError(f"{path}: cannot be opened as hgpose's lock file ({exc.strerror})") from None
+            raise
+
+
+def _check_lock_file(fd: int, path: Path) -> tuple[int, int]:
+    """The lock's (device, inode) when the open file can only be a lock of ours: a plain file with
+    no other name, empty or holding a PID line. Raises UserError otherwise."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path}: not a regular file, so not hgpose's lock file; move it away")
+    if info.st_nlink > 1:
+        raise UserError(f"{path}: has {info.st_nlink} names (a hard link), so not hgpose's lock file; "
+                        "remove it (hgpose never writes into it)")
+    content = os.pread(fd, 64, 0) if info.st_size <= 32 else b"x"
+    if content and not content.strip().isdigit():
+        raise UserError(f"{path}: holds data that is not an hgpose lock (a PID); move it away "
+                        "(hgpose never overwrites it)")
+    return info.st_dev, info.st_ino
 
 
 _SHA1_MEMO: dict[tuple, str] = {}
@@ -145,8 +213,8 @@ def file_sha1(path: str | Path) -> str:
     (path, size, mtime) so that a run reading the same file twice hashes it once."""
     path = Path(path)
     with disk_errors(path):
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        info = path.stat()
+        key = (str(path.resolve()), info.st_size, info.st_mtime_ns)
         if key not in _SHA1_MEMO:
             digest = hashlib.sha1()
             with open(path, "rb") as f:
