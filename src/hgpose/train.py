@@ -41,6 +41,7 @@ from hgpose.data.dataset import PersonDataset
 from hgpose.data.image_report import first_problems, image_report
 from hgpose.data.loader import device_batches, make_loader
 from hgpose.data.targets import heatmap_loss, render_heatmaps
+from hgpose.data_origin import origin_metadata
 from hgpose.evaluate import infer, pck, seed_normalizer
 from hgpose.fileio import UserError, atomic_write_text, disk_errors, exclusive_lock, sweep_temp_files
 from hgpose.model import ModelConfig, build_model, save_model, to_model_input
@@ -472,6 +473,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
         carried = state["partial"]
 
     train_set, val_set = _load_data(config, log, is_main)
+    # each checkpoint says whether it learnt from generated figures (predict warns on photos)
+    origin = origin_metadata(train_set.index.annotation_file)
     known_bad: set[str] = set()  # unusable training images reported at the start
     if is_main:
         for what, dataset in (("training", train_set), ("validation", val_set)):
@@ -602,9 +605,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
                 for group in optimizer.param_groups:
                     group["lr"] *= config.lr_factor
             if is_main:
-                save_model(model, run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors")
+                save_model(model, run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors", origin)
                 if improved:
-                    save_model(model, run_dir / "best.safetensors")
+                    save_model(model, run_dir / "best.safetensors", origin)
                 save_last(epoch + 1, 0, {"loss_sum": 0.0, "samples": 0, "seconds": 0.0})
                 write_metrics_csv(run_dir / "metrics.csv", history)
                 skipped = f", {int((~result.valid).sum())} unreadable val samples skipped" \
