@@ -68,7 +68,8 @@ def test_load_takes_evaluates_precision_and_default(checkpoint, synth_dataset):
     path = synth_dataset / "val2017" / image["file_name"]
     default = hgpose.load(checkpoint)
     assert default.precision == resolve_precision("auto", torch.device("cpu"))  # what evaluate runs by default
-    np.testing.assert_array_equal(default.predict(path, boxes), hgpose.load(checkpoint, precision="auto").predict(path, boxes))
+    same = hgpose.load(checkpoint, precision="auto")
+    np.testing.assert_array_equal(default.predict(path, boxes), same.predict(path, boxes))
     fp32 = hgpose.load(checkpoint, precision="fp32")
     bf16 = hgpose.load(checkpoint, precision="bf16")
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
