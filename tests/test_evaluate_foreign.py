@@ -73,7 +73,7 @@ def test_keypoint_names_other_than_cocos_are_refused(capsys, tiny_coco, tmp_path
     code = main(["prepare", "--data", str(root), "--splits", "train2017", "--cache-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert err.endswith("the person category's keypoints are not COCO's: keypoint 3 is 'right_ear', "
+    assert err.endswith("the person category's keypoints are not COCO's: keypoint 4 (counting from 1) is 'right_ear', "
                         "COCO's is 'left_ear'; hgpose trains COCO's keypoint set only")
 
 
