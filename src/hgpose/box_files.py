@@ -1,9 +1,12 @@
 """Person boxes from a simple CSV file, for `hgpose predict --boxes boxes.csv`.
 
-One row per person: file_name,x,y,w,h[,score] (x, y the top-left corner, w, h the size, in pixels
-of the stored image, as COCO boxes). An optional header row names the columns; a detector's score
-column is accepted and not used. Rows of one image may be anywhere in the file; images are numbered
-1, 2, ... in the order they first appear (the image_id of the results).
+One row per person: file_name,x,y,w,h[,score] (x, y the top-left corner, w, h the size, in pixels of
+the photo as every viewer shows it, i.e. turned upright by its EXIF orientation: a person wrote these
+boxes looking at it; COCO files, by contrast, refer to the stored pixels). file_name is a base name or
+a path relative to the image root (seqA/000000.jpg); one that would match several given files is an
+error (hgpose.predict). An optional header row names the columns; a detector's score column is
+accepted and not used. Rows of one image may be anywhere in the file; images are numbered 1, 2, ...
+in the order they first appear (the image_id of the results).
 """
 
 from __future__ import annotations
