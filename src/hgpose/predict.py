@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from hgpose.box_files import BoxTable, ImageBoxes, Unlisted, load_boxes_file, load_boxes_json  # noqa: F401
+from hgpose.box_files import BoxTable, ImageBoxes, Unlisted, load_boxes_file
 from hgpose.data import images
 from hgpose.data.coco import is_safe_file_name
 from hgpose.data.transforms import crop_box_from_bbox, crop_image, frame_to_image
