@@ -48,6 +48,8 @@ def predict_video(predictor, path: Path, run, *, name: str, first_image_id: int,
     (frames predicted, the overlay video written or None, why the video could not be used or None)."""
     from hgpose.progress import progress_bar
 
+    # FFmpeg's own lines ("moov atom not found") would interleave with ours, which say what went wrong
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, unless the user chose a level
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
