@@ -86,8 +86,13 @@ def test_images_and_a_video_together_get_distinct_image_ids(checkpoint, tmp_path
     photo = tmp_path / "photo.jpg"
     assert cv2.imwrite(str(photo), np.full((60, 50, 3), 100, np.uint8))
     out = tmp_path / "out"
-    code, err = _predict(capsys, checkpoint, video, photo, "--out", out, "--no-overlays")
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", str(checkpoint), "--no-progress", str(video), str(photo), "--out", str(out),
+                 "--no-overlays"])
+    captured = capsys.readouterr()
+    err = captured.err
     assert code == 0, err
+    assert f"4 people in 1 images and 3 video frames -> {out / 'keypoints.json'}" in captured.out
     assert "whole image is treated as one person" in err  # and each whole frame
     results = json.loads((out / "keypoints.json").read_text())
     assert [(r["image_id"], r["file_name"], r.get("frame")) for r in results] == [

@@ -222,6 +222,7 @@ class PredictSummary:
     skipped: list[tuple[str, str]]  # (path, reason) of images that were not used
     skipped_people: list[tuple[str, str]] = field(default_factory=list)  # (path, "annotation N: reason")
     notes: list[str] = field(default_factory=list)  # what the user should know once, said before the run
+    frames: int = 0  # of them, video frames
 
 
 def expand_paths(paths, exclude: Path | None = None,
@@ -289,7 +290,8 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     run.images(predictor, jobs)
     run.videos(predictor, videos, first_image_id=len(jobs) + 1)
     results_path = atomic_write_json(out / "keypoints.json", run.results, indent=None)
-    return PredictSummary(results_path, run.done, run.people, run.written, run.skipped, run.skipped_people, notes)
+    return PredictSummary(results_path, run.done, run.people, run.written, run.skipped, run.skipped_people, notes,
+                          run.frames)
 
 
 def _origin_notes(checkpoint, table: BoxTable | None) -> list[str]:
@@ -319,7 +321,8 @@ class _Run:
     results: list = field(default_factory=list)
     written: list = field(default_factory=list)
     people: int = 0
-    done: int = 0
+    done: int = 0  # images and video frames predicted on
+    frames: int = 0
     bar: object = None
     _overlay_names: set = field(default_factory=set)
 
@@ -420,6 +423,7 @@ class _Run:
                 self.skipped.append((str(path), problem))
                 print(f"skipping {path}: {problem}", file=sys.stderr)
             first_image_id += frames
+            self.frames += frames
             self.written += [overlay] if overlay is not None else []
 
     def skip(self, path: Path, reason: str) -> None:

@@ -90,7 +90,9 @@ def run(args):
         flip_test=args.flip_test, decode=args.decode, precision=args.precision, annotations=args.annotations,
         progress=args.progress,
     )
-    print(f"{summary.people} people in {summary.images} images -> {summary.results}"
+    images = summary.images - summary.frames
+    seen = f"{images} images" + (f" and {summary.frames} video frames" if summary.frames else "")
+    print(f"{summary.people} people in {seen} -> {summary.results}"
           + (f" and {len(summary.overlays)} overlays in {args.out}" if summary.overlays else ""))
     _list("image(s)", summary.skipped)
     _list("person box(es)", summary.skipped_people)
