@@ -31,33 +31,30 @@ def _by_image(results: list[dict]) -> dict[int, np.ndarray]:
     return {image_id: np.array(rows) for image_id, rows in people.items()}
 
 
-def _evaluate_and_predict(checkpoint, data, tmp_path, *precision: str):
-    """(evaluate's results, predict's results) on the val split's images and ground-truth boxes."""
-    options = {"precision": precision[0]} if precision else {}
+def _evaluate_and_predict(checkpoint, data, tmp_path, **options):
+    """(evaluate's results, predict's results) on the val split's images and ground-truth boxes, both
+    given the same options (none: their defaults)."""
     evaluate_checkpoint(checkpoint, data, split="val2017", workers=0, progress=False,
                         out=tmp_path / "eval.json", **options)
     evaluated = json.loads((tmp_path / "eval_keypoints.json").read_text())
-    flags = ["--precision", precision[0]] if precision else []
+    flags = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
     assert main(["predict", "--checkpoint", str(checkpoint), str(data / "val2017"), "--boxes",
                  str(data / "annotations" / "person_keypoints_val2017.json"), "--out", str(tmp_path / "pred"),
                  "--no-overlays", "--no-progress", *flags]) == 0
     return evaluated, json.loads((tmp_path / "pred" / "keypoints.json").read_text())
 
 
-def test_default_predict_gives_evaluates_keypoints(checkpoint, synth_dataset, tmp_path):
-    evaluated, predicted = _evaluate_and_predict(checkpoint, synth_dataset, tmp_path)
+@pytest.mark.parametrize("options", [{}, {"precision": "fp32"}, {"flip_test": True, "decode": "dark", "batch_size": 5}],
+                         ids=["defaults", "fp32", "flip-dark-batch5"])
+def test_predict_gives_evaluates_keypoints(checkpoint, synth_dataset, tmp_path, options):
+    evaluated, predicted = _evaluate_and_predict(checkpoint, synth_dataset, tmp_path, **options)
     assert len(evaluated) == len(predicted) > 8
     ours, theirs = _by_image(evaluated), _by_image(predicted)
     assert ours.keys() == theirs.keys()
-    for image_id in ours:
-        np.testing.assert_array_equal(ours[image_id], theirs[image_id], err_msg=f"image id {image_id}")
-
-
-def test_fp32_predict_gives_fp32_evaluates_keypoints(checkpoint, synth_dataset, tmp_path):
-    evaluated, predicted = _evaluate_and_predict(checkpoint, synth_dataset, tmp_path, "fp32")
-    ours, theirs = _by_image(evaluated), _by_image(predicted)
-    assert ours.keys() == theirs.keys()
-    for image_id in ours:
+    for image_id in ours:  # each image's people in the annotation file's order, digit for digit
         np.testing.assert_array_equal(ours[image_id], theirs[image_id], err_msg=f"image id {image_id}")
 
 
