@@ -152,7 +152,7 @@ def test_predict_and_evaluate_give_identical_keypoints_for_a_large_person(checkp
     assert code == 0, captured.err
     evaluated = json.loads((tmp_path / "metrics_keypoints.json").read_text())
     code = main(["predict", "--checkpoint", str(checkpoint), str(path), "--boxes", str(tiny_coco.annotation_file(
-        "val2017")), "--out", str(tmp_path / "predicted"), "--device", "cpu", "--no-overlays"])
+        "val2017")), "--out", str(tmp_path / "predicted"), "--device", "cpu", "--no-overlays", "--precision", "fp32"])
     assert code == 0
     predicted = json.loads((tmp_path / "predicted" / "keypoints.json").read_text())
     assert len(evaluated) == len(predicted) == 1
@@ -174,7 +174,7 @@ def test_predict_flip_test_and_dark_decoding_match_evaluate(checkpoint, tiny_coc
 
     def predict(out, extra):
         code = main(["predict", "--checkpoint", str(checkpoint), str(path), "--boxes", boxes, "--out",
-                     str(tmp_path / out), "--device", "cpu", "--no-overlays", *extra])
+                     str(tmp_path / out), "--device", "cpu", "--no-overlays", "--precision", "fp32", *extra])
         assert code == 0
         return json.loads((tmp_path / out / "keypoints.json").read_text())[0]["keypoints"]
 
