@@ -69,6 +69,13 @@ def test_no_images_found_comes_without_the_no_boxes_note(checkpoint, tmp_path, c
     assert err.strip().splitlines() == [f"hgpose predict: error: no images found in {tmp_path / 'empty'}"]
 
 
+def test_a_missing_checkpoint_is_one_line_without_the_notes(tmp_path, capsys):
+    missing = tmp_path / "missing.safetensors"
+    code, err = _predict(capsys, missing, _jpeg(tmp_path / "one.jpg"), "--out", tmp_path / "out")
+    assert code == 2
+    assert err.strip().splitlines() == [f"hgpose predict: error: {missing}: checkpoint not found"]
+
+
 def test_box_positions_in_messages_count_from_1(checkpoint):
     with pytest.raises(hgpose.UserError, match=r"box 2 \(counting from 1\) is \[0.0, 0.0, 0.0, 5.0\]"):
         hgpose.load(checkpoint).predict(np.zeros((10, 10, 3), np.uint8), boxes=[[0, 0, 5, 5], [0, 0, 0, 5]])

@@ -280,12 +280,12 @@ def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predicti
     if not jobs and not videos:
         listed = f" listed in {boxes_json}" if table is not None and table.by_name else ""
         raise UserError(f"no images{listed} found in " + ", ".join(map(str, paths)))
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size, flip_test=flip_test,
+                                          decode=decode, precision=precision)  # a bad checkpoint: its one line only
     notes = [WHOLE_IMAGE_NOTE] if table is None and box is None else []
     notes += _origin_notes(checkpoint, table)
     for line in notes:
         print(line, file=sys.stderr)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size, flip_test=flip_test,
-                                          decode=decode, precision=precision)
     run = _Run(out, table, box, min_confidence, overlays, progress, skipped)
     run.images(predictor, jobs)
     run.videos(predictor, videos, first_image_id=len(jobs) + 1)
