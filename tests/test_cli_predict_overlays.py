@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hgpose.box_files import load_boxes_csv
 from hgpose.cli import main
+from hgpose.data.person_boxes import load_boxes_csv
 from hgpose.draw import LEFT_COLOUR, draw_pose
 from hgpose.model.hourglass import ModelConfig, build_model
 from hgpose.model.weights import save_model

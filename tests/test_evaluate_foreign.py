@@ -74,7 +74,7 @@ def test_keypoint_names_other_than_cocos_are_refused(capsys, tiny_coco, tmp_path
     code = main(["prepare", "--data", str(root), "--splits", "train2017", "--cache-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert err.endswith("the person category's keypoints are not COCO's: keypoint 3 is 'right_ear', "
+    assert err.endswith("the person category's keypoints are not COCO's: keypoint 4 (counting from 1) is 'right_ear', "
                         "COCO's is 'left_ear'; hgpose trains COCO's keypoint set only")
 
 
@@ -153,7 +153,7 @@ def test_predict_and_evaluate_give_identical_keypoints_for_a_large_person(checkp
     assert code == 0, captured.err
     evaluated = json.loads((tmp_path / "metrics_keypoints.json").read_text())
     code = main(["predict", "--checkpoint", str(checkpoint), str(path), "--boxes", str(tiny_coco.annotation_file(
-        "val2017")), "--out", str(tmp_path / "predicted"), "--device", "cpu", "--no-overlays"])
+        "val2017")), "--out", str(tmp_path / "predicted"), "--device", "cpu", "--no-overlays", "--precision", "fp32"])
     assert code == 0
     predicted = json.loads((tmp_path / "predicted" / "keypoints.json").read_text())
     assert len(evaluated) == len(predicted) == 1
@@ -175,7 +175,7 @@ def test_predict_flip_test_and_dark_decoding_match_evaluate(checkpoint, tiny_coc
 
     def predict(out, extra):
         code = main(["predict", "--checkpoint", str(checkpoint), str(path), "--boxes", boxes, "--out",
-                     str(tmp_path / out), "--device", "cpu", "--no-overlays", *extra])
+                     str(tmp_path / out), "--device", "cpu", "--no-overlays", "--precision", "fp32", *extra])
         assert code == 0
         return json.loads((tmp_path / out / "keypoints.json").read_text())[0]["keypoints"]
 

@@ -18,9 +18,11 @@ __version__ = "0.1.0"
 __all__ = ["UserError", "__version__", "load"]
 
 
-def load(checkpoint, device="cpu", flip_test: bool = False, decode: str = "quarter"):
+def load(checkpoint, device="cpu", flip_test: bool = False, decode: str = "quarter", precision: str = "auto"):
     """A hgpose.predict.Predictor: `.predict(image, boxes=None)` -> (P, 17, 3) x, y, confidence.
-    flip_test and decode ("quarter" or "dark") as for `hgpose evaluate`."""
+    flip_test, decode ("quarter" or "dark") and precision ("auto", "fp32", "bf16") as for `hgpose
+    evaluate`, with its defaults, so that both give the same keypoints on the same image and box."""
     from hgpose.predict import Predictor
 
-    return Predictor.from_checkpoint(checkpoint, device=device, flip_test=flip_test, decode=decode)
+    return Predictor.from_checkpoint(checkpoint, device=device, flip_test=flip_test, decode=decode,
+                                     precision=precision)

@@ -5,30 +5,42 @@
 
 Crops are made exactly as for training and evaluate (hgpose.data.images.crop_file: the box clipped
 to the image, a square 1.25 x its longer side centred on it, a large person's JPEG decoded at reduced
-size); with no boxes the whole image is one person. Keypoints come back in the image convention of
-transforms.py (pixel i covers [i, i+1)), confidence = the heatmap's peak value. A photo file is
-turned upright by its EXIF orientation, as viewers show it; with boxes from a COCO file the stored
-pixels are used, as COCO's annotations refer to them.
+size); with no boxes the whole image is one person. The network runs as evaluate runs it (channels-last,
+the same --precision with the same default, "auto"), so both give identical keypoints on the same image
+and box. Keypoints come back in the image convention of transforms.py (pixel i covers [i, i+1)),
+confidence = the heatmap's peak value. Boxes a person wrote for a photo (--box, a CSV box file) refer to
+it as every viewer shows it, turned upright by its EXIF orientation; COCO annotation and detection
+files refer to the stored pixels, so with them the orientation is not applied.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from hgpose.data import images
-from hgpose.data.coco import is_safe_file_name
+from hgpose.data.coco import annotation_path, is_safe_file_name
+from hgpose.data.origin import GENERATED, ORIGIN_KEY, annotation_origin
+from hgpose.data.person_boxes import BoxTable, ImageBoxes, Unlisted, as_boxes, bad_box_mask, load_boxes_file
 from hgpose.data.transforms import crop_box_from_bbox, crop_image, frame_to_image
+from hgpose.draw import draw_pose
+from hgpose.evaluation.coco import coco_results
 from hgpose.model.heatmaps import check_decode_method, decode_heatmaps, flip_test
 from hgpose.model.hourglass import HourglassNet, to_model_input
 from hgpose.model.weights import load_model
-from hgpose.runtime.files import UserError, atomic_write_bytes, atomic_write_json, read_json
+from hgpose.predict_video import predict_video, split_videos
+from hgpose.runtime.files import UserError, atomic_write_bytes, atomic_write_json
+from hgpose.runtime.precision import PRECISIONS, autocast, resolve_precision
+from hgpose.runtime.progress import progress_bar
+from hgpose.train.run_dir import RUN_CONFIG, run_record
 
 __all__ = ["Predictor", "predict_paths", "read_image", "to_model_input", "PredictSummary"]
 
@@ -60,31 +72,6 @@ def as_rgb(image) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] not in (3, 4) or min(array.shape[:2]) < 1:
         raise UserError(f"image: expected an (H, W, 3) RGB array, got shape {array.shape}")
     return np.ascontiguousarray(array[:, :, :3])
-
-
-def as_boxes(boxes, image_shape) -> np.ndarray:
-    """(P, 4) float64 person boxes x, y, w, h; the whole image when boxes is None."""
-    if boxes is None:
-        height, width = image_shape[:2]
-        return np.array([[0.0, 0.0, width, height]])
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if boxes.size == 0:
-        return np.zeros((0, 4))
-    boxes = boxes.reshape(-1, 4) if boxes.ndim == 1 and boxes.size == 4 else boxes
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise UserError(f"boxes: expected (P, 4) x, y, w, h, got shape {boxes.shape}")
-    bad = bad_box_mask(boxes)
-    if bad.any():
-        raise UserError(f"boxes: box {int(np.flatnonzero(bad)[0])} is {boxes[bad][0].tolist()}; "
-                        "expected finite x, y and positive w, h")
-    return boxes
-
-
-def bad_box_mask(boxes: np.ndarray) -> np.ndarray:
-    """(P,) True for a box that is not finite x, y with positive w, h."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    with np.errstate(invalid="ignore"):
-        return ~np.isfinite(boxes).all(axis=1) | ~(boxes[:, 2] > 0) | ~(boxes[:, 3] > 0)
 
 
 def person_crops(image, boxes, input_size: int, upright: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -120,13 +107,20 @@ class Predictor:
     batch_size: int = 32
     flip_test: bool = False  # average with the mirrored crop's heatmaps, as evaluate --flip-test
     decode: str = "quarter"  # a hgpose.model.heatmaps.decode_heatmaps method: "quarter" or "dark"
+    # as evaluate --precision, same default: "auto" is bf16 where the hardware computes it natively
+    precision: str = "auto"
 
     @classmethod
     def from_checkpoint(cls, checkpoint, device="cpu", batch_size: int = 32, flip_test: bool = False,
-                        decode: str = "quarter") -> Predictor:
+                        decode: str = "quarter", precision: str = "auto") -> Predictor:
+        """The checkpoint's model, laid out and run as evaluate runs it; precision is resolved for the
+        device here, so `.precision` says what runs."""
         check_decode_method(decode)
+        if precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         device = torch.device(device)
-        return cls(load_model(checkpoint, device=device), device, batch_size, flip_test, decode)
+        model = load_model(checkpoint, device=device)
+        return cls(model, device, batch_size, flip_test, decode, resolve_precision(precision, device))
 
     @property
     def input_size(self) -> int:
@@ -143,9 +137,13 @@ class Predictor:
         crops = torch.as_tensor(np.asarray(crops))
         coords, confidence = [], []
         self.model.eval()
+        # channels-last and autocast exactly as evaluate's infer(): the same kernels give the same numbers
+        self.model.to(memory_format=torch.channels_last)
         for start in range(0, len(crops), self.batch_size):
             batch = to_model_input(crops[start : start + self.batch_size].to(self.device))
-            heatmaps = flip_test(self.model, batch) if self.flip_test else self.model(batch)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.precision):
+                heatmaps = flip_test(self.model, batch) if self.flip_test else self.model(batch)
             c, p = decode_heatmaps(heatmaps.float(), self.decode)
             coords.append(c.cpu())
             confidence.append(p.cpu())
@@ -196,22 +194,26 @@ class Predictor:
 @dataclass
 class PredictSummary:
     results: Path  # the COCO keypoint results JSON
-    images: int  # images predicted on
+    images: int  # images predicted on (a video's frames included)
     people: int
     overlays: list[Path]
     skipped: list[tuple[str, str]]  # (path, reason) of images that were not used
     skipped_people: list[tuple[str, str]] = field(default_factory=list)  # (path, "annotation N: reason")
+    notes: list[str] = field(default_factory=list)  # what the user should know once, said before the run
+    frames: int = 0  # of them, video frames
 
 
-def expand_paths(paths, exclude: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given and the images directly inside folders (sorted); missing paths are reported."""
+def expand_paths(paths, exclude: Path | None = None,
+                 recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given and the images inside folders (directly inside, or at any depth when recursive;
+    sorted); missing paths are reported."""
     files, missing = [], []
     exclude = exclude.resolve() if exclude is not None else None
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                           and not p.name.endswith(OVERLAY_SUFFIX))
-            files += [p for p in found if exclude is None or p.resolve().parent != exclude]
+            found = sorted(p for p in (path.rglob("*") if recursive else path.iterdir()) if p.is_file()
+                           and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(OVERLAY_SUFFIX))
+            files += [p for p in found if exclude is None or exclude not in p.resolve().parents]
         elif path.exists():
             files.append(path)
         else:
@@ -219,235 +221,306 @@ def expand_paths(paths, exclude: Path | None = None) -> tuple[list[Path], list[t
     return files, missing
 
 
-@dataclass
-class ImageBoxes:
-    """One image's people in a --boxes file."""
-
-    image_id: int
-    file_name: str  # as written in the JSON ("" for a detection results list)
-    boxes: np.ndarray  # (P, 4) x, y, w, h as given, degenerate ones included
-    labels: list[str]  # (P,) "annotation 17" / "detection 3": how to name a person in a report
-    scores: np.ndarray | None = None  # (P,) detector scores (a detection results file), else None
-
-
-@dataclass
-class BoxTable:
-    """The people of a --boxes file: a COCO annotation file (matched by file_name under the image root)
-    or a COCO detection results list (no file names: matched by numeric file stems)."""
-
-    source: Path
-    category_id: int  # the file's person category id, used in the results
-    by_name: dict[str, ImageBoxes] = field(default_factory=dict)  # file_name as written -> its people
-    by_id: dict[int, ImageBoxes] = field(default_factory=dict)  # detection results: image id -> people
-    _by_base: dict | None = field(default=None, repr=False)
-
-    def under_root(self, root: Path) -> list[tuple[Path, ImageBoxes]]:
-        """The listed images found under `root` (the folder the JSON's file names are relative to)."""
-        found = []
-        for name, entry in self.by_name.items():
-            path = root / name
-            if is_safe_file_name(name) and path.is_file():
-                found.append((path, entry))
-        return found
-
-    def match(self, path: Path) -> ImageBoxes | None:
-        """The entry whose file_name is the tail of `path` (path parts, not just the base name);
-        UserError when several are."""
-        if not self.by_name:
-            return self.by_id.get(int(path.stem)) if path.stem.isdigit() else None
-        if self._by_base is None:  # base name -> entries, built once: many files may be matched
-            self._by_base = {}
-            for name, entry in self.by_name.items():
-                self._by_base.setdefault(Path(name).name, []).append(entry)
-        parts = path.absolute().parts  # "000000.jpg" run inside seqA/ is seqA/000000.jpg
-        hits = [entry for entry in self._by_base.get(path.name, [])
-                if parts[len(parts) - len(Path(entry.file_name).parts):] == Path(entry.file_name).parts]
-        if len(hits) > 1:
-            names = ", ".join(repr(e.file_name) for e in hits[:4])
-            raise UserError(f"{path}: matches several images of {self.source} ({names}); give the folder its "
-                            "file names are relative to instead")
-        return hits[0] if hits else None
-
-
-def load_boxes_json(path, min_box_score: float = 0.0) -> BoxTable:
-    """The person boxes of a COCO-format annotation file (its images and non-crowd person annotations)
-    or of a COCO detection results list (hgpose.data.person_boxes: person boxes scoring >= min_box_score,
-    their scores kept)."""
-    path = Path(path)
-    data = read_json(path, "boxes file")
-    if isinstance(data, list):  # COCO detection results: no file names, ids are the numeric stems
-        from hgpose.data.person_boxes import read_detections
-
-        detections = read_detections(path, min_box_score)
-        table = BoxTable(path, 1)
-        for image_id in np.unique(detections.image_ids):
-            mine = detections.image_ids == image_id
-            table.by_id[int(image_id)] = ImageBoxes(
-                int(image_id), "", detections.bboxes[mine], [f"detection {k + 1}" for k in range(int(mine.sum()))],
-                detections.scores[mine])
-    else:
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise UserError(f"{path}: expected a COCO annotation file with 'images' and 'annotations'")
-        categories = [c for c in data.get("categories", []) if isinstance(c, dict) and c.get("name") == "person"]
-        category_id = categories[0].get("id", 1) if categories else 1
-        table = BoxTable(path, category_id if isinstance(category_id, int) else 1)
-        people: dict[int, list] = {}
-        for ann in data.get("annotations", []):
-            if isinstance(ann, dict) and ann.get("category_id") == table.category_id \
-                    and not ann.get("iscrowd", 0) and "bbox" in ann:
-                people.setdefault(ann.get("image_id"), []).append(ann)
-        try:
-            for im in data["images"]:
-                anns = people.get(im["id"], [])
-                entry = ImageBoxes(int(im["id"]), str(im["file_name"]), [a["bbox"] for a in anns],
-                                   [f"annotation {a.get('id', '?')}" for a in anns])
-                if entry.file_name in table.by_name:
-                    raise UserError(f"{path}: file_name {entry.file_name!r} is listed twice")
-                table.by_name[entry.file_name] = entry
-        except (KeyError, TypeError, ValueError, OverflowError):
-            raise UserError(f"{path}: an image entry lacks a file_name or an integer id") from None
-    for entry in [*table.by_name.values(), *table.by_id.values()]:
-        try:
-            entry.boxes = np.asarray(entry.boxes, np.float64).reshape(-1, 4)
-        except (TypeError, ValueError):
-            raise UserError(f"{path}: image id {entry.image_id} has a bbox that is not 4 numbers") from None
-    return table
-
-
-def load_boxes_file(path, min_box_score: float = 0.0) -> BoxTable:
-    """--boxes: a .csv box file (hgpose.box_files) by its suffix, else a COCO annotation or detection file."""
-    from hgpose.box_files import load_boxes_csv
-
-    if Path(path).suffix.lower() != ".csv":
-        return load_boxes_json(path, min_box_score)
-    table = BoxTable(Path(path), 1)
-    for name, (image_id, boxes) in load_boxes_csv(path).items():
-        table.by_name[name] = ImageBoxes(image_id, name, boxes, [f"box {i + 1}" for i in range(len(boxes))])
-    return table
+WHOLE_IMAGE_NOTE = ("no person boxes given: each whole image is treated as one person; for images with several "
+                    "people pass --boxes FILE (a COCO annotation file, or a CSV of file_name,x,y,w,h rows) or "
+                    "--box X,Y,W,H")
 
 
 def predict_paths(checkpoint, paths, *, boxes_json=None, box=None, out="predictions",
                   min_confidence: float = 0.2, batch_size: int = 32, device="cpu", progress: bool = True,
                   overlays: bool = True, min_box_score: float = 0.0, flip_test: bool = False,
-                  decode: str = "quarter") -> PredictSummary:
-    """Predict on image files and folders: writes out/keypoints.json (COCO keypoint results) and
-    out/<stem>_pose.jpg overlays, each person's box labelled with its index in keypoints.json and its
-    score. Unreadable images and degenerate boxes are reported and skipped.
+                  decode: str = "quarter", precision: str = "auto", annotations=None) -> PredictSummary:
+    """Predict on image files, folders and video files: writes out/keypoints.json (COCO keypoint results)
+    and overlays (out/<name>_pose.jpg per image, out/<name>_pose.mp4 per video), each person's box
+    labelled with its index in keypoints.json and its score. Unreadable images and degenerate boxes
+    are reported and skipped; notes for the user (whole images as people, a model trained on generated
+    figures) go to stderr once, before the run.
 
-    boxes_json: a COCO annotation file, a COCO detection results list, or a .csv box file
-    (hgpose.box_files). With it, a folder is the root its file names are relative to (its listed
-    images are used, subfolders included) and a file is matched by its path's tail; image ids and the
-    person category id come from the file and pixels are taken as stored (COCO annotations refer to
-    them). Otherwise image ids run 1, 2, ... in input order and each photo's EXIF orientation is applied.
+    boxes_json: a COCO annotation file, a COCO detection results list (its image ids named by the
+    `annotations` file's images when given, else by numeric file stems), or a .csv box file
+    (load_boxes_csv). With it, a folder is the root its file names are relative to (its listed
+    images are used, subfolders included; listed ones that are missing are reported) and a file is
+    matched by its path's tail; image ids and the person category id come from the file. Boxes a
+    person wrote (--box, CSV) refer to the upright photo (EXIF orientation applied); COCO annotation
+    and detection files to the stored pixels, whose size must agree with the width and height they
+    state. Otherwise image ids run 1, 2, ... in input order, a video's frames taking the next ids.
     """
-    from hgpose.draw import draw_pose
-    from hgpose.evaluation.coco import coco_results
-    from hgpose.runtime.progress import progress_bar
-
     out = Path(out)
-    table = load_boxes_file(boxes_json, min_box_score) if boxes_json is not None else None
+    table = load_boxes_file(boxes_json, min_box_score, annotations) if boxes_json is not None else None
+    if annotations is not None and table is None:
+        raise UserError("--annotations names the images of a detection results file given as --boxes")
+    videos, paths = split_videos(paths)
+    if videos and table is not None:
+        raise UserError(f"{videos[0]}: --boxes files list images, not video frames; use --box X,Y,W,H or no box")
     jobs, skipped = _predict_jobs(paths, table, exclude=out if out.is_dir() else None)
-    if not jobs:
+    if not jobs and not videos:
         listed = f" listed in {boxes_json}" if table is not None and table.by_name else ""
         raise UserError(f"no images{listed} found in " + ", ".join(map(str, paths)))
-    upright = table is None  # COCO annotations refer to stored pixels; a photo is meant upright
     predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size, flip_test=flip_test,
-                                          decode=decode)
-    bar = progress_bar(total=len(jobs), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
-    skipped_people: list[tuple[str, str]] = []
-
-    def skip(path: Path, reason: str):
-        skipped.append((str(path), reason))
-        bar.write(f"skipping {path}: {reason}", file=sys.stderr)
-        bar.update()
-
-    def items():
-        for number, (path, entry) in enumerate(jobs, start=1):
-            if entry is _NOT_LISTED:
-                skip(path, f"not listed in {boxes_json}")
-                continue
-            image_id, bboxes, labels, name, box_scores = number, None, [], path.name, None
-            if entry is not None:
-                image_id, bboxes, labels, box_scores = entry.image_id, entry.boxes, entry.labels, entry.scores
-                name = entry.file_name or name
-            elif box is not None:
-                bboxes, labels = np.asarray([box], np.float64), ["--box"]
-            keep = None
-            if bboxes is not None:
-                bad = bad_box_mask(bboxes)
-                for i in np.flatnonzero(bad):
-                    _skip_person(skipped_people, bar, path, image_id, labels[i], bboxes[i], "degenerate box")
-                keep, bboxes = np.flatnonzero(~bad), bboxes[~bad]
-                box_scores = box_scores[~bad] if box_scores is not None else None
-            result = images.crop_file(path, bboxes=bboxes, input_size=predictor.input_size, upright=upright)
-            if result.problem:
-                skip(path, result.problem)
-                continue
-            size = predictor.input_size
-            crops = np.stack(result.crops) if result.crops else np.zeros((0, 3, size, size), np.uint8)
-            crop_boxes = result.boxes
-            if bboxes is not None:  # a box wholly outside the image crops nothing of the person
-                inside = images.clip_bboxes(bboxes, result.size)[:, 2:].min(axis=1) > 0
-                for i in np.flatnonzero(~inside):
-                    _skip_person(skipped_people, bar, path, image_id, labels[keep[i]], bboxes[i],
-                                 "box outside the image")
-                crops, crop_boxes = crops[inside], crop_boxes[inside]
-                bboxes = bboxes[inside]
-                box_scores = box_scores[inside] if box_scores is not None else None
-            yield crops, crop_boxes, (path, image_id, name, bboxes, box_scores)
-
-    results, written, stems, people, done = [], [], set(), 0, 0
-    for (path, image_id, name, person_boxes, box_scores), keypoints in predictor.predict_crops_many(items()):
-        people, done, first, entries = people + len(keypoints), done + 1, len(results), []
-        if len(keypoints):
-            entries = coco_results(np.full(len(keypoints), image_id), keypoints[..., :2], keypoints[..., 2],
-                                   table.category_id if table is not None else 1)
-            if box_scores is not None:  # detections: the detector's score, and the protocol's instance score
-                from hgpose.evaluation.oks import rescore
-
-                for entry, box_score, score in zip(entries, box_scores, rescore(box_scores, keypoints[..., 2])):
-                    entry.update(box_score=float(box_score), score=float(score))
-            results += [entry | {"file_name": name} for entry in entries]
-        if overlays:
-            # each person labelled with its index in keypoints.json and its score
-            labels = [f"#{first + i} {entry['score']:.2f}" for i, entry in enumerate(entries)]
-            written += _write_overlay(path, keypoints, out / _unique_name(path.stem, stems), upright,
-                                      min_confidence, draw_pose, person_boxes, labels)
-        bar.update()
-    bar.close()
-    results_path = atomic_write_json(out / "keypoints.json", results, indent=None)
-    return PredictSummary(results_path, done, people, written, skipped, skipped_people)
+                                          decode=decode, precision=precision)  # a bad checkpoint: its one line only
+    notes = [WHOLE_IMAGE_NOTE] if table is None and box is None else []
+    notes += _origin_notes(checkpoint, table)
+    for line in notes:
+        print(line, file=sys.stderr)
+    run = _Run(out, table, box, min_confidence, overlays, progress, skipped)
+    run.images(predictor, jobs)
+    run.videos(predictor, videos, first_image_id=len(jobs) + 1)
+    results_path = atomic_write_json(out / "keypoints.json", run.results, indent=None)
+    return PredictSummary(results_path, run.done, run.people, run.written, run.skipped, run.skipped_people, notes,
+                          run.frames)
 
 
-_NOT_LISTED = object()  # a file the --boxes JSON does not list
+def checkpoint_origin(checkpoint) -> str | None:
+    """The recorded origin of a checkpoint's training data: its metadata, else the data its run's
+    config.yaml names (RUN/best.safetensors or RUN/checkpoints/epoch_NNN.safetensors); None if unknown."""
+    try:
+        with safe_open(str(checkpoint), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception:  # not ours to judge here: loading the model says what is wrong with the file
+        return None
+    if ORIGIN_KEY in metadata:
+        return metadata[ORIGIN_KEY] or None
+    return _run_data_origin(Path(checkpoint))
+
+
+def _run_data_origin(checkpoint: Path) -> str | None:
+    config = {}
+    for directory in (checkpoint.parent, checkpoint.parent.parent):  # RUN/best or RUN/checkpoints/epoch_NNN
+        if (directory / RUN_CONFIG).is_file():
+            config = run_record(directory)
+            break
+    data, split = config.get("data"), config.get("train_split", "train2017")
+    if not isinstance(data, str) or not isinstance(split, str):
+        return None
+    return annotation_origin(annotation_path(data, split))
+
+
+def _origin_notes(checkpoint, table: BoxTable | None) -> list[str]:
+    """One line when the model learnt from generated figures and is run on anything else."""
+    if checkpoint_origin(checkpoint) != GENERATED:
+        return []
+    if table is not None and not table.upright and annotation_origin(table.source) == GENERATED:
+        return []  # generated images with their own boxes: what it was trained for
+    return [f"note: {checkpoint} was trained on figures generated by `hgpose synth`, not on photos: its "
+            "skeletons on other images say nothing of how well the method does on real people"]
+
+
+@dataclass
+class _Run:
+    """One predict run's state: what it writes, reports and counts."""
+
+    out: Path
+    table: BoxTable | None
+    box: list | None
+    min_confidence: float
+    overlays: bool
+    progress: bool
+    skipped: list
+    skipped_people: list = field(default_factory=list)
+    results: list = field(default_factory=list)
+    written: list = field(default_factory=list)
+    people: int = 0
+    done: int = 0  # images and video frames predicted on
+    frames: int = 0
+    bar: object = None
+    _overlay_names: set = field(default_factory=set)
+
+    def images(self, predictor: Predictor, jobs) -> None:
+        if not jobs:
+            return
+        names = _display_names(jobs)
+        upright = self.table is None or self.table.upright
+        self.bar = progress_bar(total=len(jobs), desc="predict", unit="img", disable=not self.progress,
+                                dynamic_ncols=True)
+
+        def items():
+            for number, ((path, entry), name) in enumerate(zip(jobs, names), start=1):
+                if isinstance(entry, Unlisted):
+                    self.skip(path, entry.reason)
+                    continue
+                image_id = entry.image_id if entry is not None else number
+                made = self.crops(path, entry, image_id, predictor.input_size, upright)
+                if made is not None:
+                    crops, crop_boxes, person_boxes, box_scores = made
+                    yield crops, crop_boxes, (path, image_id, name, person_boxes, box_scores)
+
+        for (path, image_id, name, person_boxes, box_scores), keypoints in predictor.predict_crops_many(items()):
+            entries = self.add_results(keypoints, image_id, {"file_name": name}, box_scores)
+            if self.overlays:
+                target = self.out / _overlay_name(name, OVERLAY_SUFFIX, self._overlay_names)
+                self.written += _write_overlay(path, keypoints, target, upright, self.min_confidence,
+                                               person_boxes, self.labels(entries))
+            self.bar.update()
+        self.bar.close()
+
+    def crops(self, path: Path, entry, image_id: int, input_size: int, upright: bool):
+        """(crops, crop boxes, person boxes, box scores) of one image's usable people, or None when the
+        image cannot be used (reported)."""
+        bboxes, labels, box_scores, size, extent = None, [], None, None, None
+        if entry is not None:
+            bboxes, labels, box_scores, size, extent = entry.boxes, entry.labels, entry.scores, entry.size, entry.extent
+        elif self.box is not None:
+            bboxes, labels = np.asarray([self.box], np.float64), ["--box"]
+        keep = None
+        if bboxes is not None:
+            bad = bad_box_mask(bboxes)
+            for i in np.flatnonzero(bad):
+                self.skip_person(path, image_id, labels[i], bboxes[i], "degenerate box")
+            keep = np.flatnonzero(~bad)
+        result = images.crop_file(path, bboxes=None if keep is None else bboxes[keep], input_size=input_size,
+                                  upright=upright, expected_size=size, extent=extent)
+        if result.problem:
+            self.skip(path, result.problem)
+            return None
+        if result.warning:
+            self.bar.write(f"{path}: {result.warning}", file=sys.stderr)
+        crops = np.stack(result.crops) if result.crops else np.zeros((0, 3, input_size, input_size), np.uint8)
+        crop_boxes = result.boxes
+        if keep is None:
+            return crops, crop_boxes, None, None
+        # a box wholly outside the image crops nothing of the person
+        inside = images.clip_bboxes(bboxes[keep], result.size)[:, 2:].min(axis=1) > 0
+        for i in keep[~inside]:
+            self.skip_person(path, image_id, labels[i], bboxes[i], "box outside the image")
+        keep = keep[inside]
+        return crops[inside], crop_boxes[inside], bboxes[keep], None if box_scores is None else box_scores[keep]
+
+    def add_results(self, keypoints, image_id: int, extra: dict, box_scores=None) -> list[dict]:
+        """COCO results of one image's (or frame's) people, appended to keypoints.json's list."""
+        self.people, self.done = self.people + len(keypoints), self.done + 1
+        if not len(keypoints):
+            return []
+        entries = coco_results(np.full(len(keypoints), image_id), keypoints[..., :2], keypoints[..., 2],
+                               self.table.category_id if self.table is not None else 1)
+        if box_scores is not None:  # detections: the detector's score, and the protocol's instance score
+            from hgpose.evaluation.oks import rescore
+
+            for entry, box_score, score in zip(entries, box_scores, rescore(box_scores, keypoints[..., 2])):
+                entry.update(box_score=float(box_score), score=float(score))
+        entries = [entry | extra for entry in entries]
+        self.results += entries
+        return entries
+
+    def labels(self, entries: list[dict]) -> list[str]:
+        """Each person's overlay label: its index in keypoints.json (entries were just appended) and score."""
+        first = len(self.results) - len(entries)
+        return [f"#{first + i} {entry['score']:.2f}" for i, entry in enumerate(entries)]
+
+    def videos(self, predictor: Predictor, videos: list[Path], first_image_id: int) -> None:
+        names = _display_names([(path, None) for path in videos])
+        for path, name in zip(videos, names):
+            target = self.out / _overlay_name(name, "_pose.mp4", self._overlay_names) if self.overlays else None
+            frames, overlay, problem = predict_video(predictor, path, self, name=name, first_image_id=first_image_id,
+                                                     overlay=target)
+            if problem:
+                self.skipped.append((str(path), problem))
+                print(f"skipping {path}: {problem}", file=sys.stderr)
+            first_image_id += frames
+            self.frames += frames
+            self.written += [overlay] if overlay is not None else []
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped.append((str(path), reason))
+        self.bar.write(f"skipping {path}: {reason}", file=sys.stderr)
+        self.bar.update()
+
+    def skip_person(self, path: Path, image_id: int, label: str, bbox, reason: str) -> None:
+        shown = ", ".join(f"{v:g}" for v in np.asarray(bbox, np.float64))
+        note = f"image id {image_id}, {label}: {reason} [{shown}], person skipped"
+        self.skipped_people.append((str(path), note))
+        self.bar.write(f"{path}: {note}", file=sys.stderr)
 
 
 def _predict_jobs(paths, table: BoxTable | None, exclude: Path | None):
-    """[(image path, ImageBoxes, None or _NOT_LISTED)], [(path, reason)] for paths that do not exist."""
-    if table is None or not table.by_name:
+    """[(image path, its ImageBoxes, None without --boxes, or Unlisted)] and [(path, reason)] for paths
+    that do not exist and, under a folder given with a --boxes file of names, listed images missing there.
+    A file given twice (a folder and a file in it) is used once."""
+    if table is None:
         files, missing = expand_paths(paths, exclude)
-        if table is None:
-            return [(f, None) for f in files], missing
-        return [(f, table.match(f) or _NOT_LISTED) for f in files], missing
-    jobs, missing = [], []
+        return _once([(f, None) for f in files]), missing
+    if not table.by_name:  # a detection results list without names: numeric stems, in sub-folders too
+        files, missing = expand_paths(paths, exclude, recursive=True)
+        jobs = _once([(f, table.match(f)) for f in files])
+        _one_file_per_entry(jobs, table)
+        return jobs, missing
+    jobs, missing, roots = [], [], []
     for path in map(Path, paths):
         if path.is_dir():
+            roots.append(path)
             jobs += table.under_root(path)
         elif path.exists():
-            jobs.append((path, table.match(path) or _NOT_LISTED))
+            jobs.append((path, table.match(path)))
         else:
             missing.append((str(path), "file not found"))
+    jobs = _once(jobs)
+    _one_file_per_entry(jobs, table)
+    if roots:
+        found = {id(entry) for _, entry in jobs}
+        absent = [name for name, entry in table.by_name.items() if id(entry) not in found]
+        reason = f"listed in {table.source}, not found under {', '.join(map(str, roots))}"
+        missing += [(name, reason) for name in absent]
     return jobs, missing
 
 
-def _skip_person(skipped_people: list, bar, path: Path, image_id: int, label: str, bbox, reason: str) -> None:
-    shown = ", ".join(f"{v:g}" for v in np.asarray(bbox, np.float64))
-    note = f"image id {image_id}, {label}: {reason} [{shown}], person skipped"
-    skipped_people.append((str(path), note))
-    bar.write(f"{path}: {note}", file=sys.stderr)
+def _once(jobs: list) -> list:
+    """The jobs with each file (by its resolved path) once, in first-given order."""
+    seen, kept = set(), []
+    for job in jobs:
+        key = job[0].resolve()
+        if key not in seen:
+            seen.add(key)
+            kept.append(job)
+    return kept
 
 
-def _write_overlay(path: Path, keypoints, target: Path, upright: bool, min_confidence: float, draw_pose,
+def _one_file_per_entry(jobs: list, table: BoxTable) -> None:
+    """UserError when one entry of the box file (a CSV row's name, a file_name, an image id) would be
+    applied to several given files: its boxes cannot be right for all of them."""
+    by_entry: dict[int, list[Path]] = {}
+    for path, entry in jobs:
+        if isinstance(entry, ImageBoxes):
+            by_entry.setdefault(id(entry), []).append(path)
+    for paths in by_entry.values():
+        if len(paths) > 1:
+            entry = next(e for p, e in jobs if p is paths[0])
+            what = repr(entry.file_name) if entry.file_name else f"image id {entry.image_id}"
+            common = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+            example = paths[0].resolve().relative_to(common).as_posix()
+            shown = ", ".join(map(str, paths[:4])) + (" ..." if len(paths) > 4 else "")
+            raise UserError(f"{table.source}: {what} matches {len(paths)} of the given files ({shown}); name each "
+                            f"image by its path relative to the image root (e.g. {example}) or give one of them")
+
+
+def _display_names(jobs) -> list[str]:
+    """The name each image is shown and its overlay written under: its --boxes file_name (a path under
+    the image root), else its base name; base names shared by several files keep their folders
+    (relative to the folders' common parent), so that each overlay says which file it is."""
+    names = [entry.file_name if isinstance(entry, ImageBoxes) and entry.file_name and is_safe_file_name(entry.file_name)
+             else path.name for path, entry in jobs]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    for positions in groups.values():
+        if len(positions) > 1:
+            resolved = [jobs[i][0].resolve() for i in positions]
+            common = Path(os.path.commonpath([p.parent for p in resolved]))
+            for i, path in zip(positions, resolved):
+                names[i] = path.relative_to(common).as_posix()
+    return names
+
+
+def _overlay_name(name: str, suffix: str, used: set) -> str:
+    """name's overlay, relative to the output folder (sub-folders kept), made unique among `used`."""
+    stem = PurePosixPath(name).with_suffix("").as_posix()
+    overlay, n = stem + suffix, 1
+    while overlay in used:
+        n += 1
+        overlay = f"{stem}_{n}{suffix}"
+    used.add(overlay)
+    return overlay
+
+
+def _write_overlay(path: Path, keypoints, target: Path, upright: bool, min_confidence: float,
                    person_boxes, labels) -> list:
     """The overlay of one image, drawn on the same view (upright or stored) the keypoints refer to."""
     try:
@@ -457,12 +530,3 @@ def _write_overlay(path: Path, keypoints, target: Path, upright: bool, min_confi
     drawn = draw_pose(image, keypoints, min_confidence, boxes=as_boxes(person_boxes, image.shape), labels=labels)
     ok, encoded = cv2.imencode(".jpg", drawn[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
     return [atomic_write_bytes(target, encoded.tobytes())] if ok else []
-
-
-def _unique_name(stem: str, used: set) -> str:
-    name, n = stem + OVERLAY_SUFFIX, 1
-    while name in used:
-        n += 1
-        name = f"{stem}_{n}{OVERLAY_SUFFIX}"
-    used.add(name)
-    return name

@@ -280,8 +280,9 @@ def check_keypoint_names(category: dict, annotation_file: Path) -> None:
         raise UserError(f"{annotation_file}: the person category has {len(names)} keypoints, not COCO's "
                         f"{coco}; hgpose trains COCO's keypoint set only")
     first = next(i for i, (a, b) in enumerate(zip(names, KEYPOINT_NAMES)) if a != b)
-    raise UserError(f"{annotation_file}: the person category's keypoints are not COCO's: keypoint {first} is "
-                    f"{names[first]!r}, COCO's is {KEYPOINT_NAMES[first]!r}; hgpose trains COCO's keypoint set only")
+    raise UserError(f"{annotation_file}: the person category's keypoints are not COCO's: keypoint {first + 1} "
+                    f"(counting from 1) is {names[first]!r}, COCO's is {KEYPOINT_NAMES[first]!r}; hgpose trains "
+                    "COCO's keypoint set only")
 
 
 def _is_int64(x) -> bool:

@@ -28,6 +28,7 @@ from hgpose.data.coco import build_splits
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.image_report import first_problems, image_report
 from hgpose.data.loader import device_batches, make_loader
+from hgpose.data.origin import origin_metadata
 from hgpose.evaluation.inference import infer
 from hgpose.evaluation.pck import pck, seed_normalizer
 from hgpose.model.heatmaps import heatmap_loss, render_heatmaps
@@ -241,6 +242,7 @@ class Session:
     start_step: int = 0
     carried: dict = field(default_factory=lambda: dict(EMPTY_PARTIAL))  # the interrupted epoch's sums
     history: list = field(default_factory=list)
+    origin: dict = field(default_factory=dict)  # checkpoint metadata: whether the data was generated
 
     @property
     def is_main(self) -> bool:
@@ -303,7 +305,9 @@ def start_session(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Sess
             "model's 1x1 bottleneck: that sample is left out of each epoch")
     return Session(config, run_dir, ctx, precision, log, model, train_model, uses_graphs, optimizer,
                    PlateauDrop(**state["schedule"]), train_set, val_set, known_bad, drop_last,
-                   state["epoch"], state["step_in_epoch"], state["partial"], state["history"])
+                   state["epoch"], state["step_in_epoch"], state["partial"], state["history"],
+                   # each checkpoint says whether it learnt from generated figures (predict warns on photos)
+                   origin_metadata(train_set.index.annotation_file))
 
 
 def _report_images(config: TrainConfig, train_set, val_set, log) -> set[str]:
@@ -482,9 +486,9 @@ def end_epoch(s: Session, epoch: int, lr: float, train_loss: float, val: Validat
             group["lr"] *= s.config.lr_factor
     if not s.is_main:
         return
-    save_model(s.model, s.run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors")
+    save_model(s.model, s.run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors", s.origin)
     if improved:
-        save_model(s.model, s.run_dir / "best.safetensors")
+        save_model(s.model, s.run_dir / "best.safetensors", s.origin)
     s.save_last(epoch + 1, 0, dict(EMPTY_PARTIAL))
     write_metrics_csv(s.run_dir / "metrics.csv", s.history)
     skipped = f", {val.unreadable} unreadable val samples skipped" if val.unreadable else ""
