@@ -5,8 +5,8 @@ repository; and the version is written in one place (hgpose.__version__) and sho
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import sysconfig
