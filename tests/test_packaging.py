@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -39,10 +40,26 @@ def dist(tmp_path_factory) -> Path:
     """`python -m build` of this checkout: an sdist, and a wheel built from that sdist."""
     pytest.importorskip("build", reason="the `build` package (dev extra) is needed to build the wheel")
     out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)],
+    source = _tracked_copy(tmp_path_factory.mktemp("source")) or REPO
+    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(source)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
+
+
+def _tracked_copy(folder: Path) -> Path | None:
+    """The checkout's tracked files copied into `folder`: a build there cannot pick up files that are
+    only lying around (a stale src/hgpose.egg-info lists files for the sdist, hiding a missing
+    package-data line). None when this is not a git checkout."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, timeout=60)
+    if listed.returncode != 0:
+        return None
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / name).is_symlink() or (REPO / name).is_file():
+            shutil.copy2(REPO / name, target, follow_symlinks=False)
+    return folder
 
 
 def _clean_env() -> dict:
