@@ -19,8 +19,13 @@ __all__ = ["UserError", "__version__", "load"]
 
 
 def load(checkpoint, device="cpu", flip_test: bool = False, decode: str = "quarter"):
-    """A hgpose.predict.Predictor: `.predict(image, boxes=None)` -> (P, 17, 3) x, y, confidence.
-    flip_test and decode ("quarter" or "dark") as for `hgpose evaluate`."""
+    """A hgpose.predict.Predictor for a checkpoint: `.predict(image, boxes=None)` -> (P, 17, 3) x, y,
+    confidence in image pixels, one row per box (x, y, w, h; None: the whole image is one person).
+
+    checkpoint: a .safetensors file written by `hgpose train` (its model config is in the header, so
+    nothing else is needed); device: "cpu", "cuda", "cuda:1", ...; flip_test and decode ("quarter" or
+    "dark") as for `hgpose evaluate` and `hgpose predict`. A missing or malformed checkpoint raises
+    hgpose.UserError naming the file."""
     from hgpose.predict import Predictor
 
     return Predictor.from_checkpoint(checkpoint, device=device, flip_test=flip_test, decode=decode)
