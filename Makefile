@@ -7,14 +7,14 @@ PY     := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 STAMP  := $(VENV)/.hgpose-installed
 
-.PHONY: setup test lint demo bench gpu-check clean
+.PHONY: setup test lint demo bench gpu-check docs dist clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_CPU)"
-	$(PY) -m pip install --quiet -e ".[dev,export]"
+	$(PY) -m pip install --quiet -e ".[dev,export,docs]"
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -25,6 +25,15 @@ test: $(STAMP) lint
 
 demo: $(STAMP)
 	$(PY) -m hgpose.demo
+
+# The documentation site (MkDocs + Material + mkdocstrings) into site/; --strict fails on a broken
+# link or an API page that cannot be generated.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# An sdist and a wheel in dist/.
+dist: $(STAMP)
+	$(PY) -m build --outdir dist
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
@@ -37,4 +46,4 @@ gpu-check: $(STAMP)
 	PYTHON=$(PY) benchmarks/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""The README's flip-test / decoding table on the demo: the same model evaluated four ways.
+"""The flip-test / decoding table of docs/protocol.md on the demo: the same model evaluated four ways.
 
 After `make demo`, evaluates demo-out/run/best.safetensors on val2017 with quarter or DARK decoding
 and the flip test off or on, each time on ground-truth boxes and on the demo's jittered detection file

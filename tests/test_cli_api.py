@@ -1,5 +1,5 @@
-"""The Python API the README documents: top-level names, and the README's code against the real
-signatures (so the documented calls keep working)."""
+"""The Python API the README and the docs pages document: top-level names, and their code against the
+real signatures (so the documented calls keep working)."""
 
 import ast
 import importlib
@@ -13,6 +13,7 @@ import hgpose
 from hgpose.runtime.files import UserError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOC_PAGES = sorted((README.parent / "docs").rglob("*.md"))
 
 
 def test_user_error_is_importable_from_the_top_level(tmp_path):
@@ -25,7 +26,10 @@ def test_user_error_is_importable_from_the_top_level(tmp_path):
 
 
 def _readme_python_blocks() -> list[ast.Module]:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    """The ```python blocks of the README and of every docs page."""
+    assert DOC_PAGES, "no docs/*.md pages found"
+    blocks = [block for page in [README, *DOC_PAGES]
+              for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
     return [ast.parse(block) for block in blocks]
 
 

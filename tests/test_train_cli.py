@@ -59,6 +59,19 @@ def test_seed_config_equals_the_defaults_and_demo_config_equals_the_demo():
         asdict(TrainConfig(data="DATA")) | {"model": None}
 
 
+def test_shipped_configs_are_named_without_a_path_and_a_local_file_wins(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # away from the checkout: the names resolve inside the package
+    assert build_config(parse("--config", "demo", "--data", "D")) == \
+        build_config(parse("--config", str(CONFIGS / "demo.yaml"), "--data", "D"))
+    assert build_config(parse("--config", "seed.yaml", "--data", "D")) == TrainConfig(data="D")
+    (tmp_path / "demo").write_text("epochs: 7\n")  # a file of that name in the working directory wins
+    assert build_config(parse("--config", "demo", "--data", "D")).epochs == 7
+    assert main(["train", "--config", "nonesuch", "--data", "D"]) == 2
+    err = capsys.readouterr().err
+    assert "nonesuch: config file not found (shipped configs: demo, seed)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_flags_override_the_config_file_and_bad_files_are_one_line(tmp_path, capsys):
     config = build_config(parse("--config", str(CONFIGS / "demo.yaml"), "--data", "D", "--epochs", "3",
                                 "--features", "64"))

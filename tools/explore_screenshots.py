@@ -1,4 +1,4 @@
-"""Screenshots of the explore report's sections for the README, taken with headless Chromium.
+"""Screenshots of the explore report's sections for the docs (docs/explore/), taken with headless Chromium.
 
     python tools/explore_screenshots.py demo-out/explore/index.html --out docs/explore [--sections probes ...]
     python tools/explore_screenshots.py compare/index.html --out docs/explore --prefix compare- --sections heatmaps

@@ -19,9 +19,14 @@ __all__ = ["UserError", "__version__", "load"]
 
 
 def load(checkpoint, device="cpu", flip_test: bool = False, decode: str = "quarter", precision: str = "auto"):
-    """A hgpose.predict.Predictor: `.predict(image, boxes=None)` -> (P, 17, 3) x, y, confidence.
-    flip_test, decode ("quarter" or "dark") and precision ("auto", "fp32", "bf16") as for `hgpose
-    evaluate`, with its defaults, so that both give the same keypoints on the same image and box."""
+    """A hgpose.predict.Predictor for a checkpoint: `.predict(image, boxes=None)` -> (P, 17, 3) x, y,
+    confidence in image pixels, one row per box (x, y, w, h; None: the whole image is one person).
+
+    checkpoint: a .safetensors file written by `hgpose train` (its model config is in the header, so
+    nothing else is needed); device: "cpu", "cuda", "cuda:1", ...; flip_test, decode ("quarter" or
+    "dark") and precision ("auto", "fp32", "bf16") as for `hgpose evaluate` and `hgpose predict`, with
+    their defaults, so that both give the same keypoints on the same image and box. A missing or
+    malformed checkpoint raises hgpose.UserError naming the file."""
     from hgpose.predict import Predictor
 
     return Predictor.from_checkpoint(checkpoint, device=device, flip_test=flip_test, decode=decode,

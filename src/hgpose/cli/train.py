@@ -51,8 +51,8 @@ def add_arguments(parser):
                         help="run directory (default: runs/train, runs/train2, ...)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--config", type=Path, metavar="YAML",
-                        help="start from a file of options with the keys of a run's config.yaml (e.g. "
-                        "configs/seed.yaml); flags given here override it")
+                        help="start from a file of options with the keys of a run's config.yaml, or a shipped "
+                        "config by name: seed (the defaults) or demo; flags given here override it")
     for name, kind, text in OPTIONS:
         choices = {"precision": PRECISIONS, "cache": ["auto", "off"]}.get(name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices,
@@ -89,7 +89,7 @@ AUGMENT_FLAGS = [
 
 
 def add_augment_arguments(parser):
-    group = parser.add_argument_group("augmentation (on the training device; see README 'Augmentation')")
+    group = parser.add_argument_group("augmentation (on the training device; see docs/commands/train.md)")
     group.add_argument("--augment", action="store_true", default=None,
                        help="augment the training batches: flip, rotation, scale (and half-body if asked)")
     for flag, _, metavar, text in AUGMENT_FLAGS:
@@ -126,9 +126,13 @@ def _with_augment(saved: dict, given: dict, source) -> dict:
 
 
 def config_from_file(path: Path) -> dict:
-    """The options of a --config YAML file (the keys of a run's config.yaml)."""
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+    """The options of a --config YAML file (the keys of a run's config.yaml) or shipped config name."""
+    from hgpose.configs import resolve_config, shipped_configs
+
+    found = resolve_config(path)
+    if found is None:
+        raise UserError(f"{path}: config file not found (shipped configs: {', '.join(shipped_configs())})")
+    path = found
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -6,7 +6,7 @@ heatmap pixels; gt is the true sub-pixel keypoint. The figure is pooled over eve
 
 `pck_bearpaw` reproduces bearpaw/pytorch-pose's `accuracy()` instead (ground truth = argmax of the
 target heatmap, integer argmax predictions, per-joint means averaged, batch figures averaged), so a
-number can be compared with work that used that code. See the README for the differences.
+number can be compared with work that used that code. docs/protocol.md lists the differences.
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
 """ONNX export of a checkpoint, checked against PyTorch with onnxruntime before it is written.
 
-The exported graph takes what HourglassNet takes: float32 RGB images (N, 3, S, S) in [0, 1]
-(uint8 / 255, see hgpose.model.to_model_input), with N dynamic, and returns the last stack's
-heatmaps (N, 17, S/4, S/4). The model config and the input convention are stored as ONNX metadata.
+Two graphs, N dynamic in both (hgpose.model.export_graph):
+
+- "keypoints" (the default): uint8 RGB crops (N, S, S, 3) in, `keypoints` (N, 17, 3) out: x, y in
+  crop pixels and the confidence, decoded as `hgpose predict` decodes (quarter-pixel rule or DARK,
+  optionally the flip test), plus the `heatmaps` they came from;
+- "heatmaps": what HourglassNet takes and returns: float32 RGB (N, 3, S, S) in [0, 1] (uint8 / 255,
+  hgpose.model.to_model_input) in, the last stack's heatmaps (N, 17, S/4, S/4) out.
+
+The model config, the input convention and the decoding are stored as ONNX metadata.
 """
 
 from __future__ import annotations
@@ -17,13 +23,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hgpose.model.export_graph import (
+    CROP_DESCRIPTION,
+    GRAPHS,
+    KEYPOINTS_DESCRIPTION,
+    CropKeypoints,
+    example_input,
+    io_names,
+)
 from hgpose.model.hourglass import HourglassNet
 from hgpose.model.weights import CONFIG_METADATA_KEY, load_model
 from hgpose.runtime.files import UserError, atomic_path
 
 DEFAULT_OPSET = 18
 TOLERANCE = 1e-4
-INPUT_NAME, OUTPUT_NAME = "image", "heatmaps"
+DECODE_TOLERANCE = 1e-3  # crop pixels: the graph's keypoints against decode_heatmaps of its own heatmaps
 INPUT_DESCRIPTION = "float32 RGB (N, 3, S, S) in [0, 1]: uint8 pixels / 255, no mean/std; N dynamic"
 
 
@@ -33,6 +47,7 @@ class ExportResult:
     max_abs_diff: float  # largest |onnxruntime - PyTorch| over the verification batches
     exporter: str  # "dynamo" (torch.export based) or "torchscript" (the legacy exporter)
     opset: int
+    graph: str = "keypoints"  # "keypoints" (crops in, decoded keypoints out) or "heatmaps"
 
 
 def require_export_packages(*names: str) -> None:
@@ -43,13 +58,19 @@ def require_export_packages(*names: str) -> None:
 
 
 def export_onnx(checkpoint, out=None, opset: int = DEFAULT_OPSET, tolerance: float = TOLERANCE,
-                seed: int = 0) -> ExportResult:
+                seed: int = 0, graph: str = "keypoints", decode: str = "quarter",
+                flip_test: bool = False) -> ExportResult:
     """Export a checkpoint path (or an HourglassNet) to ONNX and verify it with onnxruntime.
 
-    The file is written only when the largest difference from PyTorch on random batches of 2 and 3
-    (the second one proves the batch dimension is dynamic) is at most `tolerance`; otherwise a
-    UserError says by how much it differs and nothing is left behind.
+    graph "keypoints" (default) takes uint8 crops (N, S, S, 3) and returns keypoints in crop pixels
+    decoded with `decode` and `flip_test` as `hgpose predict` does; "heatmaps" is the bare network.
+    The file is written only when the largest heatmap difference from PyTorch on random batches of
+    2 and 3 (the second one proves the batch dimension is dynamic) is at most `tolerance`, and the
+    graph's keypoints are its heatmaps decoded; otherwise a UserError says by how much it differs
+    and nothing is left behind.
     """
+    if graph not in GRAPHS:
+        raise UserError(f"--graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
     require_export_packages("onnx", "onnxruntime")
     import onnx
 
@@ -64,20 +85,20 @@ def export_onnx(checkpoint, out=None, opset: int = DEFAULT_OPSET, tolerance: flo
         out = Path(checkpoint).with_suffix(".onnx") if out is None else out
     model = model.to("cpu").eval()
     out = Path(out)
-    example = torch.rand(2, 3, model.config.input_size, model.config.input_size,
-                         generator=torch.Generator().manual_seed(seed))
+    module = CropKeypoints(model, decode, flip_test).eval() if graph == "keypoints" else model
+    example = example_input(module, 2, seed)
     with atomic_path(out) as tmp:
-        exporter = _export(model, example, tmp, opset)
-        _add_metadata(tmp, model)
+        exporter = _export(module, example, tmp, opset)
+        _add_metadata(tmp, module)
         written = _default_domain_opset(tmp)
         if written != opset:  # the exporters fall back to their own opset when they cannot convert
             raise UserError(f"--opset {opset}: this torch/onnx cannot export at that opset (it produced opset "
                             f"{written}); nothing written to {out}")
-        diff = max(verify_onnx(tmp, model, batch, seed + batch) for batch in (2, 3))
+        diff = max(verify_onnx(tmp, module, batch, seed + batch) for batch in (2, 3))
         if not diff <= tolerance:  # also catches NaN
             raise UserError(f"exported ONNX model differs from PyTorch by {diff:.3g} (> {tolerance:g}); "
                             f"nothing written to {out}")
-    return ExportResult(out, diff, exporter, opset)
+    return ExportResult(out, diff, exporter, opset, graph)
 
 
 def _default_domain_opset(path: Path) -> int | None:
@@ -87,14 +108,15 @@ def _default_domain_opset(path: Path) -> int | None:
     return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
 
 
-def _export(model: HourglassNet, example: torch.Tensor, path: Path, opset: int) -> str:
+def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
     """torch.export-based exporter first; the legacy TorchScript one if it fails (older torch, odd ops)."""
+    inputs, outputs = io_names(model)
     problems = []
     if importlib.util.find_spec("onnxscript") is not None:
         try:
             with _quiet():
                 program = torch.onnx.export(
-                    model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    model, (example,), None, input_names=inputs, output_names=outputs,
                     dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=opset,
                     dynamo=True, verbose=False,
                 )
@@ -105,8 +127,8 @@ def _export(model: HourglassNet, example: torch.Tensor, path: Path, opset: int) 
     try:
         with _quiet():
             torch.onnx.export(
-                model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
+                model, (example,), str(path), input_names=inputs, output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in inputs + outputs}, opset_version=opset,
                 dynamo=False,
             )
         return "torchscript"
@@ -137,28 +159,50 @@ def _quiet():
             logger.setLevel(level)
 
 
-def _add_metadata(path: Path, model: HourglassNet) -> None:
+def _add_metadata(path: Path, module: torch.nn.Module) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    for key, value in ((CONFIG_METADATA_KEY, model.config.to_json()), ("input", INPUT_DESCRIPTION),
-                       ("output", "heatmaps (N, K, S/4, S/4) of the last stack; argmax = keypoint")):
+    if isinstance(module, CropKeypoints):
+        entries = [("input", CROP_DESCRIPTION), ("output", KEYPOINTS_DESCRIPTION),
+                   ("decode", module.decode), ("flip_test", str(module.flip).lower())]
+    else:
+        entries = [("input", INPUT_DESCRIPTION), ("output", "heatmaps (N, K, S/4, S/4) of the last stack")]
+    for key, value in ((CONFIG_METADATA_KEY, module.config.to_json()), *entries):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
 
 
-def verify_onnx(path, model: HourglassNet, batch: int = 2, seed: int = 0) -> float:
-    """Largest |onnxruntime - PyTorch| on a random batch of `batch` inputs in [0, 1]."""
+def verify_onnx(path, module: torch.nn.Module, batch: int = 2, seed: int = 0) -> float:
+    """Largest |onnxruntime - PyTorch| of the heatmaps on a random batch of `batch` inputs. For the
+    keypoints graph, also a UserError when its keypoints are not its own heatmaps decoded as
+    predict decodes them (compared with its own heatmaps, so that an argmax tie broken differently
+    by a 1e-6 difference cannot fail an export)."""
     require_export_packages("onnxruntime")
     import onnxruntime
 
-    size = model.config.input_size
-    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    from hgpose.model.export_graph import heatmaps_to_crop_pixels
+    from hgpose.model.heatmaps import decode_heatmaps
+
+    x = example_input(module, batch, seed)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.inference_mode():
-        expected = model.to("cpu").eval()(x).numpy()
-    if got.shape != expected.shape:
-        raise UserError(f"{path}: ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
-    return float(np.abs(got - expected).max())
+        expected = module.to("cpu").eval()(x)
+    if not isinstance(module, CropKeypoints):
+        got, expected = got[0], expected.numpy()
+        if got.shape != expected.shape:
+            raise UserError(f"{path}: ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
+        return float(np.abs(got - expected).max())
+    keypoints, heatmaps = got
+    if heatmaps.shape != tuple(expected[1].shape) or keypoints.shape != tuple(expected[0].shape):
+        raise UserError(f"{path}: ONNX output shapes {keypoints.shape}, {heatmaps.shape} differ from PyTorch's")
+    coords, confidence = decode_heatmaps(torch.from_numpy(heatmaps), module.decode)
+    decoded = heatmaps_to_crop_pixels(coords, module.config.input_size, module.config.heatmap_size)
+    off = max(float(np.abs(keypoints[..., :2] - decoded.numpy()).max()),
+              float(np.abs(keypoints[..., 2] - confidence.numpy()).max()))
+    if not off <= DECODE_TOLERANCE:
+        raise UserError(f"{path}: the exported keypoints are {off:.3g} crop px from its heatmaps decoded "
+                        f"(> {DECODE_TOLERANCE:g}); nothing written")
+    return float(np.abs(heatmaps - expected[1].numpy()).max())

@@ -11,7 +11,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" -> bf16 when the device computes it natively (Ampere+ GPUs, CPUs with AVX512-BF16/AMX),
-    else fp32: on the demo bf16 reached the same PCK as fp32 (see the README) at less cost."""
+    else fp32: on the demo bf16 reached the same PCK as fp32 (docs/performance.md) at less cost."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
