@@ -1,6 +1,6 @@
 """The installable package: `python -m build` makes an sdist and a wheel; the wheel, installed into a
 fresh virtual environment, runs the commands and the Python API with nothing read from the
-repository; and the version is written in one place (hgpose.__version__) and shows everywhere."""
+repository; and the version is written in one place (hgpose.runtime.version) and shows everywhere."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_the_version_is_written_once_and_shown_by_the_cli_and_run_info(tmp_path,
     project = (REPO / "pyproject.toml").read_text()
     assert not re.search(r"^version\s*=\s*\"", project, flags=re.M)  # no second copy of the number
     assert re.search(r'^dynamic = \["version"\]', project, flags=re.M)
-    assert re.search(r'^version = \{ attr = "hgpose.__version__" \}', project, flags=re.M)
+    assert re.search(r'^version = \{ attr = "hgpose.runtime.version.__version__" \}', project, flags=re.M)
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"hgpose {hgpose.__version__}"

@@ -13,8 +13,8 @@ message is one line naming the file and the problem.
 """
 
 from hgpose.runtime.files import UserError
+from hgpose.runtime.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["UserError", "__version__", "load"]
 
 

@@ -8,10 +8,10 @@ import importlib
 import pkgutil
 import sys
 
-from hgpose import __version__
 from hgpose.cli.common import HelpFormatter, unknown_arguments_message
 from hgpose.runtime.allocator import keep_freed_memory
 from hgpose.runtime.files import UserError
+from hgpose.runtime.version import __version__
 
 # the order `hgpose --help` lists them in; any other module found here is listed after these
 ORDER = ["synth", "prepare", "train", "evaluate", "report", "predict", "export", "explore", "summary"]

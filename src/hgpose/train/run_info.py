@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hgpose.runtime.files import UserError, atomic_write_json, read_json
+from hgpose.runtime.version import __version__
 from hgpose.train.run_dir import run_record
 
 RUN_INFO_FILE = "run_info.json"
@@ -30,8 +31,6 @@ def git_commit(directory: Path | None = None) -> str | None:
 
 
 def software_identity() -> dict:
-    from hgpose import __version__
-
     return {"hgpose_version": __version__, "git_commit": git_commit()}
 
 
