@@ -33,6 +33,7 @@ from hgpose.data.person_boxes import BoxTable, ImageBoxes, Unlisted, as_boxes, b
 from hgpose.data.transforms import crop_box_from_bbox, crop_image, frame_to_image
 from hgpose.draw import draw_pose
 from hgpose.evaluation.coco import coco_results
+from hgpose.evaluation.oks import rescore
 from hgpose.model.heatmaps import check_decode_method, decode_heatmaps, flip_test
 from hgpose.model.hourglass import HourglassNet, to_model_input
 from hgpose.model.weights import load_model
@@ -393,8 +394,6 @@ class _Run:
         entries = coco_results(np.full(len(keypoints), image_id), keypoints[..., :2], keypoints[..., 2],
                                self.table.category_id if self.table is not None else 1)
         if box_scores is not None:  # detections: the detector's score, and the protocol's instance score
-            from hgpose.evaluation.oks import rescore
-
             for entry, box_score, score in zip(entries, box_scores, rescore(box_scores, keypoints[..., 2])):
                 entry.update(box_score=float(box_score), score=float(score))
         entries = [entry | extra for entry in entries]

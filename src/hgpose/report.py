@@ -17,6 +17,7 @@ import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hgpose.evaluate import headline_pck
 from hgpose.runtime.files import UserError, atomic_path, atomic_write_json, atomic_write_text, read_json
 from hgpose.train.run_info import identity_markdown, run_identity
 
@@ -139,8 +140,6 @@ def select_model(run_dir: Path, metrics: list[dict]) -> Selection:
     )
     test_file = run_dir / TEST_EVAL_FILE
     if test_file.is_file():
-        from hgpose.evaluate import headline_pck
-
         test = read_json(test_file, "test evaluation")
         try:
             selection.test_pck = headline_pck(test)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import shutil
+import textwrap
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
 from hgpose.model.hourglass import ModelConfig
+from hgpose.model.weights import beyond_limits
 from hgpose.runtime.device import resolve_device  # noqa: F401  (re-exported for the command modules)
 from hgpose.runtime.files import UserError
 
@@ -23,21 +27,15 @@ class HelpFormatter(argparse.HelpFormatter):
     the option's last word (--cache-dir DIR, --train-split SPLIT)."""
 
     def __init__(self, prog, **kwargs):
-        import shutil
-
         kwargs.setdefault("width", min(shutil.get_terminal_size().columns, HELP_WIDTH) - 2)
         kwargs.setdefault("max_help_position", 28)
         super().__init__(prog, **kwargs)
 
     # never break a line inside an option name or a word such as Multi-GPU
     def _split_lines(self, text, width):
-        import textwrap
-
         return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
 
     def _fill_text(self, text, width, indent):
-        import textwrap
-
         return textwrap.fill(self._whitespace_matcher.sub(" ", text).strip(), width, initial_indent=indent,
                              subsequent_indent=indent, break_on_hyphens=False)
 
@@ -124,8 +122,6 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     for f in fields(ModelConfig):
         if getattr(args, f.name, None) is not None:
             values[f.name] = getattr(args, f.name)
-    from hgpose.model.weights import beyond_limits
-
     if beyond_limits(values):
         raise UserError(f"model config: {beyond_limits(values)}")
     try:
@@ -142,8 +138,6 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 def unknown_arguments_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     """What a command says about arguments it does not know: the first unknown option and the
     closest valid one (difflib), instead of argparse's top-level usage and a bare list."""
-    import difflib
-
     first = unknown[0]
     if not first.startswith("-") or first == "-":
         return f"unexpected argument {first!r} (see {parser.prog} --help)"

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hgpose.data.coco import is_safe_file_name
+from hgpose.data.coco import annotation_path, is_safe_file_name, read_annotation_json
+from hgpose.data.images import MAX_IMAGE_PIXELS
+from hgpose.data.person_index import PersonIndex
 from hgpose.keypoints import NUM_KEYPOINTS
 from hgpose.runtime.files import UserError, atomic_write_json, read_json
 
@@ -142,10 +144,6 @@ def detection_index(detections: Detections, annotation_file, image_dir, split: s
     counted in detections.skipped. Row i of the index is detection `positions[i]`.
 
     Returns (index, positions, every image id of the annotation file)."""
-    from hgpose.data.coco import is_safe_file_name, read_annotation_json
-    from hgpose.data.images import MAX_IMAGE_PIXELS
-    from hgpose.data.person_index import PersonIndex
-
     annotation_file = Path(annotation_file)
     data = read_annotation_json(annotation_file)
     images = data.get("images") if isinstance(data, dict) else None
@@ -241,8 +239,6 @@ def write_jittered_detections(annotation_file, out, seed: int = 0, jitter: float
 def demo_detections(data_root, split: str = "val2017") -> Path:
     """The demo's detection file, data_root/annotations/detections_<split>_jittered.json, written from
     the ground truth by write_jittered_detections when absent (a stand-in for a person detector)."""
-    from hgpose.data.coco import annotation_path
-
     out = Path(data_root) / "annotations" / f"detections_{split}_jittered.json"
     if not out.is_file():
         write_jittered_detections(annotation_path(data_root, split), out)

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from hgpose.data.dataset import PersonDataset
+from hgpose.data.loader import make_loader
+from hgpose.data.person_boxes import detection_index
+from hgpose.data.transforms import frame_to_image
+from hgpose.evaluation.coco import coco_keypoint_stats, coco_results
+from hgpose.evaluation.errors import analyze_errors, error_figure, per_keypoint_ap
+from hgpose.evaluation.inference import infer
 from hgpose.evaluation.oks import NMS_THRESHOLD, RESCORE_CONFIDENCE, GroundTruth, oks_nms, rescore, results_arrays
+from hgpose.runtime.files import atomic_path
 
 GROUND_TRUTH_BOXES = "ground-truth boxes"
 
@@ -27,8 +35,6 @@ def person_category(coco) -> int:
 
 def ap_analysis(coco, results: list[dict], image_ids) -> dict:
     """Per-keypoint AP and the Ronchi-Perona error breakdown of a results list (None when empty)."""
-    from hgpose.evaluation.errors import analyze_errors, per_keypoint_ap
-
     if not results:
         return {"per_keypoint_ap": None, "errors": None}
     image_ids = np.unique(np.asarray(image_ids, dtype=np.int64))
@@ -47,13 +53,6 @@ def evaluate_detected_boxes(model, detections, annotation_file, image_dir, split
     """Run `model` on every kept detection, rescore, OKS-NMS, COCOeval. Returns the JSON-ready block
     (every number labelled "detected boxes: FILE") and the COCO results list it scored.
     only_images restricts the evaluated images (a held-out part of an annotation file)."""
-    from hgpose.data.dataset import PersonDataset
-    from hgpose.data.loader import make_loader
-    from hgpose.data.person_boxes import detection_index
-    from hgpose.data.transforms import frame_to_image
-    from hgpose.evaluation.coco import coco_keypoint_stats, coco_results
-    from hgpose.evaluation.inference import infer
-
     if only_images is not None:  # boxes on other images are not even cropped
         outside = ~np.isin(detections.image_ids, only_images)
         detections.skipped["image outside the split"] = int(outside.sum())
@@ -109,9 +108,6 @@ def evaluate_detected_boxes(model, detections, annotation_file, image_dir, split
 def write_error_figures(result: dict, out: Path) -> list[Path]:
     """`evaluate --plots`: the error breakdown of each box source as OUT_errors.png (ground-truth
     boxes) and OUT_errors_detected.png (detected boxes)."""
-    from hgpose.evaluation.errors import error_figure
-    from hgpose.runtime.files import atomic_path
-
     written = []
     blocks = [("errors", result.get("errors"), result.get("coco_boxes", GROUND_TRUTH_BOXES))]
     if result.get("detected_boxes"):

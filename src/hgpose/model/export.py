@@ -29,8 +29,10 @@ from hgpose.model.export_graph import (
     KEYPOINTS_DESCRIPTION,
     CropKeypoints,
     example_input,
+    heatmaps_to_crop_pixels,
     io_names,
 )
+from hgpose.model.heatmaps import decode_heatmaps
 from hgpose.model.hourglass import HourglassNet
 from hgpose.model.weights import CONFIG_METADATA_KEY, load_model
 from hgpose.runtime.files import UserError, atomic_path
@@ -180,10 +182,7 @@ def verify_onnx(path, module: torch.nn.Module, batch: int = 2, seed: int = 0) ->
     predict decodes them (compared with its own heatmaps, so that an argmax tie broken differently
     by a 1e-6 difference cannot fail an export)."""
     require_export_packages("onnxruntime")
-    import onnxruntime
-
-    from hgpose.model.export_graph import heatmaps_to_crop_pixels
-    from hgpose.model.heatmaps import decode_heatmaps
+    import onnxruntime  # optional: the export extra
 
     x = example_input(module, batch, seed)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

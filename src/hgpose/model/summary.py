@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hgpose.model.hourglass import HourglassNet, ModelConfig, count_parameters
+from hgpose.model.weights import load_model
 
 
 def model_summary(config: ModelConfig | None = None) -> dict:
@@ -50,8 +51,6 @@ def checkpoint_summary(path) -> dict:
     """model_summary of the model a checkpoint holds, its config read from the file. The weights are
     loaded (and checked against the config, as every command does) and their parameters counted,
     so the count is the file's, not only what the config implies."""
-    from hgpose.model.weights import load_model
-
     model = load_model(path)
     summary = model_summary(model.config)
     summary["total_parameters"] = count_parameters(model)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from hgpose.runtime.files import UserError
+
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 
 
@@ -22,8 +24,6 @@ def compile_mode(value) -> str:
     if value is False or value is None:
         return "off"
     if value not in COMPILE_MODES:
-        from hgpose.runtime.files import UserError
-
         raise UserError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
     return value
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -140,8 +141,6 @@ def exclusive_lock(path: str | Path, busy_message: str):
     A POSIX lock is also dropped when its process closes any descriptor of the file: nothing else in
     hgpose opens the lock file, and a second exclusive_lock of it is refused before it opens one.
     """
-    import fcntl
-
     path = Path(path)
     if _lock_key(path) in _HELD_LOCKS:  # before opening: closing a second descriptor would drop our lock
         raise UserError(busy_message)
