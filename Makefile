@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_CPU)"
-	$(PY) -m pip install --quiet -e ".[dev,export,docs]"
+	$(PY) -m pip install --quiet -e ".[dev,export,docs,tensorboard]"
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -182,6 +182,7 @@ def test_torchrun_two_cpu_processes_train_one_epoch(synth_dataset, tmp_path):
     assert (run_dir / "checkpoints" / "epoch_001.safetensors").is_file()
     assert "2 process(es)" in (run_dir / "train.log").read_text()
     assert (run_dir / "train.log").read_text().count("epoch   1") == 1  # only rank 0 writes
+    assert len(list((run_dir / "tensorboard").glob("events.*"))) == 1  # TensorBoard too: rank 0 only
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_earlier_checkpoints(synth_dataset, tmp_path, monkeypatch):

@@ -65,13 +65,16 @@ def add_arguments(parser):
     parser.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar (one line per epoch only)")
+    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                        help="write no TensorBoard event files (default: RUN_DIR/tensorboard when the "
+                        "tensorboard package is installed; view with `tensorboard --logdir runs`)")
     parser.add_argument("--no-report", action="store_true", help="skip writing Figure 2 and Table 1 at the end")
     add_model_arguments(parser)
     add_augment_arguments(parser)
 
 
 def _given(args) -> dict:
-    names = [o[0] for o in OPTIONS] + ["compile", "sync_bn", "progress"]
+    names = [o[0] for o in OPTIONS] + ["compile", "sync_bn", "progress", "tensorboard"]
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     if args.data is not None:
         given["data"] = str(args.data)

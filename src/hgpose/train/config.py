@@ -13,7 +13,7 @@ from hgpose.runtime.files import UserError
 from hgpose.runtime.precision import PRECISIONS
 
 # options that may differ on --resume without changing the run's result
-RESUMABLE_OVERRIDES = {"epochs", "device", "workers", "compile", "progress", "cache", "cache_dir"}
+RESUMABLE_OVERRIDES = {"epochs", "device", "workers", "compile", "progress", "cache", "cache_dir", "tensorboard"}
 # written to config.yaml beside the options, for the record (not options: --config ignores them)
 RECORDED_KEYS = ("data_as_typed", "annotations_sha1")
 
@@ -40,6 +40,7 @@ class TrainConfig:
     cache: str = "auto"
     cache_dir: str | None = None  # where `hgpose prepare --cache-dir` put the caches
     progress: bool = True
+    tensorboard: bool = True  # event files in RUN_DIR/tensorboard when the package is installed
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # off: the seed's protocol
 

@@ -54,6 +54,7 @@ from hgpose.train.run_dir import (
     write_run_config,
 )
 from hgpose.train.run_info import write_run_info
+from hgpose.train.tensorboard import TensorBoardLog, open_tensorboard, validation_crops
 
 NON_FINITE_LOSS = "training loss became NaN or infinite"
 LOWER_LR_HINT = " (try a lower --lr or --precision fp32)"
@@ -243,6 +244,7 @@ class Session:
     carried: dict = field(default_factory=lambda: dict(EMPTY_PARTIAL))  # the interrupted epoch's sums
     history: list = field(default_factory=list)
     origin: dict = field(default_factory=dict)  # checkpoint metadata: whether the data was generated
+    tensorboard: TensorBoardLog | None = None  # rank 0's curves, when wanted and installed
 
     @property
     def is_main(self) -> bool:
@@ -307,7 +309,8 @@ def start_session(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Sess
                    PlateauDrop(**state["schedule"]), train_set, val_set, known_bad, drop_last,
                    state["epoch"], state["step_in_epoch"], state["partial"], state["history"],
                    # each checkpoint says whether it learnt from generated figures (predict warns on photos)
-                   origin_metadata(train_set.index.annotation_file))
+                   origin_metadata(train_set.index.annotation_file),
+                   open_tensorboard(run_dir, config.tensorboard and is_main, state["epoch"], resumed, log))
 
 
 def _report_images(config: TrainConfig, train_set, val_set, log) -> set[str]:
@@ -347,6 +350,15 @@ def _open_log(config, run_dir, resume, resumed, state, log, train_set, val_set, 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
     session = start_session(config, run_dir, resume, ctx)
+    try:
+        return _run_epochs(session)
+    finally:
+        if session.tensorboard is not None:
+            session.tensorboard.close()
+
+
+def _run_epochs(session: Session) -> Path:
+    config, run_dir, ctx = session.config, session.run_dir, session.ctx
     with _StopRequest() as stop_request:
         for epoch in range(session.start_epoch, config.epochs + 1):
             lr = session.optimizer.param_groups[0]["lr"]
@@ -355,7 +367,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
                 return run_dir
             train_loss = mean_train_loss(session, epoch, sums)
             val = validate(session, epoch)
-            end_epoch(session, epoch, lr, train_loss, val, sums.seconds())
+            end_epoch(session, epoch, lr, train_loss, val, sums)
             if ctx.any(stop_request.requested) and epoch < config.epochs:
                 if session.is_main:
                     session.log(f"interrupted after epoch {epoch}; resume with:\n  {resume_command(run_dir)}")
@@ -377,6 +389,8 @@ class EpochSums:
     samples: int
     seconds_before: float  # spent in this epoch before a resume
     started: float = field(default_factory=time.perf_counter)
+
+    train_seconds: float = 0.0  # the steps' time, set when the epoch's steps end
 
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -427,6 +441,7 @@ def train_one_epoch(s: Session, epoch: int, stop_request) -> EpochSums | None:
         return None
     if s.is_main and epoch == s.start_epoch and not s.train_set.using_cache:
         _report_decode_failures(s.train_set, invalid_seen, s.known_bad, s.log, epoch)
+    sums.train_seconds = sums.seconds()
     return sums
 
 
@@ -473,11 +488,11 @@ def validate(s: Session, epoch: int) -> Validation:
     return Validation(result.loss, val_pck, unreadable)
 
 
-def end_epoch(s: Session, epoch: int, lr: float, train_loss: float, val: Validation, seconds: float) -> None:
+def end_epoch(s: Session, epoch: int, lr: float, train_loss: float, val: Validation, sums: EpochSums) -> None:
     """The seed's bookkeeping: the LR rule, this epoch's checkpoint, best (by val PCK), last, metrics.csv
     and the log line."""
     row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val.loss, "val_pck": val.pck,
-           "epoch_seconds": seconds}
+           "epoch_seconds": sums.seconds()}
     s.history.append(row)
     improved = val.pck > s.schedule.best
     dropped = s.schedule.update(epoch, val.pck)
@@ -489,6 +504,10 @@ def end_epoch(s: Session, epoch: int, lr: float, train_loss: float, val: Validat
     save_model(s.model, s.run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors", s.origin)
     if improved:
         save_model(s.model, s.run_dir / "best.safetensors", s.origin)
+    if s.tensorboard is not None:  # before `last`: an epoch whose events a kill cut short is redone
+        images_per_second = sums.samples * s.ctx.world_size / max(sums.train_seconds, 1e-9)
+        crops = validation_crops(s.model, s.val_set, s.ctx.device, s.precision)
+        s.tensorboard.epoch(row, images_per_second, crops)
     s.save_last(epoch + 1, 0, dict(EMPTY_PARTIAL))
     write_metrics_csv(s.run_dir / "metrics.csv", s.history)
     skipped = f", {val.unreadable} unreadable val samples skipped" if val.unreadable else ""
