@@ -129,21 +129,9 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     protocol (hgpose.evaluation.topdown), its results written to <stem>_keypoints_detected.json. flip_test and
     decode apply to every pass; plots draws the error breakdowns beside `out`.
     """
-    if pck_style not in PCK_STYLES:
-        raise UserError(f"--pck-style must be one of {', '.join(PCK_STYLES)}, got {pck_style!r}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    check_decode_method(decode)
-    if plots and out is None:
-        raise UserError("--plots writes its figures beside --out FILE.json: give --out")
+    _check_options(pck_style, batch_size, decode, plots, out)
     checkpoint = Path(checkpoint)
-    config = read_model_config(checkpoint)
-    if input_size is not None and input_size != config.input_size:
-        raise UserError(f"{checkpoint}: the model was trained at --input-size {config.input_size}, "
-                        f"not {input_size}")
-    if config.num_keypoints != len(KEYPOINT_NAMES):
-        raise UserError(f"{checkpoint}: the model predicts {config.num_keypoints} keypoints; "
-                        f"COCO person keypoints need {len(KEYPOINT_NAMES)}")
+    config = _model_config(checkpoint, input_size)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     precision = resolve_precision(precision, device)  # the result records what actually ran
     index = load_eval_index(data_root, split, checkpoint)
@@ -157,32 +145,12 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, device=device)
     inference = infer(model, loader, device=device, precision=precision, bearpaw=pck_style == "bearpaw",
                       progress=progress, desc=f"evaluate {split}", flip_test=flip_test, decode=decode)
-    unreadable = unreadable_images(dataset, inference) if inference.skipped else None
-    size_warnings = image_report(dataset, progress=progress).size_warnings_json()
-    result = {
-        "checkpoint": str(checkpoint),
-        "data": str(data_root),
-        "split": split,
-        "annotation_file": str(index.annotation_file),
-        "model": asdict(config),
-        "precision": precision,
-        "pck_style": pck_style,
-        **evaluate_inference(inference, dataset, thresholds, coco=False),
-    }
-    if unreadable:
-        result["unreadable"] = unreadable
-    if size_warnings:
-        result["size_warnings"] = size_warnings
-
-    def write():
-        atomic_write_json(out, {k: v for k, v in result.items() if not k.endswith("coco_results")})
-
+    result = {"checkpoint": str(checkpoint), "data": str(data_root), "split": split,
+              "annotation_file": str(index.annotation_file), "model": asdict(config), "precision": precision,
+              "pck_style": pck_style, **evaluate_inference(inference, dataset, thresholds, coco=False),
+              **_image_problems(dataset, inference, progress)}
     if out is not None:  # PCK first: nothing computed so far is lost if COCOeval then fails
-        out = Path(out)
-        results_file = out.with_name(f"{out.stem}_keypoints.json")
-        result["results_file"] = str(results_file)
-        atomic_write_json(results_file, result["coco_results"], indent=None)
-        write()
+        _write_pck_and_results(result, Path(out))
     held_out = split in HELD_OUT_SPLITS  # part of an annotation file: its ground truth holds just those images
     coco = add_coco_stats(result, index, index.image_ids[inference.indices[inference.valid]],
                           ground_truth_images=np.unique(index.image_ids) if held_out else None)
@@ -191,14 +159,63 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val2017", batch_siz
                       precision=precision, workers=workers, flip_test=flip_test, decode=decode,
                       progress=progress)
     if out is not None:
-        if detections is not None:
-            detected_file = out.with_name(f"{out.stem}_keypoints_detected.json")
-            result["detected_boxes"]["results_file"] = str(detected_file)
-            atomic_write_json(detected_file, result["detected_coco_results"], indent=None)
-        if plots:
-            result["plots"] = [str(p) for p in write_error_figures(result, out)]
-        write()
+        _write_the_rest(result, Path(out), detections is not None, plots)
     return result
+
+
+def _check_options(pck_style: str, batch_size: int, decode: str, plots: bool, out) -> None:
+    if pck_style not in PCK_STYLES:
+        raise UserError(f"--pck-style must be one of {', '.join(PCK_STYLES)}, got {pck_style!r}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    check_decode_method(decode)
+    if plots and out is None:
+        raise UserError("--plots writes its figures beside --out FILE.json: give --out")
+
+
+def _model_config(checkpoint: Path, input_size: int | None):
+    """The checkpoint's model config, checked against what evaluation needs."""
+    config = read_model_config(checkpoint)
+    if input_size is not None and input_size != config.input_size:
+        raise UserError(f"{checkpoint}: the model was trained at --input-size {config.input_size}, "
+                        f"not {input_size}")
+    if config.num_keypoints != len(KEYPOINT_NAMES):
+        raise UserError(f"{checkpoint}: the model predicts {config.num_keypoints} keypoints; "
+                        f"COCO person keypoints need {len(KEYPOINT_NAMES)}")
+    return config
+
+
+def _image_problems(dataset, inference: Inference, progress: bool) -> dict:
+    """The result's "unreadable" (samples skipped) and "size_warnings" entries, when there are any."""
+    problems = {}
+    if inference.skipped:
+        problems["unreadable"] = unreadable_images(dataset, inference)
+    size_warnings = image_report(dataset, progress=progress).size_warnings_json()
+    if size_warnings:
+        problems["size_warnings"] = size_warnings
+    return problems
+
+
+def _metrics_json(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.endswith("coco_results")}
+
+
+def _write_pck_and_results(result: dict, out: Path) -> None:
+    results_file = out.with_name(f"{out.stem}_keypoints.json")
+    result["results_file"] = str(results_file)
+    atomic_write_json(results_file, result["coco_results"], indent=None)
+    atomic_write_json(out, _metrics_json(result))
+
+
+def _write_the_rest(result: dict, out: Path, detected: bool, plots: bool) -> None:
+    """After COCO AP: the detected boxes' results, the error figures and the whole metrics JSON."""
+    if detected:
+        detected_file = out.with_name(f"{out.stem}_keypoints_detected.json")
+        result["detected_boxes"]["results_file"] = str(detected_file)
+        atomic_write_json(detected_file, result["detected_coco_results"], indent=None)
+    if plots:
+        result["plots"] = [str(p) for p in write_error_figures(result, out)]
+    atomic_write_json(out, _metrics_json(result))
 
 
 def _add_protocol(result: dict, model, detections, index, config, coco, **run) -> None:

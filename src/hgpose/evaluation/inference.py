@@ -142,14 +142,20 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
     finally:
         model.train(was_training)
 
+    return _collect(outputs, per_batch if bearpaw else None)
+
+
+def _collect(outputs: _Outputs, per_batch: _Outputs | None) -> Inference:
+    """The loop's device arrays as an Inference: on the CPU, every rank's samples gathered, sorted by
+    dataset index with DDP's padding repeats dropped; per_batch: the bearpaw rows, when computed."""
     if not outputs.filled:
         raise UserError("nothing to evaluate: the split is empty")
     parts = outputs.numpy()
-    batch_parts = per_batch.numpy() if bearpaw else {}
+    batch_parts = per_batch.numpy() if per_batch is not None else {}
     bearpaw_rows = batch_parts.get("rows")
     batch_sizes = batch_parts.get("sizes", np.zeros(0, np.int64)).tolist()
     parts = _gather_ranks(parts)
-    if bearpaw:
+    if per_batch is not None:
         bearpaw_rows = _gather_ranks({"rows": bearpaw_rows, "sizes": np.asarray(batch_sizes)})
         bearpaw_rows, batch_sizes = bearpaw_rows["rows"], bearpaw_rows["sizes"]
     _, first = np.unique(parts["indices"], return_index=True)  # sorted by index, repeats dropped
@@ -169,5 +175,5 @@ def infer(model, loader, *, device, precision: str = "fp32", channels_last: bool
         skipped=int((~valid).sum()),
         sample_loss=sample_loss,
         bearpaw_batches=bearpaw_rows,
-        bearpaw_batch_sizes=np.asarray(batch_sizes, dtype=np.int64) if bearpaw else None,
+        bearpaw_batch_sizes=np.asarray(batch_sizes, dtype=np.int64) if per_batch is not None else None,
     )
