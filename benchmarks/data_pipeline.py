@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hgpose.data.cache import CACHE_FORMAT, fingerprint, prepare_cache
+from hgpose.data.cache import CACHE_FORMAT, fingerprint
+from hgpose.data.prepare import prepare_cache
 from hgpose.data.coco import annotation_path, load_split
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.images import single_threaded_opencv

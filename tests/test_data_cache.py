@@ -10,10 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from hgpose.data import cache as cache_module
-from hgpose.data.cache import check_cache, find_cache, open_cache, prepare_cache, read_cache_meta
+from hgpose.data import prepare as prepare_module
+from hgpose.data.cache import check_cache, find_cache, open_cache, read_cache_meta
 from hgpose.data.coco import annotation_path, build_splits, load_split
 from hgpose.data.dataset import PersonDataset
+from hgpose.data.prepare import prepare_cache
 from hgpose.runtime.files import UserError
 
 
@@ -83,7 +84,7 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(synth_dataset, t
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_module, "_crop_all", interrupted)
+    monkeypatch.setattr(prepare_module, "_crop_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _prepare(synth_dataset, tmp_path)
     assert list(tmp_path.iterdir()) == []  # the temporary folder is removed on the way out
@@ -96,7 +97,7 @@ def test_killed_prepare_is_not_used_and_its_leftovers_are_removed(synth_dataset,
     script = f"""
 import time
 from pathlib import Path
-import hgpose.data.cache as c
+import hgpose.data.prepare as c
 from hgpose.data.images import crop_file
 cropped = Path({str(tmp_path / "cropped")!r})
 def slow(*args, **kwargs):
@@ -228,7 +229,7 @@ def _prepare_process(root, cache_dir, *, delay=0.0, workers=2, gate=None, marks=
             "--cache-dir", str(cache_dir), "--workers", str(workers), "--no-progress"]
     script = f"""
 import sys, time
-import hgpose.data.cache as c
+import hgpose.data.prepare as c
 from hgpose.data.images import crop_file
 from pathlib import Path
 import os
@@ -332,4 +333,4 @@ def test_a_full_disk_is_one_line_before_any_work(synth_dataset, tmp_path, small_
     assert list((small_disk / "cache").iterdir()) == []
     # the reservation itself (what stops a prepare when another writer took the space meanwhile)
     with pytest.raises(UserError, match="cannot reserve .*No space left"):
-        cache_module._reserve(small_disk / "big", 1 << 20, small_disk)
+        prepare_module._reserve(small_disk / "big", 1 << 20, small_disk)

@@ -55,8 +55,8 @@ def test_workers_give_the_same_batches_as_the_main_process(synth_dataset):
 
 
 def _prepared(synth_dataset, cache_dir, part="train"):
-    from hgpose.data.cache import prepare_cache
     from hgpose.data.coco import annotation_path, build_splits
+    from hgpose.data.prepare import prepare_cache
 
     prepare_cache(annotation_path(synth_dataset, "train2017"), synth_dataset / "train2017", 64, cache_dir,
                   progress=False, workers=1)
@@ -97,7 +97,7 @@ def test_cache_loader_with_workers_gives_the_same_batches(synth_dataset, tmp_pat
 
 
 def test_invalid_rows_come_back_invalid_in_a_batch(tiny_coco, tmp_path):
-    from hgpose.data.cache import prepare_cache
+    from hgpose.data.prepare import prepare_cache
 
     good, missing = tiny_coco.add_image(), tiny_coco.add_image(write=False)
     for image in (good, missing, good):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hgpose.data.cache import prepare_cache
 from hgpose.data.coco import annotation_path
+from hgpose.data.prepare import prepare_cache
 from hgpose.model.hourglass import ModelConfig
 from hgpose.train.config import TrainConfig
 from hgpose.train.loop import train

@@ -10,11 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from hgpose.data.cache import prepare_cache, read_cache_meta
+from hgpose.data.cache import read_cache_meta
 from hgpose.data.coco import load_split
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.image_report import image_report
 from hgpose.data.images import HEADER_BYTES, check_image_header
+from hgpose.data.prepare import prepare_cache
 from hgpose.train.loop import train
 from test_train import quick_config
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hgpose.data.cache import _exchange, check_cache, prepare_cache, sweep_stale_temp_folders
+from hgpose.data.cache import check_cache
 from hgpose.data.coco import annotation_path
+from hgpose.data.prepare import _exchange, prepare_cache, sweep_stale_temp_folders
 
 SIZE = 64
 
@@ -34,7 +35,7 @@ def forced_prepare_process(root, cache_dir, cropped: Path, gate: Path | None = N
     script = f"""
 import sys, time
 from pathlib import Path
-import hgpose.data.cache as c
+import hgpose.data.prepare as c
 from hgpose.data.images import crop_file
 cropped, gate = Path({str(cropped)!r}), {str(gate) if gate else None!r}
 def slow(*args, **kwargs):

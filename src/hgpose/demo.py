@@ -39,9 +39,9 @@ def run_demo(out: Path, precision: str = "auto", epochs: int = DEMO_EPOCHS, work
     """The whole demo; raises DemoInterrupted when its training was stopped before the last epoch.
     The sizes (and extras=False: stop after Table 1) are parameters only so that tests can run the same
     code path quickly."""
-    from hgpose.data.cache import prepare_cache
     from hgpose.data.coco import annotation_path
     from hgpose.data.person_boxes import demo_detections
+    from hgpose.data.prepare import prepare_cache
     from hgpose.evaluate import evaluate_checkpoint, format_evaluation
     from hgpose.explore import write_explore_report
     from hgpose.predict import predict_paths

@@ -1,8 +1,9 @@
 from pathlib import Path
 
 from hgpose.cli.common import check_output_path, require_at_least
-from hgpose.data.cache import prepare_cache, read_cache_meta
+from hgpose.data.cache import read_cache_meta
 from hgpose.data.coco import annotation_path, load_split
+from hgpose.data.prepare import prepare_cache
 from hgpose.runtime.files import UserError
 
 HELP = "crop every kept person of a COCO-style dataset once into a fast on-disk cache"
