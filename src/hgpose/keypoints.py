@@ -70,3 +70,18 @@ PERSON_CATEGORY: dict = {
     "keypoints": list(KEYPOINT_NAMES),
     "skeleton": [list(pair) for pair in SKELETON],
 }
+
+COCO_PERSON_ID = PERSON_CATEGORY["id"]
+
+
+def person_categories(categories) -> list[dict]:
+    """The categories of a COCO file named "person" (in file order)."""
+    return [c for c in categories if isinstance(c, dict) and c.get("name") == "person"]
+
+
+def person_category_id(categories) -> int:
+    """The id of a COCO file's person category: the first category named "person", else COCO's 1.
+    The one rule every reader of annotation, results and box files uses."""
+    persons = person_categories(categories)
+    found = persons[0].get("id") if persons else None
+    return found if isinstance(found, int) and not isinstance(found, bool) else COCO_PERSON_ID

@@ -20,7 +20,7 @@ import numpy as np
 from hgpose.data.images import MAX_IMAGE_PIXELS, check_image_folder
 from hgpose.data.index_cache import load_index  # parsed once per file version, then loaded
 from hgpose.data.person_index import PersonIndex
-from hgpose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
+from hgpose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS, person_categories
 from hgpose.runtime.files import UserError, read_json
 
 # The order here is the order of precedence: an instance is counted under its first reason.
@@ -238,7 +238,7 @@ def parse_annotations(data, annotation_file: Path, image_dir: Path, split: str) 
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise wrong_schema(f"no '{key}' list")
-    persons = [c for c in data["categories"] if isinstance(c, dict) and c.get("name") == "person"]
+    persons = person_categories(data["categories"])
     if not persons:
         raise UserError(f"{annotation_file}: no person category among its {len(data['categories'])} categories")
     person_id = persons[0].get("id")

@@ -34,10 +34,10 @@ import numpy as np
 from hgpose.data.coco import annotation_path, is_safe_file_name, read_annotation_json
 from hgpose.data.images import MAX_IMAGE_PIXELS
 from hgpose.data.person_index import PersonIndex
-from hgpose.keypoints import NUM_KEYPOINTS
+from hgpose.keypoints import COCO_PERSON_ID, NUM_KEYPOINTS, person_category_id
 from hgpose.runtime.files import UserError, atomic_write_json, read_json
 
-PERSON_CATEGORY_ID = 1
+PERSON_CATEGORY_ID = COCO_PERSON_ID  # a detection file names no categories: COCO's person id
 SKIP_REASONS = ("not person", "below --min-box-score", "bad bbox", "unknown image id", "unusable image")
 # how the printed summary words each reason (the JSON keeps the keys above)
 SKIP_WORDS = {"not person": "not a person", "below --min-box-score": "below --min-box-score",
@@ -395,9 +395,7 @@ def load_boxes_json(path, min_box_score: float = 0.0, annotations=None) -> BoxTa
                         "annotation file itself")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UserError(f"{path}: expected a COCO annotation file with 'images' and 'annotations'")
-    categories = [c for c in data.get("categories", []) if isinstance(c, dict) and c.get("name") == "person"]
-    category_id = categories[0].get("id", 1) if categories else 1
-    table = BoxTable(path, category_id if isinstance(category_id, int) else 1)
+    table = BoxTable(path, person_category_id(data.get("categories", [])))
     people: dict[int, list] = {}
     for ann in data.get("annotations", []):
         if isinstance(ann, dict) and ann.get("category_id") == table.category_id \

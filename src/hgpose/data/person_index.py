@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hgpose.data.transforms import CROP_PADDING, crop_box_from_bbox
+from hgpose.keypoints import COCO_PERSON_ID
 
 # Bump when the rules that decide which instances are kept change: caches are keyed on it.
 INDEX_VERSION = 1
@@ -36,7 +37,7 @@ class PersonIndex:
     keypoints: np.ndarray  # (N, 17, 3) float32 image x, y and COCO visibility v
     drops: dict[str, int] = field(default_factory=dict)  # reason -> instances dropped (whole file)
     ignored_keypoints: int = 0  # labelled keypoints outside their image, set to v=0
-    category_id: int = 1  # the file's person category id (results files use it)
+    category_id: int = COCO_PERSON_ID  # the file's person category id (results files use it)
 
     def __len__(self) -> int:
         return len(self.rows)

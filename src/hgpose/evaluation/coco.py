@@ -15,6 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from hgpose.data.coco import read_annotation_json
 from hgpose.evaluation.oks import AREA_PER_BOX_AREA, area_from_bbox
+from hgpose.keypoints import person_category_id
 from hgpose.runtime.files import UserError
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
@@ -89,9 +90,8 @@ def coco_ground_truth(index, image_ids=None):
         category_id = getattr(index, "category_id", 1)
         ann_ids = getattr(index, "ann_ids", None)  # None: an index-like object that keeps every person
     data = read_annotation_json(annotation_file)
-    if category_id is None:  # a bare file: its person category (COCO's id 1 when there are several)
-        persons = [c.get("id") for c in data["categories"] if isinstance(c, dict) and c.get("name") == "person"]
-        category_id = persons[0] if len(persons) == 1 else 1
+    if category_id is None:  # a bare file: its person category, as every reader finds it
+        category_id = person_category_id(data["categories"])
     wanted = None if image_ids is None else {int(i) for i in image_ids}
     kept = None if ann_ids is None else set(np.asarray(ann_ids).tolist())
     people, without_area = [], 0

@@ -23,14 +23,14 @@ from hgpose.evaluation.coco import coco_keypoint_stats, coco_results
 from hgpose.evaluation.errors import analyze_errors, error_figure, per_keypoint_ap
 from hgpose.evaluation.inference import infer
 from hgpose.evaluation.oks import NMS_THRESHOLD, RESCORE_CONFIDENCE, GroundTruth, oks_nms, rescore, results_arrays
+from hgpose.keypoints import person_category_id
 from hgpose.runtime.files import atomic_path
 
 GROUND_TRUTH_BOXES = "ground-truth boxes"
 
 
 def person_category(coco) -> int:
-    ids = coco.getCatIds(catNms=["person"])
-    return int(ids[0]) if ids else 1
+    return person_category_id(coco.dataset.get("categories", []))
 
 
 def ap_analysis(coco, results: list[dict], image_ids) -> dict:
