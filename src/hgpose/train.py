@@ -362,9 +362,10 @@ def train_step(model, optimizer, batch, device, precision: str, heatmap_size: in
 
 
 
-def train(config: TrainConfig, resume: Path | None = None) -> Path:
+def train(config: TrainConfig, resume: Path | None = None, *, say_resume: bool = True) -> Path:
     """Train (or resume) a run; returns the run directory (also when stopped by Ctrl-C or SIGTERM:
-    `run_is_finished` tells the two apart)."""
+    `run_is_finished` tells the two apart). say_resume=False leaves the resume command out of the
+    interrupt message, for a caller (the demo) that prints its own: a user should see one command."""
     keep_freed_memory()
     ctx = dist.setup(config.device)
     is_main = ctx.rank == 0
@@ -376,7 +377,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     if not is_main:  # rank 0 holds the run's lock and writes its files; the others wait for its word
         if ctx.any(False):
             raise UserError(f"{run_dir}: not started: rank 0 could not take the run directory (its error says why)")
-        return _train(config, run_dir, bool(resume), ctx)
+        return _train(config, run_dir, bool(resume), ctx, say_resume)
     busy = (f"{run_dir}: another hgpose train is writing to this run directory now (it holds "
             f"{run_dir / LOCK_NAME}); wait for it to end, or use another --out")
     with contextlib.ExitStack() as held:
@@ -392,7 +393,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             ctx.any(True)  # under torchrun the other ranks stop too, instead of waiting in a collective
             raise
         ctx.any(False)
-        return _train(config, run_dir, bool(resume), ctx)
+        return _train(config, run_dir, bool(resume), ctx, say_resume)
 
 
 def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
@@ -452,7 +453,7 @@ def _non_finite_tensor(model) -> str | None:
     return bad[0] if bad else None
 
 
-def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
+def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx, say_resume: bool = True) -> Path:
     device, is_main = ctx.device, ctx.rank == 0
     precision = resolve_precision(config.precision, device)
     if config.batch_size % ctx.world_size:
@@ -570,8 +571,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
                            "seconds": seconds_before + time.perf_counter() - started}
                 save_last(epoch, step, partial)
                 if is_main:
-                    log(f"interrupted at epoch {epoch}, step {step}/{steps_in_epoch}; resume with:\n"
-                        f"  {resume_command(run_dir)}")
+                    log(f"interrupted at epoch {epoch}, step {step}/{steps_in_epoch}"
+                        + (f"; resume with:\n  {resume_command(run_dir)}" if say_resume else "; saved"))
                 dist.cleanup()
                 return run_dir
 
@@ -616,7 +617,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
                         f" from epoch {epoch + 1} on (dropped after epoch {epoch}, once)")
             if ctx.any(stop_request.requested):
                 if is_main and epoch < config.epochs:
-                    log(f"interrupted after epoch {epoch}; resume with:\n  {resume_command(run_dir)}")
+                    log(f"interrupted after epoch {epoch}"
+                        + (f"; resume with:\n  {resume_command(run_dir)}" if say_resume else "; saved"))
                     dist.cleanup()
                     return run_dir
                 if epoch < config.epochs:
