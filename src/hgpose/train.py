@@ -43,6 +43,7 @@ from hgpose.data.loader import device_batches, make_loader
 from hgpose.data.targets import heatmap_loss, render_heatmaps
 from hgpose.evaluate import infer, pck, seed_normalizer
 from hgpose.fileio import UserError, atomic_write_text, disk_errors, exclusive_lock, sweep_temp_files
+from hgpose.memory_format import preferred_memory_format
 from hgpose.model import ModelConfig, build_model, save_model, to_model_input
 from hgpose.precision import PRECISIONS, autocast, resolve_precision
 from hgpose.progress import progress_bar
@@ -460,7 +461,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx, say_resume: bo
         raise UserError(f"--batch-size {config.batch_size} is not divisible by {ctx.world_size} processes")
     log = RunLog(run_dir / "train.log" if is_main else None)
     torch.manual_seed(config.seed)  # any random op of the run is reproducible; --resume restores the state
-    model = build_model(config.model, seed=config.seed).to(device).to(memory_format=torch.channels_last)
+    layout = preferred_memory_format(device, precision)  # measured per device: hgpose/memory_format.py
+    model = build_model(config.model, seed=config.seed).to(device).to(memory_format=layout)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr)
     schedule = PlateauDrop(config.lr_patience, config.lr_factor)
     history: list[dict] = []
@@ -548,7 +550,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx, say_resume: bo
             invalid_seen: list[int] = []
             for batch in device_batches(loader, device):  # on CUDA: the next copy overlaps this step
                 begin_step(uses_graphs)
-                loss = train_step(train_model, optimizer, batch, device, precision, heatmap_size, augment=augment)
+                loss = train_step(train_model, optimizer, batch, device, precision, heatmap_size,
+                                  channels_last=layout == torch.channels_last, augment=augment)
                 n = int(batch["valid"].sum())
                 if n < len(batch["valid"]):
                     invalid_seen += batch["index"][~batch["valid"]].tolist()
