@@ -43,6 +43,7 @@ from hgpose.fileio import atomic_write_json
 from hgpose.progress import progress_bar
 
 GENERATOR_VERSION = 2  # 2: mirror-symmetric people, facing recorded per person
+STYLES = ("mirror", "legacy")  # legacy: the first generator's handed cue, for tests/test_mirror.py only
 SPLITS = ("train2017", "val2017")
 VAL_ID_OFFSET = 1_000_000  # val image ids start here so ids are unique across the dataset
 MAX_IMAGES_PER_SPLIT = VAL_ID_OFFSET - 1
@@ -361,8 +362,6 @@ def random_colour(rng, sat=(0.3, 1.0), val=(0.25, 1.0)) -> tuple[int, int, int]:
     hsv = np.array([[[rng.uniform(0, 180), rng.uniform(*sat) * 255, rng.uniform(*val) * 255]]], np.uint8)
     return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
-
-STYLES = ("mirror", "legacy")
 
 SKIN_TONES = ((60, 90, 140), (90, 130, 190), (120, 160, 215), (150, 190, 235), (40, 60, 95))
 
