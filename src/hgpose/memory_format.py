@@ -5,7 +5,8 @@ Measurements (benchmarks/train_step.py, hgpose's eager step against the plain NC
   Without AVX-512, oneDNN's fp32 channels-last convolutions lose to PyTorch's NCHW ones: NCHW there.
 - Intel Xeon with AVX512-BF16 and AMX (this project's build machine, busy with other jobs, one thread),
   demo model (128 features, 64x64 input), 20 steps: fp32 channels-last 11.85 img/s against NCHW 9.30;
-  bf16 channels-last 19.03 against NCHW 11.67. With AVX-512, channels-last wins in both precisions.
+  bf16 channels-last 19.03 against NCHW 11.67; default model, fp32, 3 steps: channels-last 2.90 img/s
+  against NCHW 2.48 (reference 1.17). With AVX-512, channels-last wins in both precisions.
   (docs/demo.md, "Memory layout", has the full tables.)
 - CUDA: channels-last is the tensor cores' native convolution layout (unchanged; not measured here).
 bf16 on a CPU without AVX-512 is emulated and slow whatever the layout (--precision auto picks fp32
