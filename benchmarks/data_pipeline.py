@@ -41,13 +41,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hgpose.data.cache import CACHE_FORMAT, fingerprint
-from hgpose.data.prepare import prepare_cache
 from hgpose.data.coco import annotation_path, load_split
 from hgpose.data.dataset import PersonDataset
 from hgpose.data.images import single_threaded_opencv
 from hgpose.data.index_cache import read_index, write_index
 from hgpose.data.loader import EpochSampler, make_loader, seed_worker
 from hgpose.data.person_index import PersonIndex
+from hgpose.data.prepare import prepare_cache
 
 COCO_PEOPLE = 149_813
 BATCH = 16

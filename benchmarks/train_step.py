@@ -5,9 +5,12 @@ variant, side by side, in one run on the current device. On a CUDA device the va
 compiled (`--compile default`) and CUDA graphs (`--compile reduce-overhead`), each in fp32 and bf16;
 on the CPU eager fp32 and bf16 (and compiled with --compile). Each eager variant is also timed with
 `--augment`'s default augmentation (hgpose.data.augment, on the same device), with its cost over the plain step.
+`--layouts channels-last,nchw` times hgpose's eager step in both memory layouts (the measurements behind
+hgpose.runtime.memory_format) and prints the layout that rule picks for each precision on this device.
 Usage:
 
     python benchmarks/train_step.py [--batch-size 16] [--steps 5] [--device auto] [--input-size 256]
+        [--layouts channels-last[,nchw]] [--no-augment]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from hgpose.model.hourglass import ModelConfig, build_model
 from hgpose.runtime.allocator import keep_freed_memory
 from hgpose.runtime.compile import begin_step, compile_step_model
 from hgpose.runtime.device import resolve_device
+from hgpose.runtime.memory_format import preferred_memory_format
 from hgpose.train.loop import train_step
 
 
@@ -87,7 +91,11 @@ def main():
                              "without native bf16)")
     parser.add_argument("--compile", action="store_true",
                         help="on the CPU, also time torch.compile'd steps (slow to compile; always on CUDA)")
+    parser.add_argument("--layouts", default="channels-last",
+                        help="comma-separated memory layouts of hgpose's eager step: channels-last, nchw")
+    parser.add_argument("--no-augment", action="store_true", help="skip the augmented variants")
     args = parser.parse_args()
+    layouts = {"channels-last": torch.channels_last, "nchw": torch.contiguous_format}
     device = resolve_device(args.device)
     config = ModelConfig(input_size=args.input_size, features=args.features)
     batch = make_batch(args.batch_size, config)
@@ -110,27 +118,33 @@ def main():
     else:
         modes = ["off", "default"] if args.compile else ["off"]
     names = {"off": "eager", "default": "compiled", "reduce-overhead": "CUDA graphs"}
-    for mode in modes:
-        for precision in args.precisions.split(","):
-            model = build_model(config).to(device).to(memory_format=torch.channels_last)
-            opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
-            runner, graphs = compile_step_model(model, mode, device)
+    variants = [(mode, precision, layout) for mode in modes for precision in args.precisions.split(",")
+                for layout in (args.layouts.split(",") if mode == "off" else ["channels-last"])]
+    for mode, precision, layout in variants:
+        model = build_model(config).to(device).to(memory_format=layouts[layout])
+        opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
+        runner, graphs = compile_step_model(model, mode, device)
+        cl = layout == "channels-last"
 
-            def step(r=runner, o=opt, p=precision, g=graphs, a=None):
-                begin_step(g)
-                return train_step(r, o, batch, device, p, config.heatmap_size, augment=a)
+        def step(r=runner, o=opt, p=precision, g=graphs, a=None, cl=cl):
+            begin_step(g)
+            return train_step(r, o, batch, device, p, config.heatmap_size, channels_last=cl, augment=a)
 
-            name = f"hgpose channels-last {precision} {names[mode]}"
-            results.append(measure(name, step, args.steps, args.batch_size, flops, device))
-            print(f"  {name}: {results[-1]['img_s']:.1f} img/s", flush=True)
-            if mode == "off":  # the same step with --augment's defaults, on the same model and device
-                augment = BatchAugment(AugmentConfig(enabled=True), seed=0, epoch=1, heatmap_size=config.heatmap_size)
-                plain = results[-1]["img_s"]
-                results.append(measure(name + " + augment", lambda s=step, a=augment: s(a=a), args.steps,
-                                       args.batch_size, flops, device))
-                print(f"  {name} + augment: {results[-1]['img_s']:.1f} img/s "
-                      f"({plain / results[-1]['img_s'] - 1:+.1%} time per step)", flush=True)
+        name = f"hgpose {layout} {precision} {names[mode]}"
+        results.append(measure(name, step, args.steps, args.batch_size, flops, device))
+        print(f"  {name}: {results[-1]['img_s']:.1f} img/s", flush=True)
+        if mode == "off" and not args.no_augment:  # the same step with --augment's defaults
+            augment = BatchAugment(AugmentConfig(enabled=True), seed=0, epoch=1, heatmap_size=config.heatmap_size)
+            plain = results[-1]["img_s"]
+            results.append(measure(name + " + augment", lambda s=step, a=augment: s(a=a), args.steps,
+                                   args.batch_size, flops, device))
+            print(f"  {name} + augment: {results[-1]['img_s']:.1f} img/s "
+                  f"({plain / results[-1]['img_s'] - 1:+.1%} time per step)", flush=True)
 
+    for precision in args.precisions.split(","):
+        picked = preferred_memory_format(device, precision)
+        print(f"hgpose.runtime.memory_format picks {'channels-last' if picked == torch.channels_last else 'nchw'} "
+              f"for {precision} on {device}")
     base, kept = results[0]["img_s"], results[1]["img_s"] if "kept" in results[1]["variant"] else None
     print(f"{'variant':44s} {'img/s':>9s} {'GFLOP/s':>9s} {'vs reference':>13s}"
           + (f" {'vs reference, memory kept':>26s}" if kept else ""))

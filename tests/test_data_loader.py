@@ -81,7 +81,8 @@ def test_cache_loader_reads_whole_batches_equal_to_the_per_sample_path(synth_dat
     raw, cached = _prepared(synth_dataset, tmp_path, "val")  # a held-out part: rows are not 0..N-1
     loader = make_loader(cached, 5, shuffle=True, seed=3, epoch=1)
     assert isinstance(loader, BatchLoader) and isinstance(loader.dataset, CachedBatches)
-    assert len(loader) == 2 and len(loader.sampler.sampler) == 10  # 10 samples in batches of 5
+    n = len(cached)  # 9 people in this held-out part of the generated data
+    assert n > 5 and len(loader) == -(-n // 5) and len(loader.sampler.sampler) == n  # whole batches of 5
     for options in ({"shuffle": True, "seed": 3, "epoch": 1}, {"shuffle": False},
                     {"shuffle": True, "seed": 3, "epoch": 2, "start": 5},  # resuming inside an epoch
                     {"shuffle": True, "seed": 3, "epoch": 2, "rank": 1, "world_size": 3},

@@ -34,7 +34,31 @@ def interrupt_when(path: Path, out: Path) -> str:
     assert proc.returncode == 130, output[-3000:]
     assert "Traceback" not in output and "evaluating" not in output, output[-3000:]
     assert "again to resume it" in output
+    assert "hgpose train --resume" not in output  # one resume command, the demo's own
     return output
+
+
+@pytest.mark.slow
+def test_a_finished_demo_run_again_reuses_every_step_and_says_so(tmp_path):
+    out = tmp_path / "demo"
+    first = subprocess.run(demo(out), env=subprocess_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "precision: " in first.stdout and "figures (" in first.stdout and "reusing" not in first.stdout
+    evaluation = out / "run" / "test_eval.json"
+    written = evaluation.stat().st_mtime_ns
+    again = subprocess.run(demo(out), env=subprocess_env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "reusing the finished run" in again.stdout
+    assert "reusing " + str(evaluation) in again.stdout and "reusing the report" in again.stdout
+    assert evaluation.stat().st_mtime_ns == written
+    # new weights are a changed input: the evaluation runs again
+    best = out / "run" / "best.safetensors"
+    other = next(c for c in sorted((out / "run" / "checkpoints").glob("epoch_*.safetensors"))
+                 if c.read_bytes() != best.read_bytes())
+    best.write_bytes(other.read_bytes())
+    third = subprocess.run(demo(out), env=subprocess_env(), capture_output=True, text=True)
+    assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-2000:]
+    assert "reusing " + str(evaluation) not in third.stdout and evaluation.stat().st_mtime_ns != written
 
 
 @pytest.mark.slow

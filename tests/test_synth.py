@@ -182,13 +182,34 @@ def test_visibility_flags_follow_the_owner_map():
     assert not synth._visibility(fig, 0, owner).any()
 
 
-def test_left_and_right_limbs_look_different():
+def test_left_and_right_limbs_look_alike_except_in_the_legacy_style():
+    """No side-tied colour: a mirror image must be a person. The legacy style keeps its handed cue."""
     for seed in range(5):
         fig, _ = _isolated_figure(seed)
+        for left_part, right_part in ((synth.L_FOREARM, synth.R_FOREARM), (synth.L_SHIN, synth.R_SHIN)):
+            assert synth._limb_colour(fig, left_part, 1) == synth._limb_colour(fig, right_part, -1)
+        fig.style = "legacy"
         left = synth._limb_colour(fig, synth.L_FOREARM, 1)
         right = synth._limb_colour(fig, synth.R_FOREARM, -1)
         shirt = fig.colours["shirt"]
         assert sum(left) > sum(shirt) + 20 and sum(right) < sum(shirt) - 20
+
+
+def test_frontal_views_put_either_arm_on_top():
+    """A fixed order (right arm over left) in frontal views would be a handed cue."""
+    tops = Counter()
+    for seed in range(60):
+        fig = synth.sample_figure(np.random.default_rng(seed), 100.0, 0.0, {})
+        if abs(math.sin(fig.yaw)) <= 0.35:
+            tops[fig.draw_order[-1]] += 1
+    assert tops[("arm", 1)] >= 3 and tops[("arm", -1)] >= 3, tops
+
+
+def test_annotations_record_the_yaw_and_stay_valid_coco(dataset):
+    root, _ = dataset
+    coco = COCO(str(root / ANN.format("train2017")))
+    yaws = [a["hgpose_yaw"] for a in coco.loadAnns(coco.getAnnIds())]
+    assert yaws and all(-180 <= y <= 180 for y in yaws) and len(set(yaws)) > 1
 
 
 def test_face_is_labelled_only_on_the_camera_side():

@@ -2,8 +2,17 @@
 
 COCO cannot be downloaded here, so `generate_dataset` draws its own people: articulated 17-keypoint
 figures with a head, torso and limbs of some thickness, on cluttered backgrounds, with occluders and
-people cut by the image border. Left limbs are lighter and carry a stripe, right limbs are darker, and the
-face (eyes, nose) shows which way a figure faces, so left and right are learnable.
+people cut by the image border, now and then in overlapping groups.
+
+Left and right are learnable only as they are for real people, from which way a person faces: a face
+(skin, eyes, nose placed by the head's yaw) on the front of the head and hair on the back, a neckline
+on the front of the shirt, feet pointing forwards, and the far-side limbs drawn behind the torso. Both
+sides of a person look alike, so a generated image mirrored with its left/right labels swapped is a
+sample the generator could have drawn itself (with the mirrored yaw and pose): the flip test and flip
+augmentation work on it as on photographs (tests/test_mirror.py checks this). Each annotation records
+the yaw it was drawn with ("hgpose_yaw", degrees; 0 faces the camera, +-180 faces away).
+style="legacy" draws the first generator's handed cue instead (left limbs lighter and striped, right
+ones darker, a fixed draw order): only tests/test_mirror.py uses it, to show its test can fail.
 
 Layout written under OUT, exactly as COCO 2017:
     annotations/person_keypoints_train2017.json, annotations/person_keypoints_val2017.json
@@ -33,7 +42,8 @@ from hgpose.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY
 from hgpose.runtime.files import atomic_write_json
 from hgpose.runtime.progress import progress_bar
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: mirror-symmetric people, facing recorded per person
+STYLES = ("mirror", "legacy")  # legacy: the first generator's handed cue, for tests/test_mirror.py only
 SPLITS = ("train2017", "val2017")
 VAL_ID_OFFSET = 1_000_000  # val image ids start here so ids are unique across the dataset
 MAX_IMAGES_PER_SPLIT = VAL_ID_OFFSET - 1
@@ -94,6 +104,8 @@ class Figure:
     limbs: list = field(default_factory=list)
     colours: dict = field(default_factory=dict)
     draw_order: list = field(default_factory=list)  # (kind, side): ("arm", 1), ("leg", -1), ("torso", 0)...
+    neckline: tuple | None = None  # (centre, axes) of the skin patch on the shirt's front; None from behind
+    style: str = "mirror"
 
     def extent(self) -> tuple[float, float, float, float]:
         pts = np.concatenate([self.keypoints, self.torso, self.head_centre[None]])
@@ -107,6 +119,8 @@ class Figure:
         self.torso = self.torso + offset
         self.head_centre = self.head_centre + offset
         self.face_centre = self.face_centre + offset
+        if self.neckline is not None:
+            self.neckline = (self.neckline[0] + offset, self.neckline[1])
         self.limbs = [(part, p + offset, q + offset, r0, r1, side) for part, p, q, r0, r1, side in self.limbs]
 
 
@@ -122,12 +136,17 @@ def _foreshorten(rng, length: float) -> float:
     return length * (rng.uniform(0.55, 1.0) if rng.random() < 0.3 else 1.0)
 
 
-def sample_figure(rng: np.random.Generator, height: float, angle: float, colours: dict) -> Figure:
+def sample_figure(rng: np.random.Generator, height: float, angle: float, colours: dict,
+                  style: str = "mirror") -> Figure:
     """A random articulated person with pelvis at the origin, `height` pixels tall, rotated by `angle`.
 
     The skeleton is built in a y-up body frame in units of body height (ankle to crown is about 1),
     then scaled, rotated (radians, counter-clockwise on screen) and flipped to image coordinates.
+    Every random choice is symmetric under yaw -> -yaw with left and right exchanged, which is what
+    makes a mirrored person a person (see the module docstring).
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     yaw = float(rng.uniform(-math.pi, math.pi))
     cy, sy = math.cos(yaw), math.sin(yaw)
     lean = math.radians(_sample_angle(rng, 0, 7, -45, 45, 0.85))
@@ -218,19 +237,20 @@ def sample_figure(rng: np.random.Generator, height: float, angle: float, colours
         ]
     limbs.append((NECK, shoulder_mid, head, 0.028, 0.028, 0))
 
-    # far-side limbs go behind the torso; the left side is the far one when sin(yaw) > 0
-    far_side = 1 if sy > 0.35 else (-1 if sy < -0.35 else 0)
-    draw_order = []
-    if far_side:
-        draw_order.append(("arm", far_side))
-    draw_order += [("leg", far_side or 1), ("leg", -(far_side or 1)), ("torso", 0), ("head", 0)]
-    draw_order += [("arm", s) for s in ((-far_side,) if far_side else (1, -1))]
+    # the neckline: a skin patch on the chest's front, shifted by the yaw like the face; gone from behind
+    neckline = None
+    if cy > 0.15 and style == "mirror":
+        centre = shoulder_mid - 0.03 * up + lateral * depth_half * sy
+        neckline = (centre, (0.045 * cy, 0.032))
+    draw_order = _draw_order(rng, sy, style)
 
     # body frame (y up, units of height) -> image frame (y down, pixels)
     def to_image(p):
         return _rot(np.asarray(p) * [height, height], angle) * [1.0, -1.0]
 
     lat_img = to_image(head_lat)
+    if neckline is not None:
+        neckline = (to_image(neckline[0]), (neckline[1][0] * height, neckline[1][1] * height))
     return Figure(
         keypoints=to_image(kp),
         labelled=labelled,
@@ -245,7 +265,23 @@ def sample_figure(rng: np.random.Generator, height: float, angle: float, colours
         limbs=[(part, to_image(p), to_image(q), r0 * height, r1 * height, s) for part, p, q, r0, r1, s in limbs],
         colours=colours,
         draw_order=draw_order,
+        neckline=neckline,
+        style=style,
     )
+
+
+def _draw_order(rng, sy: float, style: str) -> list:
+    """Far-side limbs go behind the torso (the left side is the far one when sin(yaw) > 0). In frontal
+    views neither side is far, and which arm or leg lies over the other is a coin toss: a fixed order
+    (the legacy style's: right over left) would be a handed cue that a mirror image breaks."""
+    far_side = 1 if sy > 0.35 else (-1 if sy < -0.35 else 0)
+    if far_side:
+        return [("arm", far_side), ("leg", far_side), ("leg", -far_side), ("torso", 0), ("head", 0),
+                ("arm", -far_side)]
+    legs, arms = (1, -1), (1, -1)
+    if style == "mirror":
+        legs, arms = (legs if rng.random() < 0.5 else legs[::-1]), (arms if rng.random() < 0.5 else arms[::-1])
+    return [("leg", legs[0]), ("leg", legs[1]), ("torso", 0), ("head", 0), ("arm", arms[0]), ("arm", arms[1])]
 
 
 # --------------------------------------------------------------------------------------------- drawing
@@ -345,9 +381,12 @@ def random_colours(rng) -> dict:
 
 
 def _limb_colour(figure: Figure, part: int, side: int):
+    """The same colour on both sides, as for most real clothes; the legacy style's handed cue otherwise."""
     c = figure.colours
     base = c["skin"] if part in (L_HAND, R_HAND, NECK) else c["shoes"] if part in (L_FOOT, R_FOOT) else (
         c["pants"] if part >= L_THIGH else c["shirt"])
+    if figure.style == "mirror":
+        return base
     if side > 0:
         return _shade(base, 1.45)  # left: lighter
     if side < 0:
@@ -364,7 +403,7 @@ def _draw_limbs(canvas: Canvas, figure: Figure, parts, slot: int):
         owner = slot * PARTS_PER_PERSON + part + 1
         canvas.capsule(p, q, r0 + outline, r1 + outline, _shade(colour, 0.35), owner)
         canvas.capsule(p, q, r0, r1, colour)
-        if side > 0 and part not in (L_HAND, L_FOOT):
+        if figure.style == "legacy" and side > 0 and part not in (L_HAND, L_FOOT):
             # the left-side stripe runs along the middle of the limb, short of the joints
             a, b = p + 0.2 * (q - p), p + 0.8 * (q - p)
             canvas.capsule(a, b, 0.3 * r0, 0.3 * r1, figure.colours["stripe"])
@@ -410,6 +449,8 @@ def draw_figure(canvas: Canvas, figure: Figure, slot: int) -> None:
             grown = centre + (figure.torso - centre) * (1 + outline / (0.1 * figure.height))
             canvas.polygon(grown, _shade(figure.colours["shirt"], 0.35), owner)
             canvas.polygon(figure.torso, figure.colours["shirt"])
+            if figure.neckline is not None and figure.neckline[1][0] > 0.6:
+                canvas.ellipse(figure.neckline[0], figure.neckline[1], figure.head_angle, figure.colours["skin"])
         elif kind == "head":
             _draw_head(canvas, figure, slot)
 
@@ -524,12 +565,14 @@ def _body_angle(rng) -> float:
     return math.radians(deg)
 
 
-def _place_figure(rng, width, height, body_height, others, truncate: bool) -> Figure:
-    """Sample a figure and a position; retry a few times to keep overlaps with `others` moderate."""
-    max_iou = 0.6 if rng.random() < 0.3 else 0.25
+def _place_figure(rng, width, height, body_height, others, truncate: bool, style: str = "mirror",
+                  crowded: bool = False) -> Figure:
+    """Sample a figure and a position; retry a few times to keep overlaps with `others` moderate
+    (up to box IoU 0.6 now and then, and always in a `crowded` scene)."""
+    max_iou = 0.6 if crowded or rng.random() < 0.3 else 0.25
     best = None
     for _ in range(12):
-        fig = sample_figure(rng, body_height, _body_angle(rng), random_colours(rng))
+        fig = sample_figure(rng, body_height, _body_angle(rng), random_colours(rng), style)
         x0, y0, x1, y1 = fig.extent()
         if truncate:  # the figure's centre anywhere in the frame: up to half of it may be cut off
             cx, cy = rng.uniform(0, width), rng.uniform(0, height)
@@ -610,25 +653,30 @@ def _annotation(placed: Placed, owner: np.ndarray) -> dict | None:
         "keypoints": keypoints,
         "bbox": [float(x), float(y), float(bw), float(bh)],
         "category_id": 1,
+        "hgpose_yaw": round(math.degrees(placed.figure.yaw), 1),  # an extra field: COCO tools ignore it
     }
 
 
-def render_image(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, list[dict]]:
+def render_image(rng: np.random.Generator, width: int, height: int,
+                 style: str = "mirror") -> tuple[np.ndarray, list[dict]]:
     """One scene: background, 1 to 3 people (now and then a small unlabelled one), occluders, noise.
+    One scene in ten is a group of 3 or 4 overlapping people, for the crowd handling and OKS-NMS.
 
     Returns the BGR image and its COCO annotations without `id` and `image_id`.
     """
     image = render_background(rng, width, height)
     canvas = Canvas.blank(width, height, image)
-    n_people = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
+    crowded = rng.random() < 0.1
+    n_people = int(rng.choice([3, 4])) if crowded else int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
     placed: list[Placed] = []
     if rng.random() < 0.06:  # a small person in the distance, annotated with num_keypoints 0
-        fig = _place_figure(rng, width, height, rng.uniform(0.12, 0.22) * height, placed, truncate=False)
+        fig = _place_figure(rng, width, height, rng.uniform(0.12, 0.22) * height, placed, truncate=False,
+                            style=style)
         placed.append(Placed(fig, slot=0, keypointed=False))
     for _ in range(n_people):
         body_height = height * math.exp(rng.uniform(math.log(0.3), math.log(1.05)))
         truncate = rng.random() < 0.2
-        fig = _place_figure(rng, width, height, body_height, placed, truncate)
+        fig = _place_figure(rng, width, height, body_height, placed, truncate, style, crowded)
         placed.append(Placed(fig, slot=len(placed), keypointed=True))
 
     # nearer (bigger) people are drawn last, over farther ones

@@ -38,6 +38,7 @@ from hgpose.runtime import distributed as dist
 from hgpose.runtime.allocator import keep_freed_memory
 from hgpose.runtime.compile import begin_step, compile_step_model
 from hgpose.runtime.files import UserError, exclusive_lock, sweep_temp_files
+from hgpose.runtime.memory_format import preferred_memory_format
 from hgpose.runtime.precision import autocast, resolve_precision
 from hgpose.runtime.progress import progress_bar
 from hgpose.train.checkpoint import load_training_checkpoint, save_training_checkpoint
@@ -137,9 +138,10 @@ def train_step(model, optimizer, batch, device, precision: str, heatmap_size: in
     return loss.detach()
 
 
-def train(config: TrainConfig, resume: Path | None = None) -> Path:
+def train(config: TrainConfig, resume: Path | None = None, *, say_resume: bool = True) -> Path:
     """Train (or resume) a run; returns the run directory (also when stopped by Ctrl-C or SIGTERM:
-    `run_is_finished` tells the two apart)."""
+    `run_is_finished` tells the two apart). say_resume=False leaves the resume command out of the
+    interrupt message, for a caller (the demo) that prints its own: a user should see one command."""
     keep_freed_memory()
     ctx = dist.setup(config.device)
     is_main = ctx.rank == 0
@@ -151,7 +153,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     if not is_main:  # rank 0 holds the run's lock and writes its files; the others wait for its word
         if ctx.any(False):
             raise UserError(f"{run_dir}: not started: rank 0 could not take the run directory (its error says why)")
-        return _train(config, run_dir, bool(resume), ctx)
+        return _train(config, run_dir, bool(resume), ctx, say_resume)
     busy = (f"{run_dir}: another hgpose train is writing to this run directory now (it holds "
             f"{run_dir / LOCK_NAME}); wait for it to end, or use another --out")
     with contextlib.ExitStack() as held:
@@ -167,7 +169,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             ctx.any(True)  # under torchrun the other ranks stop too, instead of waiting in a collective
             raise
         ctx.any(False)
-        return _train(config, run_dir, bool(resume), ctx)
+        return _train(config, run_dir, bool(resume), ctx, say_resume)
 
 
 def _load_data(config: TrainConfig, log, is_main: bool):
@@ -245,6 +247,8 @@ class Session:
     history: list = field(default_factory=list)
     origin: dict = field(default_factory=dict)  # checkpoint metadata: whether the data was generated
     tensorboard: TensorBoardLog | None = None  # rank 0's curves, when wanted and installed
+    say_resume: bool = True  # the interrupt message names the command that resumes
+    layout: torch.memory_format = torch.channels_last  # the step's memory layout, by device
 
     @property
     def is_main(self) -> bool:
@@ -261,6 +265,13 @@ class Session:
                 "epoch": epoch, "step_in_epoch": step_in_epoch, "partial": partial,
                 "schedule": asdict(self.schedule), "history": self.history,
             })
+
+    def resume_hint(self) -> str:
+        return f"; resume with:\n  {resume_command(self.run_dir)}" if self.say_resume else "; saved"
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout == torch.channels_last
 
     def stop(self, reason: str, epoch: int, hint: str = ""):
         """A run that cannot go on: one line, and the checkpoints of earlier epochs stay as they are."""
@@ -281,7 +292,8 @@ def start_session(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Sess
     torch.manual_seed(config.seed)  # any random op of the run is reproducible; --resume restores the state
     np.random.seed(config.seed)  # and so are numpy's and Python's (the checkpoint holds them too)
     random.seed(config.seed)
-    model = build_model(config.model, seed=config.seed).to(device).to(memory_format=torch.channels_last)
+    layout = preferred_memory_format(device, config.precision)  # measured per device: runtime/memory_format.py
+    model = build_model(config.model, seed=config.seed).to(device).to(memory_format=layout)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr)
     state = {"schedule": asdict(PlateauDrop(config.lr_patience, config.lr_factor)), "history": [], "epoch": 1,
              "step_in_epoch": 0, "partial": dict(EMPTY_PARTIAL)}
@@ -310,7 +322,8 @@ def start_session(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Sess
                    state["epoch"], state["step_in_epoch"], state["partial"], state["history"],
                    # each checkpoint says whether it learnt from generated figures (predict warns on photos)
                    origin_metadata(train_set.index.annotation_file),
-                   open_tensorboard(run_dir, config.tensorboard and is_main, state["epoch"], resumed, log))
+                   open_tensorboard(run_dir, config.tensorboard and is_main, state["epoch"], resumed, log),
+                   layout=layout)
 
 
 def _report_images(config: TrainConfig, train_set, val_set, log) -> set[str]:
@@ -348,8 +361,9 @@ def _open_log(config, run_dir, resume, resumed, state, log, train_set, val_set, 
 # --- the epochs -----------------------------------------------------------------------------------
 
 
-def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Path:
+def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx, say_resume: bool = True) -> Path:
     session = start_session(config, run_dir, resume, ctx)
+    session.say_resume = say_resume
     try:
         return _run_epochs(session)
     finally:
@@ -370,7 +384,7 @@ def _run_epochs(session: Session) -> Path:
             end_epoch(session, epoch, lr, train_loss, val, sums)
             if ctx.any(stop_request.requested) and epoch < config.epochs:
                 if session.is_main:
-                    session.log(f"interrupted after epoch {epoch}; resume with:\n  {resume_command(run_dir)}")
+                    session.log(f"interrupted after epoch {epoch}{session.resume_hint()}")
                 dist.cleanup()
                 return run_dir
     if session.is_main:
@@ -419,7 +433,7 @@ def train_one_epoch(s: Session, epoch: int, stop_request) -> EpochSums | None:
     for batch in device_batches(loader, device):  # on CUDA: the next copy overlaps this step
         begin_step(s.uses_graphs)
         loss = train_step(s.train_model, s.optimizer, batch, device, s.precision, config.model.heatmap_size,
-                          augment=augment)
+                          channels_last=s.channels_last, augment=augment)
         n = int(batch["valid"].sum())
         if n < len(batch["valid"]):
             invalid_seen += batch["index"][~batch["valid"]].tolist()
@@ -448,8 +462,7 @@ def train_one_epoch(s: Session, epoch: int, stop_request) -> EpochSums | None:
 def _save_interrupted(s: Session, epoch: int, step: int, steps_in_epoch: int, sums: EpochSums) -> None:
     s.save_last(epoch, step, sums.partial())
     if s.is_main:
-        s.log(f"interrupted at epoch {epoch}, step {step}/{steps_in_epoch}; resume with:\n"
-              f"  {resume_command(s.run_dir)}")
+        s.log(f"interrupted at epoch {epoch}, step {step}/{steps_in_epoch}{s.resume_hint()}")
     dist.cleanup()
 
 
@@ -479,7 +492,8 @@ def validate(s: Session, epoch: int) -> Validation:
     ctx = s.ctx
     loader = make_loader(s.val_set, s.per_rank_batch * 2, shuffle=False, workers=s.config.workers,
                          device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
-    result = infer(s.model, loader, device=ctx.device, precision=s.precision, progress=False)
+    result = infer(s.model, loader, device=ctx.device, precision=s.precision, channels_last=s.channels_last,
+                   progress=False)
     val_pck = pck(result.coords, result.gt, result.visibility, seed_normalizer(s.config.model.heatmap_size)).overall
     unreadable = int((~result.valid).sum())
     if not (math.isfinite(result.loss) and math.isfinite(val_pck)):
