@@ -50,7 +50,7 @@ from hgpose.train.machine import (
     set_thread_count,
     thread_source,
 )
-from hgpose.train.out_dir import check_new_run_dir, make_run_dir, removed_unless_started
+from hgpose.train.out_dir import new_run_dir
 from hgpose.train.restart import changed_settings, divergence_hint, restart_run
 from hgpose.train.run_dir import (
     LOCK_NAME,
@@ -164,10 +164,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             f"{run_dir / LOCK_NAME}); wait for it to end, or use another --out")
     with contextlib.ExitStack() as held:
         try:
-            if not resume:
-                check_new_run_dir(run_dir)  # a file, a run, or someone else's files: refused, nothing touched
-            # a refused start removes the folders it made (entered first: it also sees the lock's errors)
-            held.enter_context(removed_unless_started(run_dir, [] if resume else make_run_dir(run_dir), busy))
+            if not resume:  # refuses a file, a run or someone else's files; a refused start removes what it made
+                held.enter_context(new_run_dir(run_dir, busy))
             held.enter_context(exclusive_lock(run_dir / LOCK_NAME, busy))
             if not resume and (run_dir / "config.yaml").exists():  # written by a run that just ended
                 raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")

@@ -85,15 +85,26 @@ def make_run_dir(run_dir: Path) -> list[Path]:
 
 
 @contextmanager
-def removed_unless_started(run_dir: Path, created: list[Path], busy_message: str):
-    """On an error before the run began training (no config.yaml yet), remove the folders this
-    process created for it: a refused `train` leaves nothing behind. A folder another train now
-    holds (the busy error) is left to it."""
+def new_run_dir(run_dir: Path, busy_message: str):
+    """Check and create the folder of a new run for the `with` block; on an error before the run
+    began training (no config.yaml yet) undo what this start did: remove the folders it created, or
+    empty again the empty folder it was given. A refused `train` leaves nothing behind. A folder
+    that another train holds (the busy error) is left to it."""
+    check_new_run_dir(run_dir)
+    was_empty = run_dir.is_dir() and not any(run_dir.iterdir())
+    created = make_run_dir(run_dir)
     try:
         yield
     except BaseException as exc:
-        if created and not (Path(run_dir) / RUN_CONFIG).exists() and str(exc) != busy_message:
-            remove_created(created)
+        if not (Path(run_dir) / RUN_CONFIG).exists() and str(exc) != busy_message:
+            if created:
+                remove_created(created)
+            elif was_empty:
+                for entry in run_dir.iterdir():  # only this start's files: the folder was empty
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
         raise
 
 
