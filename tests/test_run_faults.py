@@ -240,11 +240,13 @@ def test_an_epoch_without_any_readable_training_sample_stops_with_one_line(tiny_
 
 
 def test_an_epoch_ending_in_one_sample_at_a_1x1_bottleneck_trains(synth_dataset, tmp_path):
-    # 41 training instances in batches of 8 end in a batch of one; depth 4 on 64 px crops makes the
+    # N training instances in batches of N - 1 end in a batch of one; depth 4 on 64 px crops makes the
     # innermost maps 1x1, where batch norm cannot train on one sample (PyTorch raises)
+    from hgpose.data.coco import build_splits
     from hgpose.model.hourglass import ModelConfig
 
-    run_dir = train(quick_config(synth_dataset, tmp_path / "run", epochs=1, batch_size=8,
+    n_train = len(build_splits(str(synth_dataset), seed=0)["train"])
+    run_dir = train(quick_config(synth_dataset, tmp_path / "run", epochs=1, batch_size=n_train - 1,
                                  model=ModelConfig(features=32, input_size=64)))
     assert "that sample is left out of each epoch" in (run_dir / "train.log").read_text()
     assert len(read_metrics(run_dir)) == 1

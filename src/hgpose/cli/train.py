@@ -34,10 +34,13 @@ OPTIONS = [
     ("val_fraction", float, "fraction of training images held out for validation"),
     ("cache", str, "auto (use a current `hgpose prepare` cache when present) or off"),
     ("cache_dir", str, "where `hgpose prepare --cache-dir` wrote the caches"),
+    ("threads", int, "torch threads on the CPU; the thread count changes the numbers, so --resume restores the "
+     "run's unless this or OMP_NUM_THREADS is given"),
 ]
 TRAIN_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 # how --help shows the options whose TrainConfig default is None
-NONE_MEANS = {"subset": "all", "val_split": "a held-out part of the training split", "cache_dir": "DATA/hgpose_cache"}
+NONE_MEANS = {"threads": "OMP_NUM_THREADS, else torch's choice", "subset": "all",
+              "val_split": "a held-out part of the training split", "cache_dir": "DATA/hgpose_cache"}
 
 
 def _default_text(name: str) -> str:
@@ -156,9 +159,9 @@ def build_config(args):
         if args.config:
             raise UserError("--config starts a new run; --resume continues one with its own config.yaml")
         if model_given:
-            saved = resume_config(args.resume, {}).model
-            if model_config_from_args(args) != saved:
-                raise UserError(f"{args.resume}: --resume with a model config that differs from the run's")
+            given_model = _resume_model(args)
+            if given_model is not None:
+                given["model"] = given_model
         if augment_given(args):
             saved = resume_config(args.resume, {}).augment.to_dict()
             given["augment"] = _with_augment(saved, augment_given(args), args.resume)
@@ -199,6 +202,33 @@ def run(args):
         outputs = write_report(run_dir)
         print("report: " + ", ".join(str(p) for p in outputs.values()))
     return 0
+
+
+def _resume_model(args) -> dict | None:
+    """The model fields --resume was given that differ from the run's: an error naming each field
+    and both values, unless the run never finished an epoch (then it starts again with them)."""
+    from hgpose.model.weights import beyond_limits
+    from hgpose.train.restart import never_finished_an_epoch
+    from hgpose.train.run_dir import load_run_config
+
+    saved = asdict(load_run_config(args.resume).model)
+    if args.model_config:  # a model file describes a whole model
+        given = asdict(model_config_from_args(args))
+    else:  # flags change only their fields
+        given = {f.name: getattr(args, f.name) for f in fields(ModelConfig) if getattr(args, f.name) is not None}
+        if beyond_limits(given):
+            raise UserError(f"model config: {beyond_limits(given)}")
+    differ = [f"{k} (run: {saved[k]}, given: {v})" for k, v in given.items() if saved[k] != v]
+    if not differ:
+        return None
+    if not never_finished_an_epoch(args.resume):
+        raise UserError(f"{args.resume}: --resume with a model config that differs from the run's: "
+                        f"{', '.join(differ)}")
+    try:
+        ModelConfig.from_dict(saved | given)
+    except ValueError as exc:
+        raise UserError(f"model flags: {exc}") from None
+    return saved | given
 
 
 def _model_flag_given(args, name: str) -> bool:

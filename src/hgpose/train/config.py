@@ -8,12 +8,15 @@ from dataclasses import asdict, dataclass, field, fields
 
 from hgpose.data.augment import AugmentConfig
 from hgpose.model.hourglass import ModelConfig
+from hgpose.model.weights import beyond_limits
 from hgpose.runtime.compile import compile_mode
 from hgpose.runtime.files import UserError
 from hgpose.runtime.precision import PRECISIONS
 
 # options that may differ on --resume without changing the run's result
-RESUMABLE_OVERRIDES = {"epochs", "device", "workers", "compile", "progress", "cache", "cache_dir", "tensorboard"}
+# (threads does change the numbers; a resume names it when it differs from the run's record)
+RESUMABLE_OVERRIDES = {"epochs", "device", "workers", "compile", "progress", "cache", "cache_dir", "tensorboard",
+                       "threads"}
 # written to config.yaml beside the options, for the record (not options: --config ignores them)
 RECORDED_KEYS = ("data_as_typed", "annotations_sha1")
 
@@ -41,6 +44,7 @@ class TrainConfig:
     cache_dir: str | None = None  # where `hgpose prepare --cache-dir` put the caches
     progress: bool = True
     tensorboard: bool = True  # event files in RUN_DIR/tensorboard when the package is installed
+    threads: int | None = None  # torch threads; None: OMP_NUM_THREADS or torch's choice, on --resume the run's
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # off: the seed's protocol
 
@@ -64,6 +68,10 @@ class TrainConfig:
         if self.val_split is None and not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}; to validate on a "
                             "separate annotation file use --val-split NAME instead")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be >= 1 (leave it out for torch's choice), got {self.threads}")
+        if beyond_limits(asdict(self.model)):
+            raise UserError(f"model config: {beyond_limits(asdict(self.model))}")
         if self.cache not in ("auto", "off"):
             raise UserError(f"--cache must be auto or off, got {self.cache!r}")
 
@@ -81,6 +89,7 @@ class TrainConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise UserError(f"{source}: unknown option(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        _check_model_limits(values.get("model"), source)
         defaults = cls(data="")
         if "augment" in values:
             values["augment"] = AugmentConfig.from_dict(values["augment"], source)
@@ -90,8 +99,8 @@ class TrainConfig:
                     values[key] = value = float(value)
             default = getattr(defaults, key)
             kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
-            if key in ("subset", "val_split", "cache_dir", "out", "data"):
-                kinds = (int,) if key == "subset" else (str,)
+            if key in ("subset", "threads", "val_split", "cache_dir", "out", "data"):
+                kinds = (int,) if key in ("subset", "threads") else (str,)
             if kinds and value is not None and (not isinstance(value, kinds) or
                                                 (isinstance(value, bool) and bool not in kinds)):
                 raise UserError(f"{source}: {key} must be {kinds[-1].__name__}, got {value!r}")
@@ -99,3 +108,11 @@ class TrainConfig:
             return cls(**values)
         except (TypeError, ValueError) as exc:
             raise UserError(f"{source}: {exc}") from None
+
+
+def _check_model_limits(model, source) -> None:
+    """A model block of a file gets the bounds the model flags and checkpoint headers get: a
+    hand-edited `features: 1000000000` is one line naming the file, not a 256 GB allocation."""
+    values = asdict(model) if isinstance(model, ModelConfig) else model
+    if isinstance(values, dict) and beyond_limits(values):
+        raise UserError(f"{source}: model: {beyond_limits(values)}")

@@ -43,6 +43,16 @@ from hgpose.runtime.precision import autocast, resolve_precision
 from hgpose.runtime.progress import progress_bar
 from hgpose.train.checkpoint import load_training_checkpoint, save_training_checkpoint
 from hgpose.train.config import TrainConfig
+from hgpose.train.machine import (
+    difference_line,
+    machine_differences,
+    machine_record,
+    recorded_machine,
+    set_thread_count,
+    thread_source,
+)
+from hgpose.train.out_dir import new_run_dir
+from hgpose.train.restart import changed_settings, divergence_hint, restart_run
 from hgpose.train.run_dir import (
     LOCK_NAME,
     RunLog,
@@ -58,7 +68,6 @@ from hgpose.train.run_info import write_run_info
 from hgpose.train.tensorboard import TensorBoardLog, open_tensorboard, validation_crops
 
 NON_FINITE_LOSS = "training loss became NaN or infinite"
-LOWER_LR_HINT = " (try a lower --lr or --precision fp32)"
 EMPTY_PARTIAL = {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}  # an epoch's running sums before its first step
 
 
@@ -148,8 +157,8 @@ def train(config: TrainConfig, resume: Path | None = None, *, say_resume: bool =
     run_dir = Path(resume) if resume else Path(config.out) if config.out else next_run_dir()
     if resume:
         check_resumable(run_dir, config)
-    elif (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+    recorded = recorded_machine(run_dir) if resume else None
+    threads_line = set_thread_count(config, recorded)
     if not is_main:  # rank 0 holds the run's lock and writes its files; the others wait for its word
         if ctx.any(False):
             raise UserError(f"{run_dir}: not started: rank 0 could not take the run directory (its error says why)")
@@ -158,18 +167,37 @@ def train(config: TrainConfig, resume: Path | None = None, *, say_resume: bool =
             f"{run_dir / LOCK_NAME}); wait for it to end, or use another --out")
     with contextlib.ExitStack() as held:
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:  # refuses a file, a run or someone else's files; a refused start removes what it made
+                held.enter_context(new_run_dir(run_dir, busy))
             held.enter_context(exclusive_lock(run_dir / LOCK_NAME, busy))
             if not resume and (run_dir / "config.yaml").exists():  # written by a run that just ended
                 raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
             for folder in (run_dir, run_dir / "checkpoints"):
                 if folder.is_dir():
                     sweep_temp_files(folder)  # what a save killed half-way left behind
+            restarted = _restart_if_changed(config, run_dir) if resume else False
         except BaseException:
             ctx.any(True)  # under torchrun the other ranks stop too, instead of waiting in a collective
             raise
         ctx.any(False)
-        return _train(config, run_dir, bool(resume), ctx, say_resume)
+        log = RunLog(run_dir / "train.log")
+        if threads_line:
+            log(threads_line)
+        if resume and not restarted:
+            current = machine_record(ctx.device, resolve_precision(config.precision, ctx.device))
+            differences = machine_differences(recorded, current, thread_source(config))
+            if differences:
+                log(difference_line(run_dir, differences))
+        return _train(config, run_dir, bool(resume) and not restarted, ctx, say_resume)
+
+
+def _restart_if_changed(config: TrainConfig, run_dir: Path) -> bool:
+    """A resume with new settings of a run that never finished an epoch (resume_config allowed it only
+    then) clears it to start afresh; True when it did."""
+    changed = changed_settings(run_dir, config)
+    if changed:
+        restart_run(run_dir, changed, RunLog(run_dir / "train.log"))
+    return bool(changed)
 
 
 def _load_data(config: TrainConfig, log, is_main: bool):
@@ -273,6 +301,10 @@ class Session:
     def channels_last(self) -> bool:
         return self.layout == torch.channels_last
 
+    def divergence_hint(self) -> str:
+        """The command that restarts or replaces this run with a lower learning rate."""
+        return divergence_hint(self.run_dir, self.config, len(self.history), self.precision)
+
     def stop(self, reason: str, epoch: int, hint: str = ""):
         """A run that cannot go on: one line, and the checkpoints of earlier epochs stay as they are."""
         if self.is_main:
@@ -301,7 +333,7 @@ def start_session(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Sess
     if resumed:  # before the data: a damaged checkpoint is one line at once, not after minutes of loading
         state = load_training_checkpoint(run_dir / "last.safetensors", model, optimizer)
     train_set, val_set = _load_data(config, log, is_main)
-    known_bad = _report_images(config, train_set, val_set, log) if is_main else set()
+    known_bad = _report_images(config, train_set, val_set, log, ctx)
     if is_main:
         (run_dir / "checkpoints").mkdir(exist_ok=True)
     if resume and is_main:
@@ -326,17 +358,30 @@ def start_session(config: TrainConfig, run_dir: Path, resume: bool, ctx) -> Sess
                    layout=layout)
 
 
-def _report_images(config: TrainConfig, train_set, val_set, log) -> set[str]:
+def _report_images(config: TrainConfig, train_set, val_set, log, ctx) -> set[str]:
     """Unusable images of both sets counted up front (rank 0); returns the training set's, whose
-    decode failures are then not reported twice."""
+    decode failures are then not reported twice. A set whose every sample is unusable stops the run
+    here, before an epoch is spent on it (every rank stops together)."""
     known_bad: set[str] = set()
-    for what, dataset in (("training", train_set), ("validation", val_set)):
+    unusable = None
+    for what, dataset in (("training", train_set), ("validation", val_set)) if ctx.rank == 0 else ():
         images = image_report(dataset, progress=config.progress)
         for line in images.lines(what):
             log(line)
         if dataset is train_set:
             known_bad = set(images.problems)
+        if unusable is None and images.bad_samples >= len(dataset):
+            unusable = (f"{dataset.index.annotation_file}: all {len(dataset)} {what} samples are in unusable "
+                        f"images (found in the {images.source}), e.g. {_first_problem(images)}; "
+                        "training was not started")
+    if ctx.any(unusable is not None):
+        raise UserError(unusable or "not started: rank 0 found a data set without a usable image (its error says why)")
     return known_bad
+
+
+def _first_problem(images) -> str:
+    name, why = next(iter(images.problems.items()))
+    return f"{name}: {why}"
 
 
 def _open_log(config, run_dir, resume, resumed, state, log, train_set, val_set, device, ctx, precision) -> None:
@@ -352,7 +397,7 @@ def _open_log(config, run_dir, resume, resumed, state, log, train_set, val_set, 
     else:
         write_run_config(run_dir, config)
     if not (run_dir / "run_info.json").is_file():
-        write_run_info(run_dir)  # hgpose version and commit, for the report
+        write_run_info(run_dir, machine_record(device, precision))  # for the report, and a resume's check
     log(f"training {run_dir}: {len(train_set)} train / {len(val_set)} val instances, "
         f"{'cache' if train_set.using_cache else 'raw JPEG'} data, device {device}, "
         f"{ctx.world_size} process(es), precision {precision}, {config.augment.describe()}")
@@ -445,7 +490,7 @@ def train_one_epoch(s: Session, epoch: int, stop_request) -> EpochSums | None:
         if step % 20 == 0 or step == steps_in_epoch:  # a host sync every 20 steps, not every step
             running = sums.loss_sum.item() / max(sums.samples, 1)
             if not math.isfinite(running):
-                s.stop(NON_FINITE_LOSS, epoch, LOWER_LR_HINT)
+                s.stop(NON_FINITE_LOSS, epoch, s.divergence_hint())
             bar.set_postfix(loss=f"{running:.3e}", img_s=f"{images_done * ctx.world_size / sums.seconds():.1f}")
         if stop_request.requested and ctx.world_size == 1 and step < steps_in_epoch:
             break  # under torchrun the ranks stop together at the end of the epoch instead
@@ -473,10 +518,10 @@ def mean_train_loss(s: Session, epoch: int, sums: EpochSums) -> float:
         s.stop(f"no readable training sample in {s.config.data}", epoch)
     train_loss = total_loss / total_samples
     if not math.isfinite(train_loss):
-        s.stop(NON_FINITE_LOSS, epoch, LOWER_LR_HINT)
+        s.stop(NON_FINITE_LOSS, epoch, s.divergence_hint())
     bad_tensor = _non_finite_tensor(s.model)
     if bad_tensor:
-        s.stop(f"the model diverged: {bad_tensor} holds NaN or infinite values", epoch, LOWER_LR_HINT)
+        s.stop(f"the model diverged: {bad_tensor} holds NaN or infinite values", epoch, s.divergence_hint())
     return train_loss
 
 

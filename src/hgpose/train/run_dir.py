@@ -153,7 +153,8 @@ def annotations_sha1(config: TrainConfig) -> dict[str, str]:
 
 
 def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:
-    """The saved run config with the allowed overrides; a conflicting option is an error.
+    """The saved run config with the allowed overrides; a conflicting option is an error, except in
+    a run that never finished an epoch, which then starts again with the new settings.
 
     --data may point elsewhere when the data moved (another mount point): allowed when its annotation
     files are byte-identical to the run's (their sha1 is in config.yaml)."""
@@ -167,9 +168,12 @@ def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:
         for k, v in overrides.items()
         if k not in RESUMABLE_OVERRIDES and k in saved and saved[k] != v
     ]
-    if conflicts:
+    if conflicts and run_progress(run_dir)[0] > 1:
         raise UserError(f"{run_dir}: --resume with options that conflict with the run: {', '.join(conflicts)}")
-    resumed = TrainConfig(**(saved | {k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES}))
+    # a run that never finished an epoch takes any option: it starts again (hgpose.train.restart)
+    allowed = overrides if conflicts else {k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES}
+    # the thread count is the one given now, else the run's recorded count (hgpose.train.machine)
+    resumed = TrainConfig(**(saved | {"threads": None} | allowed))
     if new_data is not None and Path(new_data).resolve() != Path(config.data).resolve():
         recorded = raw.get("annotations_sha1")
         if not recorded:

@@ -39,9 +39,11 @@ def utc_timestamp(seconds: float | None = None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def write_run_info(run_dir) -> Path:
-    """RUN_DIR/run_info.json: the hgpose version and commit of this run and when it started."""
-    return atomic_write_json(Path(run_dir) / RUN_INFO_FILE, software_identity() | {"started": utc_timestamp()})
+def write_run_info(run_dir, machine: dict | None = None) -> Path:
+    """RUN_DIR/run_info.json: the hgpose version and commit of this run and when it started, and the
+    machine it started on (hgpose.train.machine: what a bit-identical resume needs again)."""
+    record = software_identity() | {"started": utc_timestamp()} | ({"machine": machine} if machine else {})
+    return atomic_write_json(Path(run_dir) / RUN_INFO_FILE, record)
 
 
 def run_identity(run_dir) -> dict:
