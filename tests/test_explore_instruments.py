@@ -44,3 +44,61 @@ def test_dissection_finds_a_channel_that_copies_a_joints_target_and_not_a_random
     # the centre blob overlaps the shuffled regions as well as the true ones: chance, not a detector
     shuffled = trained.iou(0, shuffled=True)
     assert shuffled[0, joint] < 0.2 and abs(shuffled[2].max() - iou[2].max()) < 0.1
+
+
+def _support(mean_map) -> tuple[int, int]:
+    """(height, width) of the nonzero part of a centred map."""
+    rows, cols = np.flatnonzero(np.abs(mean_map).sum(1) > 0), np.flatnonzero(np.abs(mean_map).sum(0) > 0)
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def test_effective_receptive_field_of_known_kernels_is_their_analytic_convolution():
+    import torch
+
+    from hgpose.explore.receptive_field import centred, gradient_maps, normalised, radius, ring_profile
+
+    torch.manual_seed(0)
+    sizes = (3, 3, 5)
+    layers = [torch.nn.Conv2d(3, 2, 3, padding=1, bias=False), torch.nn.Conv2d(2, 2, 3, padding=1, bias=False),
+              torch.nn.Conv2d(2, 2, 5, padding=2, bias=False)]
+    for layer in layers:
+        torch.nn.init.ones_(layer.weight)
+    net = torch.nn.Sequential(*layers)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    units = np.array([[16, 16], [9, 20]])  # (x, y): the second off centre
+    maps = normalised(gradient_maps(net(x), x, units))
+    shifted = centred(maps, units)
+    # analytic: the unit sees the convolution of its kernels, boxes of ones; every sample the same
+    line = np.ones(1)
+    for size in sizes:
+        line = np.convolve(line, np.ones(size))
+    analytic = np.outer(line, line) / np.outer(line, line).sum()
+    side = len(line)
+    assert side == 1 + sum(s - 1 for s in sizes) == 9
+    for sample in shifted:
+        assert _support(sample) == (side, side)
+        window = sample[31 - side // 2 : 31 + side // 2 + 1, 31 - side // 2 : 31 + side // 2 + 1]
+        np.testing.assert_allclose(window, analytic, atol=1e-6)
+    profile = ring_profile(shifted)
+    assert (radius(profile, 1.0) == np.ceil(np.hypot(4, 4))).all()  # the corner of the 9x9 support
+    assert (radius(profile, 0.5) < radius(profile, 0.9)).all()
+
+
+def test_effective_receptive_field_of_an_hourglass_stays_inside_its_theoretical_one():
+    from hgpose.explore.receptive_field import effective_receptive_fields, theoretical_rf
+    from hgpose.model import ModelConfig, build_model
+
+    config = ModelConfig(depth=2, features=16, input_size=64)
+    rf = theoretical_rf(config)
+    assert rf["stem"] == 29 and rf["down1"] == 49  # by hand: 7, +2x2, +1x2, +2x4, +2x4; then +4, +2x8
+    assert rf["head"] > rf["up1"] > rf["down2"] > rf["down1"]
+    assert theoretical_rf(ModelConfig(depth=2, features=16, input_size=64, num_stacks=2))["stem"] == rf["head"]
+    keypoints, visibility = np.full((3, 17, 2), 8.0), np.full((3, 17), 2)  # at the centre, far from the edges
+    visibility[:, 5:] = 0
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    fields = effective_receptive_fields(build_model(config), images, keypoints, visibility)
+    for stage in ("stem", "down1"):  # smaller than the crop: the gradient reaches exactly the theoretical side
+        assert _support(fields.mean_maps[fields.names.index(stage)]) == (rf[stage], rf[stage])
+    assert np.isnan(fields.profiles[:, KEYPOINT_NAMES.index("left_shoulder")]).all()  # not labelled: no unit
+    inner = fields.radii(0.9)
+    assert inner[fields.names.index("stem")] < inner[fields.names.index("bottleneck")]
