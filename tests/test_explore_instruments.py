@@ -102,3 +102,47 @@ def test_effective_receptive_field_of_an_hourglass_stays_inside_its_theoretical_
     assert np.isnan(fields.profiles[:, KEYPOINT_NAMES.index("left_shoulder")]).all()  # not labelled: no unit
     inner = fields.radii(0.9)
     assert inner[fields.names.index("stem")] < inner[fields.names.index("bottleneck")]
+
+
+def test_facing_from_hand_made_keypoints():
+    from hgpose.explore.facing import BACK, FRONT, UNDECIDED, facing_from_keypoints
+
+    upright = np.zeros((17, 2))
+    upright[[5, 6, 11, 12]] = [[60, 40], [40, 40], [56, 80], [44, 80]]  # left shoulder and hip on the image right
+    upright[[1, 2, 3, 4]] = [[53, 20], [47, 20], [58, 22], [42, 22]]
+    mirrored = upright * [-1, 1]  # the same person seen from behind: left on the image left
+    upside_down = upright * [-1, -1]  # rotated by 180 degrees: still facing the camera
+    profile = upright.copy()
+    profile[[5, 6, 11, 12], 0] = [50.5, 50, 50.2, 50]  # shoulders and hips overlap
+    ears_only = profile.copy()
+    visibility = np.full((5, 17), 2)
+    visibility[4, [1, 2]] = 0  # profile with the ears' order only: the face decides
+    ears_only[[3, 4], 0] = [45, 55]  # seen from behind
+    keypoints = np.stack([upright, mirrored, upside_down, profile, ears_only])
+    visibility[3, [1, 2, 3, 4]] = 0  # a profile without face points: undecided
+    facing, score = facing_from_keypoints(keypoints, visibility)
+    assert facing.tolist() == [FRONT, BACK, FRONT, UNDECIDED, BACK]
+    assert score[0] == pytest.approx((20 + 12) / 2 / 40) and score[1] == pytest.approx(-score[0])
+    # without the hips the image's up is the axis
+    no_hips = visibility[:2].copy()
+    no_hips[:, [11, 12]] = 0
+    assert facing_from_keypoints(keypoints[:2], no_hips)[0].tolist() == [FRONT, BACK]
+
+
+def test_facing_from_keypoints_agrees_with_the_generators_yaw():
+    from hgpose.explore.facing import UNDECIDED, facing_from_keypoints, known_facing
+    from hgpose.synth import random_colours, sample_figure
+
+    rng = np.random.default_rng(0)
+    figures = [sample_figure(rng, float(rng.uniform(60, 200)), float(rng.uniform(-np.pi, np.pi)), random_colours(rng))
+               for _ in range(400)]
+    keypoints = np.stack([f.keypoints for f in figures])
+    visibility = np.stack([np.where(f.labelled, 2, 0) for f in figures])
+    facing, _ = facing_from_keypoints(keypoints, visibility)
+    truth = known_facing([{"yaw": f.yaw} for f in figures])
+    clear = np.abs(np.cos([f.yaw for f in figures])) > 0.25  # away from profile
+    assert (facing[clear] == truth[clear]).all()
+    decided = facing != UNDECIDED
+    assert (facing[decided] == truth[decided]).all() and decided.mean() > 0.8
+    assert known_facing([{"facing": "back"}, {"facing": 1}]).tolist() == [-1, 1]
+    assert known_facing([{"facing": 1}, {}]) is None
