@@ -146,3 +146,57 @@ def test_facing_from_keypoints_agrees_with_the_generators_yaw():
     assert (facing[decided] == truth[decided]).all() and decided.mean() > 0.8
     assert known_facing([{"facing": "back"}, {"facing": 1}]).tolist() == [-1, 1]
     assert known_facing([{"facing": 1}, {}]) is None
+
+
+@pytest.fixture(scope="module")
+def two_stacks(synth_dataset, tmp_path_factory):
+    """A tiny 2-stack model trained for two epochs, and its first stack alone as a 1-stack checkpoint."""
+    from hgpose.model import HourglassNet, ModelConfig, load_model, save_model
+    from hgpose.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("stacks")
+    config = ModelConfig(num_stacks=2, depth=2, features=32, input_size=64)
+    run = train(TrainConfig(data=str(synth_dataset), out=str(out / "run"), epochs=2, batch_size=8, workers=0,
+                            progress=False, cache="off", model=config, subset=32, lr=1e-3))
+    full = load_model(run / "best.safetensors")
+    first = HourglassNet(ModelConfig(num_stacks=1, depth=2, features=32, input_size=64))
+    kept = {k: v for k, v in full.state_dict().items() if k in first.state_dict()}
+    assert set(kept) == set(first.state_dict())  # stem, hourglass 0 and head 0 under the same names
+    first.load_state_dict(kept)
+    return run / "best.safetensors", save_model(first, out / "first_stack.safetensors")
+
+
+def test_per_stack_pck_equals_evaluate_on_each_stacks_output(two_stacks, synth_dataset):
+    from hgpose.evaluate import evaluate_checkpoint, headline_pck
+    from hgpose.explore.report import load_samples
+    from hgpose.explore.stacks import ERROR_CLASSES, stack_study
+    from hgpose.model import load_model
+
+    full_path, first_path = two_stacks
+    model = load_model(full_path)
+    samples = load_samples(synth_dataset, "val2017", 64, 0)
+    study = stack_study(model, samples.images, samples.keypoints, samples.visibility)
+    evaluated = [headline_pck(evaluate_checkpoint(path, synth_dataset, "val2017", device="cpu", precision="fp32",
+                                                  progress=False, cache="off")) for path in (first_path, full_path)]
+    assert study.pck == pytest.approx(evaluated, abs=1e-9)
+    assert (study.pck > 0).all() and study.pck[0] != study.pck[1]  # two different outputs: a swap would show
+    assert study.samples == len(samples)
+    assert study.errors.sum(1) == pytest.approx([1, 1]) and study.errors.shape == (2, len(ERROR_CLASSES))
+    assert study.errors[:, 0] == pytest.approx(study.pck)  # "good" is exactly the PCK-correct share
+    assert study.change_low[1] <= study.pck[1] - study.pck[0] <= study.change_high[1]
+
+
+def test_error_classes_of_hand_placed_predictions():
+    from hgpose.explore.stacks import error_classes
+
+    keypoints = np.zeros((1, 17, 2)) + 8
+    keypoints[0, 5], keypoints[0, 6] = [4, 8], [12, 8]  # shoulders 8 heatmap pixels apart
+    visibility = np.full((1, 17), 2)
+    visibility[0, 16] = 0
+    coords = keypoints.copy()
+    coords[0, 5] = [12.2, 8]  # on the right shoulder: an inversion
+    coords[0, 7] = [8 + 1.5, 8]  # 1.5 px away with c = 1.6: jitter (0.94 c)
+    coords[0, 8] = [8 + 6, 8]  # 3.75 c: a miss
+    classes = error_classes(coords, keypoints, visibility, normalizer=1.6)
+    assert classes[0, 5] == 2 and classes[0, 7] == 1 and classes[0, 8] == 3 and classes[0, 16] == -1
+    assert classes[0, 0] == 0
