@@ -14,9 +14,10 @@ from hgpose.explore.attribution import DELETION_FRACTIONS, deletion_area
 from hgpose.explore.html import Section, gallery, image, paragraph, table
 
 SECTION_TITLES = (
-    "Heatmaps", "Activations", "Where joint information lives", "Over training", "Skip vs low branch",
-    "Saliency", "Attributions, checked", "Occlusion sensitivity", "Joint dependency", "Lesion study",
-    "Calibration", "Where it fails",
+    "Heatmaps", "What each stack fixes", "Activations", "What each channel detects", "Where joint information lives",
+    "Where left and right are decided", "Over training", "Skip vs low branch", "How far each stage sees", "Saliency",
+    "Attributions, checked", "Occlusion sensitivity", "Joint dependency", "Lesion study", "Calibration",
+    "Where it fails",
 )
 SALIENCY_RADIUS = 0.1  # of the crop side: "near the joint"
 PROBE_SHARE = 0.8  # a stage "encodes" a joint once its read-out closes this much of the chance-to-network gap
@@ -465,32 +466,55 @@ def occlusion_section(crops, results, input_size: int) -> Section:
         _cost(len(results), what="samples") if results else "0 samples.")
 
 
+def dependency_findings(dependency) -> tuple[str, str]:
+    """(opening sentence, note): the pairs that survive both checks (joints outside each other's occluder, a
+    95% interval over samples above zero), and the strongest pairs set aside because their joints overlap."""
+    survivors = dependency.surviving_pairs(5) if dependency.per_sample_drop is not None else []
+    inside = dependency.inside_occluder()
+    hidden = [(i, j, v) for i, j, v in dependency.strongest_pairs(5) if inside[i, j]]
+    if survivors:
+        opening = ("Joints whose prediction relies on the image around another joint (outside its occluder, 95% "
+                   "interval above zero): " + "; ".join(
+                       f"hiding {KEYPOINT_NAMES[j]} lowers {KEYPOINT_NAMES[i]}'s confidence by {v:.3f} "
+                       f"({lo:.3f} to {hi:.3f})" for i, j, v, lo, hi in survivors) + ".")
+    else:
+        opening = ("No pair of joints lying outside each other's occluder shows a confidence drop whose 95% interval "
+                   "over samples lies above zero: on these samples no joint is shown to rely on another.")
+    note = ""
+    if hidden:
+        note = ("Set aside, because their joints lie a median closer than the occluder's radius "
+                f"({dependency.radius:g} px), so that hiding one hides the other: " + "; ".join(
+                    f"{KEYPOINT_NAMES[i]} when {KEYPOINT_NAMES[j]} is hidden ({v:.3f}, joints "
+                    f"{dependency.separation[i, j]:.1f} px apart)" for i, j, v in hidden) + ".")
+    return opening, note
+
+
 def dependency_section(dependency, samples: int, seconds: float) -> Section:
     names = list(fg.SHORT_NAMES)
-    pairs = dependency.strongest_pairs(5)
-    listed = "; ".join(f"hiding {KEYPOINT_NAMES[j]} lowers {KEYPOINT_NAMES[i]}'s confidence by {v:.3f}"
-                       for i, j, v in pairs) or "none measured"
     twin_values = [dependency.confidence_drop[j, t] for j in range(17) if (t := twin_of(j)) is not None]
     off = dependency.confidence_drop[~np.eye(17, dtype=bool)]
     twin_mean, off_mean = float(np.nanmean(twin_values)), float(np.nanmean(off))
+    opening, set_aside = dependency_findings(dependency)
+    shown = np.where(dependency.inside_occluder(), np.nan, dependency.confidence_drop)
+    limit = np.nanmax(np.abs(dependency.confidence_drop))
     body = [
-        image(fg.matrix_figure(dependency.confidence_drop, names, names, "confidence drop of joint (row) when "
-                               "joint (column) is hidden", cmap="RdBu_r",
-                               vmin=-np.nanmax(np.abs(dependency.confidence_drop)),
-                               vmax=np.nanmax(np.abs(dependency.confidence_drop)), label="confidence drop",
-                               cell=0.5), "joint dependency: confidence drop"),
+        image(fg.matrix_figure(shown, names, names, "confidence drop of joint (row) when joint (column) is hidden "
+                               "(blank: the joints lie inside each other's occluder)", cmap="RdBu_r",
+                               vmin=-limit, vmax=limit, label="confidence drop", cell=0.5),
+              "joint dependency: confidence drop"),
         image(fg.matrix_figure(dependency.shift, names, names, "shift of joint (row), input pixels, when joint "
                                "(column) is hidden", cmap="Greens", vmin=0, label="input pixels", cell=0.5),
               "joint dependency: location shift"),
-        paragraph(f"Strongest off-diagonal pairs: {listed}. Between left/right twins the mean drop is "
-                  f"{twin_mean:.3f}, against {off_mean:.3f} over all off-diagonal pairs.", "note"),
+        paragraph(f"Between left/right twins the mean drop is {twin_mean:.3f}, against {off_mean:.3f} over all "
+                  f"off-diagonal pairs. {set_aside}", "note"),
     ]
     return _section("Joint dependency", (
-        "Which joints the model looks at to find a joint: in every sample each labelled joint j in turn is "
-        f"hidden under a grey disc of radius {dependency.radius:g} input pixels (the occlusion patch's size) at "
+        f"{opening} Which joints the model looks at to find a joint: in every sample each labelled joint j in turn "
+        f"is hidden under a grey disc of radius {dependency.radius:g} input pixels (the occlusion patch's size) at "
         "its true position, and every joint i's confidence drop and location shift are recorded; entry (i, j) "
         "is the mean over the samples where j is labelled. The diagonal is a joint hiding itself. A large "
-        "off-diagonal entry means joint i's prediction relies on the image around joint j."), body,
+        "off-diagonal entry means joint i's prediction relies on the image around joint j, unless the two "
+        "joints lie so close that the disc covers both: such pairs are left blank and set aside."), body,
         f"{samples} samples, {int(dependency.masked.sum())} masked keypoints (one forward pass each), {seconds:.1f} s.")
 
 
