@@ -1,5 +1,6 @@
 """Instruments for looking inside a trained hourglass: analyses returning arrays (hgpose.explore.analyses,
-.probes, .dependency, .attribution, .calibration, .trajectory, .dissection, .receptive_field, .facing, .stacks) and the self-contained HTML report of
+.probes, .dependency, .attribution, .calibration, .trajectory, .dissection, .receptive_field, .facing,
+.stacks) and the self-contained HTML report of
 `hgpose explore` (hgpose.explore.report, .compare)."""
 
 from hgpose.explore.analyses import (
@@ -37,16 +38,6 @@ from hgpose.explore.attribution import (
 )
 from hgpose.explore.calibration import Calibration, calibrate, pck_intervals, pooled_pck_intervals, reliability
 from hgpose.explore.dependency import JointDependency, joint_dependency
-from hgpose.explore.probes import (
-    PixelProbes,
-    Probes,
-    cka_matrix,
-    linear_cka,
-    linear_probes,
-    model_pixel_probes,
-    pixel_probes,
-    pooled_stages,
-)
 from hgpose.explore.dissection import (
     Detector,
     Dissection,
@@ -66,6 +57,16 @@ from hgpose.explore.facing import (
     rate_by_confidence,
     readout_inversions,
     sample_inversions,
+)
+from hgpose.explore.probes import (
+    PixelProbes,
+    Probes,
+    cka_matrix,
+    linear_cka,
+    linear_probes,
+    model_pixel_probes,
+    pixel_probes,
+    pooled_stages,
 )
 from hgpose.explore.receptive_field import ReceptiveFields, effective_receptive_fields, theoretical_rf
 from hgpose.explore.stacks import StackStudy, error_classes, stack_heatmaps, stack_study
