@@ -139,7 +139,8 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
                        attribution_samples=attribution_samples, ig_steps=ig_steps, run=run, every=every,
                        batch_size=batch_size, seed=seed, dissection_samples=dissection_samples,
                        erf_samples=erf_samples)
-        sections, numbers = analyse(model, loaded, bar, device=device, **options)
+        sections, numbers = analyse(model, loaded, bar, device=device, checkpoint=_checkpoint_path(checkpoint),
+                                    **options)
         full = _full_split_pck(checkpoint, data, split, loaded, numbers["pck"]["overall"], device, batch_size,
                                full_split)
         bar.set_description("explore: write")
@@ -195,7 +196,7 @@ class _Timer:
 
 def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_samples, probe_samples,
             dependency_samples, attribution_samples, ig_steps, run, every, batch_size, seed, dissection_samples=64,
-            erf_samples=8) -> tuple[list, dict]:
+            erf_samples=8, checkpoint=None) -> tuple[list, dict]:
     """Every section of the report, in order, and the numbers behind them."""
     from hgpose.evaluate import counted_mask, normalized_distances, pck, seed_normalizer
 
@@ -279,8 +280,13 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
         timer.start("over training")
         trajectory = training_trajectory(run, probe_set.images, probe_set.keypoints, probe_set.visibility, every,
                                          device=device, batch_size=batch_size)
-        sections.append(sc.trajectory_section(trajectory, run, every, time.perf_counter() - timer.started))
-        numbers["over_training"] = asdict(trajectory)
+        from hgpose.explore.trajectory import analysed_epoch
+
+        analysed = analysed_epoch(run, checkpoint)
+        sections.append(sc.trajectory_section(trajectory, run, every, time.perf_counter() - timer.started,
+                                              analysed=analysed))
+        numbers["over_training"] = asdict(trajectory) | {"analysed_epoch": analysed,
+                                                         "outlying_end": trajectory.outlying_end()}
         timer.done()
 
     timer.start("skip vs low branch")

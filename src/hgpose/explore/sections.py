@@ -240,8 +240,46 @@ def _first_reaching(values, epochs, share: float = 0.9):
     return int(epochs[np.flatnonzero(np.nan_to_num(values, nan=-np.inf) >= share * final)[0]])
 
 
+def _cka_series(trajectory) -> np.ndarray:
+    """(S, E) CKA with the previous analysed epoch (older trajectories without it: CKA to the last epoch)."""
+    previous = trajectory.cka_to_previous
+    return (previous if np.size(previous) else trajectory.cka_to_final).T
+
+
+def _analysed_sentence(trajectory, analysed: int | None) -> str:
+    """Which epoch the other sections analyse, and whether the run's last epoch is an outlier."""
+    text = (f"The other sections analyse epoch {analysed}." if analysed is not None else
+            "The other sections analyse the given checkpoint, not one of these epochs.")
+    losses = trajectory.val_loss
+    if trajectory.outlying_end():
+        text += (f" The last epoch, {trajectory.epochs[-1]}, is an outlier: its validation loss "
+                 f"{losses[-1]:.4g} is {losses[-1] / trajectory.best_val_loss:.1f} times the run's best "
+                 f"({trajectory.best_val_loss:.4g}), so read its values as that epoch's, not as where training "
+                 "settled.")
+    return text
+
+
+def _stability_sentence(trajectory) -> str:
+    """From which analysed epoch on every stage's CKA with the previous analysed epoch stays at or above 0.9."""
+    series = np.asarray(trajectory.cka_to_previous, np.float64)
+    if series.size == 0 or len(trajectory.epochs) < 2:
+        return "Fewer than two epochs analysed: no change between epochs to measure."
+    stable = np.nan_to_num(series[1:], nan=0.0).min(axis=1) >= 0.9  # (E - 1,)
+    lowest = int(np.nanargmin(np.nanmin(series[1:], axis=0)))
+    at = int(np.nanargmin(series[1:, lowest])) + 1
+    tail = np.flatnonzero(~stable)
+    text = (f"The largest change between successive epochs analysed is {trajectory.stages[lowest]}'s from epoch "
+            f"{trajectory.epochs[at - 1]} to {trajectory.epochs[at]} (CKA {fmt(series[at, lowest], 2)}).")
+    if not len(tail):
+        return text + " Every stage's CKA with the previous epoch analysed is 0.9 or more throughout."
+    if tail[-1] + 1 < len(stable):
+        return text + (f" From epoch {trajectory.epochs[tail[-1] + 2]} on, every stage's CKA with the previous "
+                       "epoch analysed is 0.9 or more.")
+    return text + " Some stage still changes (CKA under 0.9) between the last two epochs analysed."
+
+
 def trajectory_section(trajectory, run, every: int, seconds: float, marks: dict | None = None,
-                       compared: str = "") -> Section:
+                       compared: str = "", analysed: int | None = None) -> Section:
     """marks: {label: epoch} drawn on every figure; compared: a sentence added to the explanation (the
     comparison page says there what this one run's history has to do with its two models)."""
     epochs = trajectory.epochs
@@ -258,18 +296,17 @@ def trajectory_section(trajectory, run, every: int, seconds: float, marks: dict 
                               "PCK", drop, (0, 1), marks, {"the network (its own PCK)": network,
                                                            "chance (mean map)": np.full(len(epochs), chance)}),
               "per-pixel probe PCK per epoch"),
-        image(fg.epoch_figure(epochs, dict(zip(trajectory.stages, trajectory.cka_to_final.T)),
-                              f"linear CKA of each stage with the same stage at epoch {epochs[-1]}", "CKA", drop,
-                              (0, 1.02), marks), "CKA to the final model per epoch"),
+        image(fg.epoch_figure(epochs, dict(zip(trajectory.stages, _cka_series(trajectory))),
+                              "linear CKA of each stage with the same stage at the previous epoch analysed", "CKA",
+                              drop, (0, 1.02), marks), "CKA to the previous epoch analysed"),
         image(fg.epoch_figure(epochs, {f"level {i + 1}": trajectory.skip_share[:, i]
                                        for i in range(trajectory.skip_share.shape[1])},
                               "skip share of each level's output RMS, skip / (skip + low)", "skip share", drop,
                               (0, 1), marks), "skip share per epoch"),
     ]
     reached = _first_reaching(trajectory.pck, epochs)
-    settled = {s: epochs[np.flatnonzero(trajectory.cka_to_final[:, i] >= 0.9)[0]]
-               for i, s in enumerate(trajectory.stages) if (trajectory.cka_to_final[:, i] >= 0.9).any()}
-    facts = [f"Pooled PCK on these samples goes from {fmt(trajectory.pck[0])} at epoch {epochs[0]} to "
+    facts = [_analysed_sentence(trajectory, analysed),
+             f"Pooled PCK on these samples goes from {fmt(trajectory.pck[0])} at epoch {epochs[0]} to "
              f"{fmt(trajectory.pck[-1])} at epoch {epochs[-1]}"
              + (f"; it first reaches 90% of its final value at epoch {reached}." if reached else ".")]
     # stages whose last read-out is clearly above chance: when each gets there, against the network itself
@@ -280,22 +317,16 @@ def trajectory_section(trajectory, run, every: int, seconds: float, marks: dict 
             f"{_first_reaching(probe_mean[s], epochs)})" for s in informative)
             + f"; the network's own {fmt(network[0], 2)} to {fmt(network[-1], 2)} (epoch "
             f"{_first_reaching(network, epochs)}), chance {fmt(chance, 2)}.")
-    if settled:
-        first, last = min(settled, key=settled.get), max(settled, key=settled.get)
-        if settled[first] == settled[last]:
-            facts.append(f"Among the epochs analysed, {len(settled)} of the {len(trajectory.stages)} stages first "
-                         f"reach CKA 0.9 with their final form at the same epoch, {settled[first]}.")
-        else:
-            facts.append(f"Among the epochs analysed, {first} is the first stage to reach CKA 0.9 with its final "
-                         f"form (epoch {settled[first]}) and {last} the last (epoch {settled[last]}).")
+    facts.append(_stability_sentence(trajectory))
     facts.append(f"The learning rate drops at epoch {drop}." if drop else "The learning rate never drops in this run.")
     body.insert(1, paragraph(" ".join(facts), "note"))
     return _section("Over training", (
         f"The same measurements at the per-epoch checkpoints of {run} (the first epoch, every {every} epochs and "
         "the last): per-joint PCK, the per-pixel probe of the previous section averaged over joints (with the "
-        "network's own PCK and chance), how similar each stage already is to its final form (linear CKA with the "
-        "last epoch's same stage), and the skip/low balance of the next section. The dashed line marks the "
-        "learning-rate drop. A stage whose CKA reaches 1 early stopped changing early; a stage's read-out "
+        "network's own PCK and chance), how much each stage still changes between successive epochs analysed "
+        "(linear CKA with the same stage at the previous one: 1 means unchanged up to rotation and scale; a "
+        "comparison with the last epoch would be 1 there by definition), and the skip/low balance of the next "
+        "section. The dashed line marks the learning-rate drop. A stage's read-out "
         "rising before the network's PCK would mean the information is there before the head reads it out."
         + (f" {compared}" if compared else "")), body,
         f"{len(epochs)} epochs ({', '.join(map(str, epochs))}) x {trajectory.samples} samples: per epoch the "
