@@ -200,3 +200,54 @@ def test_error_classes_of_hand_placed_predictions():
     classes = error_classes(coords, keypoints, visibility, normalizer=1.6)
     assert classes[0, 5] == 2 and classes[0, 7] == 1 and classes[0, 8] == 3 and classes[0, 16] == -1
     assert classes[0, 0] == 0
+
+
+def test_over_training_names_the_analysed_epoch_and_flags_an_outlying_end(tmp_path):
+    from hgpose.explore.sections import _analysed_sentence, _stability_sentence
+    from hgpose.explore.trajectory import TrainingTrajectory, analysed_epoch
+
+    (tmp_path / "metrics.csv").write_text("epoch,lr,val_loss,val_pck\n1,0.001,0.02,0.1\n2,0.001,0.01,0.4\n"
+                                          "3,0.001,0.14,0.2\n")
+    assert analysed_epoch(tmp_path, tmp_path / "best.safetensors") == 2  # the best validation PCK
+    assert analysed_epoch(tmp_path, tmp_path / "checkpoints" / "epoch_003.safetensors") == 3
+    assert analysed_epoch(tmp_path, tmp_path / "elsewhere.safetensors") is None
+
+    def trajectory(losses, previous):
+        e = len(losses)
+        return TrainingTrajectory(np.arange(1, e + 1), None, ["stem", "up1"], np.zeros((e, 2, 17)), np.zeros(17),
+                                  np.ones((e, 2)), np.zeros((e, 1)), np.zeros((e, 17)), np.zeros(e), 8,
+                                  np.asarray(previous, float), np.asarray(losses, float), float(min(losses)))
+
+    outlier = trajectory([0.02, 0.01, 0.14], [[np.nan, np.nan], [0.5, 0.95], [0.92, 0.97]])
+    assert outlier.outlying_end() and "outlier" in _analysed_sentence(outlier, 2)
+    assert "epoch 2" in _analysed_sentence(outlier, 2)
+    calm = trajectory([0.02, 0.01, 0.012], [[np.nan, np.nan], [0.5, 0.95], [0.92, 0.97]])
+    assert not calm.outlying_end() and "outlier" not in _analysed_sentence(calm, 2)
+    sentence = _stability_sentence(calm)
+    assert "stem's from epoch 1 to 2 (CKA 0.50)" in sentence and "From epoch 3 on" in sentence
+    still = trajectory([0.02, 0.01, 0.012], [[np.nan, np.nan], [0.95, 0.95], [0.92, 0.6]])
+    assert "still changes" in _stability_sentence(still)
+
+
+def test_joint_dependency_names_only_pairs_outside_the_occluder_with_an_interval_above_zero():
+    from hgpose.explore.dependency import JointDependency
+    from hgpose.explore.sections import dependency_findings
+
+    rng = np.random.default_rng(0)
+    drops = rng.normal(0, 0.01, size=(40, 17, 17))
+    drops -= drops.mean(axis=0)  # no reliance anywhere else: every other pair's mean drop is exactly zero
+    drops[:, 9, 7] += 0.2  # wrist relies on elbow: far apart, a clear drop
+    drops[:, 1, 2] += 0.5  # an eye when the other is hidden: larger, but the eyes share the occluder
+    drops[:, 10, 8] = 0.05 + 0.6 * np.tile([1, -1], 20)  # a mean of 0.05 that the spread between samples explains
+    separation = np.full((17, 17), 20.0)
+    separation[1, 2] = separation[2, 1] = 2.0
+    dependency = JointDependency(drops.mean(0), np.zeros((17, 17)), np.full(17, 40), 4.0, drops, separation)
+    survivors = dependency.surviving_pairs(5)
+    assert [(i, j) for i, j, *_ in survivors] == [(9, 7)]
+    assert (1, 2) not in [(i, j) for i, j, *_ in survivors] and dependency.inside_occluder()[1, 2]
+    assert (10, 8) not in [(i, j) for i, j, *_ in survivors]
+    _, low, high = survivors[0][2:]
+    assert 0 < low < 0.2 < high
+    opening, note = dependency_findings(dependency)
+    assert opening.startswith("Joints whose prediction relies") and "left_wrist" in opening
+    assert "left_eye when right_eye is hidden" in note and "2.0 px apart" in note
