@@ -25,7 +25,7 @@ from hgpose.coco_names import KEYPOINT_NAMES, SKELETON
 JOINT_RADIUS = 0.075  # of the crop side: a little over the seed's PCK radius (0.05 of the crop side)
 LIMB_RADIUS = 0.04  # of the crop side: half the thickness of a limb's region
 IOU_THRESHOLD = 0.04  # network dissection's: a unit with a best IoU under this detects nothing
-MAX_SIDE = 64  # the masks are compared on at most this grid over the crop
+MAX_SIDE = 32  # the masks are compared on at most this grid over the crop (cost grows with its square)
 QUANTILE_PIXELS = 256  # pixels per sample and channel that the threshold is estimated from (seeded subset)
 LIMBS = tuple((a - 1, b - 1) for a, b in SKELETON)
 

@@ -17,6 +17,7 @@ import torch
 
 from hgpose.coco_names import KEYPOINT_NAMES
 
+STAGE_JOINTS = 4  # the stages' units are taken at up to this many of a sample's joints (cost: 1 pass per stage)
 PERSON_SHARE = 1 / 1.25  # the crop is 1.25 times the person box: a person is about 0.8 crop sides tall
 
 
@@ -154,8 +155,9 @@ class ReceptiveFields:
 
 def effective_receptive_fields(model, images, keypoints, visibility, stack: int = -1) -> ReceptiveFields:
     """ERF of every joint's heatmap and of every stage (stage_names plus "head") at the labelled keypoints of
-    crops (N, 3, S, S) (keypoints (N, K, 2) heatmap coordinates): one forward pass per sample on its K
-    replicas, and one backward pass per stage and one for the heatmaps."""
+    crops (N, 3, S, S) (keypoints (N, K, 2) heatmap coordinates). Per sample: one forward and one backward
+    pass on a copy per labelled joint for the heatmaps; one forward pass on a copy per joint for up to
+    STAGE_JOINTS of them and one backward pass per stage."""
     from hgpose.evaluate import counted_mask
     from hgpose.explore.analyses import _evaluating, _hooks, _images, _levels, stage_names
     from hgpose.model import to_model_input
@@ -187,28 +189,20 @@ def effective_receptive_fields(model, images, keypoints, visibility, stack: int 
             joints = np.flatnonzero(labelled[n])
             row = np.full((k + len(names), 2 * s), np.nan)
             if len(joints):
-                x = to_model_input(images[n : n + 1].to(device)).repeat(len(joints), 1, 1, 1).requires_grad_(True)
-                heat = model(x, all_stacks=True)[:, stack]
-                cells = np.clip(np.rint(keypoints[n, joints]), 0, h - 1).astype(int)  # (J, 2)
-                one_hot = torch.zeros(len(joints), k, 1, 1, device=device)
-                one_hot[torch.arange(len(joints)), torch.as_tensor(joints)] = 1
-                units = [(heat * one_hot, cells, h)] + [(captured[name], None, None) for name in names]
-                for u, (outputs, unit_cells, side) in enumerate(units):
-                    side = side or outputs.shape[-1]
-                    unit_cells = unit_cells if unit_cells is not None else np.clip(
-                        np.floor((keypoints[n, joints] + 0.5) * side / h), 0, side - 1).astype(int)
-                    grads = normalised(gradient_maps(outputs, x, unit_cells))
-                    centre = (unit_cells + 0.5) * (s / side) - 0.5
-                    shifted = centred(grads, centre)
-                    if u == 0:  # one unit per joint
-                        maps_sum[joints] += shifted
-                        maps_count[joints] += 1
-                        row[joints, : 2 * s] = _pad(ring_profile(shifted), 2 * s)
-                    else:  # a stage: the mean over the sample's joints
-                        mean = shifted.mean(0)
-                        maps_sum[k + u - 1] += mean
-                        maps_count[k + u - 1] += 1
-                        row[k + u - 1] = _pad(ring_profile(mean), 2 * s)
+                image = to_model_input(images[n : n + 1].to(device))
+                shifted = _joint_fields(model, image, joints, keypoints[n], stack)
+                maps_sum[joints] += shifted
+                maps_count[joints] += 1
+                row[joints] = _pad(ring_profile(shifted), 2 * s)
+                # the stages at a few of the sample's joints, spread over them: a backward pass per stage each
+                chosen = joints[np.unique(np.linspace(0, len(joints) - 1, STAGE_JOINTS).round().astype(int))]
+                x = image.repeat(len(chosen), 1, 1, 1).requires_grad_(True)
+                model(x)
+                for u, name in enumerate(names, start=k):
+                    mean = _unit_fields(captured[name], x, keypoints[n, chosen], h).mean(0)
+                    maps_sum[u] += mean
+                    maps_count[u] += 1
+                    row[u] = _pad(ring_profile(mean), 2 * s)
             profiles.append(row)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_maps = maps_sum / np.where(maps_count > 0, maps_count, np.nan)[:, None, None]
@@ -216,6 +210,27 @@ def effective_receptive_fields(model, images, keypoints, visibility, stack: int 
     theoretical = np.array([np.nan] * k + [rf[name] for name in names], np.float64)
     theoretical[:k] = rf["head"]  # a heatmap is one 1x1 convolution of the head's features
     return ReceptiveFields([*KEYPOINT_NAMES, *names], mean_maps, np.stack(profiles), theoretical, s)
+
+
+def _unit_fields(outputs, x, points, heatmap_size: int, cells=None) -> np.ndarray:
+    """(J, 2S - 1, 2S - 1) normalised centred input-gradient maps of the units of `outputs` (J, C, r, r) at the
+    grid cells holding `points` (J, 2) heatmap coordinates (or at `cells` (J, 2))."""
+    side, size = outputs.shape[-1], x.shape[-1]
+    if cells is None:
+        cells = np.clip(np.floor((np.asarray(points) + 0.5) * side / heatmap_size), 0, side - 1).astype(int)
+    grads = normalised(gradient_maps(outputs, x, cells))
+    return centred(grads, (cells + 0.5) * (size / side) - 0.5)
+
+
+def _joint_fields(model, image, joints, points, stack: int) -> np.ndarray:
+    """(J, 2S - 1, 2S - 1) each labelled joint's heatmap unit at its keypoint: one forward, one backward pass."""
+    h, k = model.config.heatmap_size, model.config.num_keypoints
+    x = image.repeat(len(joints), 1, 1, 1).requires_grad_(True)
+    heat = model(x, all_stacks=True)[:, stack]
+    one_hot = torch.zeros(len(joints), k, 1, 1, device=x.device)
+    one_hot[torch.arange(len(joints)), torch.as_tensor(joints)] = 1
+    cells = np.clip(np.rint(points[joints]), 0, h - 1).astype(int)
+    return _unit_fields(heat * one_hot, x, None, h, cells)
 
 
 def _pad(profile, length: int) -> np.ndarray:

@@ -186,6 +186,17 @@ def pixel_notes(pixel, output_pck, cka) -> str:
     return text
 
 
+def ceiling_note(pixel) -> str:
+    """Where a read-out exceeds its row's mean ceiling but not its joint's own: the per-joint ceilings explain it."""
+    mean = np.nanmean(pixel.ceiling, axis=1, keepdims=True)
+    above_row = np.nan_to_num(pixel.pck, nan=-1) > mean
+    above_own = np.nan_to_num(pixel.pck, nan=-1) > np.nan_to_num(pixel.ceiling, nan=np.inf) + 1e-9
+    return (f"{int(above_row.sum())} of the stage-joint read-outs exceed their row's mean ceiling, since a joint's "
+            "own ceiling depends on where it usually lies on the stage's grid; "
+            f"{int(above_own.sum())} exceed their own joint's ceiling (possible when the read-out's decoding lands "
+            "nearer the truth than the area-averaged target's peak).")
+
+
 def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
     """pixel: probes.PixelProbes; output_pck (K,) the network's per-joint PCK on the same samples; pooled:
     probes.Probes with the decoded keypoints as its last row (OUTPUT_STAGE); cka (S, S) between the stages."""
@@ -196,6 +207,10 @@ def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
                                "each stage (row: stage, side, ceiling)", vmin=0, vmax=1, label="PCK"),
               "per-pixel probe PCK per stage and joint"),
         paragraph(pixel_notes(pixel, output_pck, cka), "note"),
+        image(fg.matrix_figure(pixel.ceiling, pixel.stages, fg.SHORT_NAMES, "ceiling per stage and joint: PCK of the "
+                               "true targets at the stage's side (a joint's own ceiling; the row labels give "
+                               "the mean over joints)", vmin=0, vmax=1, label="PCK"), "per-joint ceilings"),
+        paragraph(ceiling_note(pixel), "note"),
         table(("joint", "best stage", "its PCK", f"first stage closing {PROBE_SHARE:.0%} of the gap", "network",
                "chance"), pixel_findings(pixel, output_pck)),
         image(fg.matrix_figure(pixel.visible_auroc, pixel.stages, fg.SHORT_NAMES, "per-pixel read-out: held-out "
@@ -203,7 +218,8 @@ def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
                                vmax=1, label="AUROC"), "visibility from the per-pixel probe"),
         "<h3>pooled read-out of the coordinates</h3>",
         image(fg.matrix_figure(pooled.position_r2, pooled.stages, fg.SHORT_NAMES, "pooled probe: held-out R² of "
-                               "each joint's (x, y) from features pooled to at most 4x4 (0: the mean position)",
+                               "each joint's (x, y) from features pooled to at most 4x4 (0: no better than "
+                               "predicting the mean position; below 0, worse)",
                                vmin=0, vmax=1, label="R²"), "pooled probe R² per stage and joint"),
     ]
     if pooled_mean is not None:
