@@ -251,3 +251,19 @@ def test_joint_dependency_names_only_pairs_outside_the_occluder_with_an_interval
     opening, note = dependency_findings(dependency)
     assert opening.startswith("Joints whose prediction relies") and "left_wrist" in opening
     assert "left_eye when right_eye is hidden" in note and "2.0 px apart" in note
+
+
+def test_wrong_side_share_counts_only_keypoints_found_on_their_pair():
+    from hgpose.explore.facing import wrong_side_share
+
+    keypoints = np.zeros((2, 17, 2))
+    keypoints[:, 5], keypoints[:, 6] = [4, 8], [12, 8]  # the shoulders; no other joint labelled
+    visibility = np.zeros((2, 17), int)
+    visibility[:, [5, 6]] = 2
+    swapped = keypoints.copy()
+    swapped[0, 5], swapped[0, 6] = keypoints[0, 6], keypoints[0, 5]  # sample 1 swapped, sample 2 right
+    assert wrong_side_share(swapped, keypoints, visibility, 1.6) == pytest.approx(0.5)
+    lost = keypoints.copy()
+    lost[0, 5] = lost[0, 6] = [30, 30]  # sample 1 found nowhere: it no longer counts
+    assert wrong_side_share(lost, keypoints, visibility, 1.6) == 0.0
+    assert np.isnan(wrong_side_share(np.full_like(keypoints, 30), keypoints, visibility, 1.6))

@@ -197,11 +197,29 @@ def wilson(hits, count, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
     return centre - half, centre + half
 
 
+def wrong_side_share(coords, keypoints, visibility, normalizer: float) -> float:
+    """Of the left/right keypoints (twin labelled too) that land within the PCK radius of their own or their twin's
+    true position, the share that land on the twin: which side, given that the pair was found. A read-out that
+    finds nothing has no side to get wrong, so this is not lowered by missing everything."""
+    from hgpose.explore.sections import twin_of
+
+    coords, keypoints = np.asarray(coords, np.float64), np.asarray(keypoints, np.float64)
+    labelled = (np.asarray(visibility) == 1) | (np.asarray(visibility) == 2)
+    wrong = landed = 0
+    for j in range(keypoints.shape[1]):
+        t = twin_of(j)
+        if t is None:
+            continue
+        both = labelled[:, j] & labelled[:, t]
+        own = np.linalg.norm(coords[:, j] - keypoints[:, j], axis=-1)
+        other = np.linalg.norm(coords[:, j] - keypoints[:, t], axis=-1)
+        on_twin = both & (other < own) & (other < 0.5 * normalizer)
+        on_own = both & (own <= other) & (own < 0.5 * normalizer)
+        wrong += int(on_twin.sum())
+        landed += int((on_twin | on_own).sum())
+    return wrong / landed if landed else float("nan")
+
+
 def readout_inversions(pixel, keypoints, visibility, normalizer: float) -> np.ndarray:
-    """(S,) the share of samples (with a labelled left/right pair) whose per-pixel probe read-out of each stage
-    puts a left or right keypoint on its twin (pixel: hgpose.explore.probes.PixelProbes)."""
-    shares = []
-    for coords in pixel.coords:
-        inverted, considered = sample_inversions(coords, keypoints, visibility, normalizer)
-        shares.append(inverted[considered].mean() if considered.any() else np.nan)
-    return np.asarray(shares)
+    """(S,) wrong_side_share of the per-pixel probe's read-out of each stage (pixel: probes.PixelProbes)."""
+    return np.asarray([wrong_side_share(coords, keypoints, visibility, normalizer) for coords in pixel.coords])

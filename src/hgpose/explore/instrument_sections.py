@@ -196,16 +196,19 @@ def erf_section(fields, samples: int, seconds: float) -> Section:
     r50, r90 = fields.radii(0.5), fields.radii(0.9)
     low, high = fields.intervals(0.9)
     heights = fields.in_person_heights(r90)
+    even = fields.radii(0.9, uniform=True)
     rows = [(name if i >= k else fg.SHORT_NAMES[i], fmt(r50[i], 0), fmt(r90[i], 0), _range(low[i], high[i], 0),
-             fmt(heights[i], 2), fmt(fields.theoretical[i], 0)) for i, name in enumerate(fields.names)]
+             fmt(heights[i], 2), fmt(even[i], 0), fmt(fields.theoretical[i], 0))
+            for i, name in enumerate(fields.names)]
     joints = np.flatnonzero(np.isfinite(r90[:k]))
     if len(joints):
         far, near = joints[np.argmax(r90[joints])], joints[np.argmin(r90[joints])]
         apart = low[far] > high[near]
         finding = (f"Each joint's heatmap draws 90% of its input gradient from within {fmt(np.nanmin(r90[:k]), 0)}-"
                    f"{fmt(np.nanmax(r90[:k]), 0)} input pixels ({fmt(np.nanmin(heights[:k]), 2)}-"
-                   f"{fmt(np.nanmax(heights[:k]), 2)} person heights) of it, against a theoretical field "
-                   f"{fmt(fields.theoretical[0], 0)} pixels wide; "
+                   f"{fmt(np.nanmax(heights[:k]), 2)} person heights) of it, where a gradient spread evenly over "
+                   f"the crop would need {fmt(np.nanmin(even[:k]), 0)}-{fmt(np.nanmax(even[:k]), 0)} px, and the "
+                   f"theoretical field is {fmt(fields.theoretical[0], 0)} pixels wide; "
                    + (f"{KEYPOINT_NAMES[far]} reaches furthest ({fmt(r90[far], 0)} px, "
                       f"{_range(low[far], high[far], 0)}) "
                       f"and {KEYPOINT_NAMES[near]} least ({fmt(r90[near], 0)} px, {_range(low[near], high[near], 0)}), "
@@ -221,18 +224,20 @@ def erf_section(fields, samples: int, seconds: float) -> Section:
         "(Luo et al. 2016) is how much each pixel does: the magnitude of the unit's gradient with respect to "
         "the input, summed over colours, normalised to sum 1 per sample, centred on the unit and averaged over "
         "samples. Units: each joint's heatmap at its labelled keypoint, and each stage's channels summed at the "
-        "grid cell holding the keypoint (averaged over the sample's labelled joints). The table gives the radii "
+        "grid cell holding the keypoint (averaged over up to 4 of the sample's labelled joints). The table gives the radii "
         "(input pixels) of the discs holding 50% and 90% of the mass, the 90% radius in person heights (a person "
         "is about 0.8 crop sides tall: the crop is 1.25 times the box), a 95% bootstrap interval over samples, "
-        "and the theoretical field's side. Circles in the maps: 50% (dashed) and 90% (solid); colours are the "
-        "square root of the mass, each map cropped to one crop side around its unit.")
+        "the 90% radius of a map spread evenly over the crop from the same centres (the crop bounds every "
+        "radius: a field near that value covers the crop), and the theoretical field's side. Circles in the "
+        "maps: 50% (dashed) and 90% (solid); colours are the square root of the mass, each map cropped to one "
+        "crop side around its unit.")
     body = [
         image(ifg.centred_maps_figure(fields.mean_maps[:k], fg.SHORT_NAMES, fields.input_size, r50[:k], r90[:k]),
               "effective receptive field per joint"),
         image(ifg.centred_maps_figure(fields.mean_maps[k:], fields.names[k:], fields.input_size, r50[k:], r90[k:],
                                       columns=min(9, len(fields.names) - k)), "effective receptive field per stage"),
         table(("unit", "50% radius (px)", "90% radius (px)", "its 95% interval", "90% radius (person heights)",
-               "theoretical side (px)"), rows),
+               "90% radius of an even map (px)", "theoretical side (px)"), rows),
     ]
     return _section(ERF_TITLE, _with_finding(finding, intro), body,
                     f"{samples} samples, one forward pass per sample on one copy per labelled joint and "
@@ -241,7 +246,8 @@ def erf_section(fields, samples: int, seconds: float) -> Section:
 
 def erf_numbers(fields) -> dict:
     low, high = fields.intervals(0.9)
-    return {"names": fields.names, "radius50": fields.radii(0.5), "radius90": fields.radii(0.9), "radius90_low": low,
+    return {"names": fields.names, "radius50": fields.radii(0.5), "radius90": fields.radii(0.9),
+            "even_radius90": fields.radii(0.9, uniform=True), "radius90_low": low,
             "radius90_high": high, "theoretical_side": fields.theoretical, "samples": len(fields.profiles)}
 
 
@@ -251,7 +257,8 @@ def erf_numbers(fields) -> dict:
 def facing_section(facing, probes, readout, network_share, head_bins, probe_bins, probe_stage, known,
                    seconds: float) -> Section:
     """facing (N,) from the keypoints; probes: facing.FacingProbes; readout (S,) per-stage read-out inversion
-    share (the pixel probe's stages, which the facing probes share); network_share: the network's own;
+    share (wrong_side_share of the pixel probe's stages, which the facing probes share); network_share: the
+    network's own;
     head_bins, probe_bins: facing.RateByBin; known: (agreeing, compared) against the generator, or None."""
     from hgpose.explore.facing import BACK, CONFIDENT_ACCURACY, FRONT, UNDECIDED
 
@@ -268,9 +275,9 @@ def facing_section(facing, probes, readout, network_share, head_bins, probe_bins
                    "answering the commoner facing); "
                    + (f"{first} is the first stage whose interval lies above {CONFIDENT_ACCURACY:.0%}"
                       if first else f"no stage's interval lies above {CONFIDENT_ACCURACY:.0%}")
-                   + ("" if lowest is None else f", and the per-pixel read-out puts fewest left/right joints on their "
-                      f"twin at {probes.stages[lowest]} ({100 * readout[lowest]:.1f}% of samples; the network's own "
-                      f"output {100 * network_share:.1f}%)") + ".")
+                   + ("" if lowest is None else f"; of the left/right keypoints the per-pixel read-out places on "
+                      f"their pair, it puts fewest on the wrong side at {probes.stages[lowest]} "
+                      f"({100 * readout[lowest]:.1f}%; the network's own output {100 * network_share:.1f}%)") + ".")
     else:
         finding = (f"Too few people with a decided facing ({decided}) in both directions for a held-out probe.")
     if known is not None:
@@ -282,13 +289,15 @@ def facing_section(facing, probes, readout, network_share, head_bins, probe_bins
         "camera when its left shoulder and hip appear on the image's right of their right twins; when the "
         "shoulders and hips nearly overlap (a profile) the ears and eyes decide, else it is undecided. Each "
         "stage's pooled features (the pooled probe's) are read out linearly for facing (ridge, the per-pixel "
-        "probe's folds), held-out accuracy with a 95% bootstrap interval; the line is the per-pixel read-out's "
-        "share of samples with a left or right joint on its twin, per stage. The tables relate inversions of "
-        "the network's output to confidence: the heatmap peaks of the lateral joints (the head's) and the best "
+        "probe's folds), held-out accuracy with a 95% bootstrap interval; the line is, per stage, the per-pixel "
+        "read-out's wrong-side share: of its left/right keypoints that land within the PCK radius of their own or "
+        "their twin's position, the share on the twin (a read-out that finds nothing gets no side wrong). The "
+        "tables relate inversions of the network's output (a sample with any left or right keypoint on its twin) "
+        "to confidence: the heatmap peaks of the lateral joints (the head's) and the best "
         "facing probe's margin, in three equal-count bins with Wilson intervals.")
     figure = ifg.stage_bars_figure(probes.stages, probes.accuracy, probes.low, probes.high, probes.majority,
                                    "held-out accuracy of a linear read-out of facing, per stage", "facing accuracy",
-                                   second=readout, second_label="read-out inversion share")
+                                   second=readout, second_label="read-out wrong-side share")
 
     def bin_rows(bins):
         return [(f"{fmt(bins.edges[b], 2)}-{fmt(bins.edges[b + 1], 2)}", int(bins.count[b]),
@@ -300,7 +309,7 @@ def facing_section(facing, probes, readout, network_share, head_bins, probe_bins
                   for s, a, lo, hi, r in zip(probes.stages, probes.accuracy, probes.low, probes.high, readout)]
     body = [
         image(figure, "facing probe accuracy per stage"),
-        table(("stage", "facing accuracy", "95% interval", "read-out inversion share"), stage_rows),
+        table(("stage", "facing accuracy", "95% interval", "read-out wrong-side share"), stage_rows),
         "<h3>inversion rate of the network by the head's confidence (mean peak of the labelled left/right joints)</h3>",
         table(("confidence", "samples", "with an inversion", "95% interval"), bin_rows(head_bins)),
         f"<h3>inversion rate by the facing probe's margin ({probe_stage})</h3>",

@@ -126,10 +126,13 @@ class ReceptiveFields:
     profiles: np.ndarray  # (N, M, R) per-sample ring profiles (NaN where the joint is not labelled)
     theoretical: np.ndarray  # (M,) side of the theoretical receptive field, input pixels
     input_size: int
+    uniform: np.ndarray | None = None  # (N, M, R) ring profiles of a map spread evenly over the crop, same centres
 
-    def radii(self, share: float, rows=None) -> np.ndarray:
-        """(M,) the radius (input pixels) holding `share` of the mean map's mass, over samples `rows`."""
-        profiles = self.profiles if rows is None else self.profiles[np.asarray(rows)]
+    def radii(self, share: float, rows=None, uniform: bool = False) -> np.ndarray:
+        """(M,) the radius (input pixels) holding `share` of the mean map's mass, over samples `rows` (uniform:
+        of the even map's: the radius a unit that weighs the whole crop alike would get)."""
+        profiles = self.uniform if uniform else self.profiles
+        profiles = profiles if rows is None else profiles[np.asarray(rows)]
         with np.errstate(invalid="ignore"):
             import warnings
 
@@ -172,7 +175,7 @@ def effective_receptive_fields(model, images, keypoints, visibility, stack: int 
     device = next(model.parameters()).device
     maps_sum = np.zeros((k + len(names), 2 * s - 1, 2 * s - 1))
     maps_count = np.zeros(k + len(names))
-    profiles = []
+    profiles, uniform = [], []
     captured: dict[str, torch.Tensor] = {}
 
     def keep(name, first=False):
@@ -188,42 +191,50 @@ def effective_receptive_fields(model, images, keypoints, visibility, stack: int 
         for n in range(len(images)):
             joints = np.flatnonzero(labelled[n])
             row = np.full((k + len(names), 2 * s), np.nan)
+            uniform_row = row.copy()
             if len(joints):
                 image = to_model_input(images[n : n + 1].to(device))
-                shifted = _joint_fields(model, image, joints, keypoints[n], stack)
+                shifted, flat = _joint_fields(model, image, joints, keypoints[n], stack)
                 maps_sum[joints] += shifted
                 maps_count[joints] += 1
                 row[joints] = _pad(ring_profile(shifted), 2 * s)
+                uniform_row[joints] = _pad(ring_profile(flat), 2 * s)
                 # the stages at a few of the sample's joints, spread over them: a backward pass per stage each
                 chosen = joints[np.unique(np.linspace(0, len(joints) - 1, STAGE_JOINTS).round().astype(int))]
                 x = image.repeat(len(chosen), 1, 1, 1).requires_grad_(True)
                 model(x)
                 for u, name in enumerate(names, start=k):
-                    mean = _unit_fields(captured[name], x, keypoints[n, chosen], h).mean(0)
+                    shifted, flat = _unit_fields(captured[name], x, keypoints[n, chosen], h)
+                    mean = shifted.mean(0)
                     maps_sum[u] += mean
                     maps_count[u] += 1
                     row[u] = _pad(ring_profile(mean), 2 * s)
+                    uniform_row[u] = _pad(ring_profile(flat.mean(0)), 2 * s)
             profiles.append(row)
+            uniform.append(uniform_row)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_maps = maps_sum / np.where(maps_count > 0, maps_count, np.nan)[:, None, None]
     rf = theoretical_rf(config, stack)
     theoretical = np.array([np.nan] * k + [rf[name] for name in names], np.float64)
     theoretical[:k] = rf["head"]  # a heatmap is one 1x1 convolution of the head's features
-    return ReceptiveFields([*KEYPOINT_NAMES, *names], mean_maps, np.stack(profiles), theoretical, s)
+    return ReceptiveFields([*KEYPOINT_NAMES, *names], mean_maps, np.stack(profiles), theoretical, s,
+                           np.stack(uniform))
 
 
 def _unit_fields(outputs, x, points, heatmap_size: int, cells=None) -> np.ndarray:
     """(J, 2S - 1, 2S - 1) normalised centred input-gradient maps of the units of `outputs` (J, C, r, r) at the
-    grid cells holding `points` (J, 2) heatmap coordinates (or at `cells` (J, 2))."""
+    grid cells holding `points` (J, 2) heatmap coordinates (or at `cells` (J, 2)), and the same for a map spread
+    evenly over the crop (the reference: what a unit that sees the whole crop alike would give)."""
     side, size = outputs.shape[-1], x.shape[-1]
     if cells is None:
         cells = np.clip(np.floor((np.asarray(points) + 0.5) * side / heatmap_size), 0, side - 1).astype(int)
     grads = normalised(gradient_maps(outputs, x, cells))
-    return centred(grads, (cells + 0.5) * (size / side) - 0.5)
+    centres = (cells + 0.5) * (size / side) - 0.5
+    return centred(grads, centres), centred(np.full(grads.shape, 1.0 / size**2), centres)
 
 
 def _joint_fields(model, image, joints, points, stack: int) -> np.ndarray:
-    """(J, 2S - 1, 2S - 1) each labelled joint's heatmap unit at its keypoint: one forward, one backward pass."""
+    """_unit_fields of each labelled joint's heatmap unit at its keypoint: one forward, one backward pass."""
     h, k = model.config.heatmap_size, model.config.num_keypoints
     x = image.repeat(len(joints), 1, 1, 1).requires_grad_(True)
     heat = model(x, all_stacks=True)[:, stack]

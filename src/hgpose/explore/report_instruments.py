@@ -65,7 +65,7 @@ def facing(features: dict, pixel, probe_set, probe_coords, probe_confidence, nor
         margin[probes.rows] = np.abs(probes.scores[best])
     chosen = considered & np.isfinite(margin)
     probe_bins = fa.rate_by_confidence(margin[chosen], inverted[chosen])
-    network = float(inverted[considered].mean()) if considered.any() else float("nan")
+    network = fa.wrong_side_share(probe_coords, probe_set.keypoints, probe_set.visibility, normalizer)
     known = None
     annotations = annotations_of(probe_set)
     if annotations is not None:
@@ -77,7 +77,7 @@ def facing(features: dict, pixel, probe_set, probe_coords, probe_confidence, nor
                                  probes.stages[best] if probes.stages else "-", known, timer.elapsed())
     numbers = {"samples": len(labels), "front": int((labels == fa.FRONT).sum()), "back": int((labels == fa.BACK).sum()),
                "stages": probes.stages, "accuracy": probes.accuracy, "low": probes.low, "high": probes.high,
-               "majority": probes.majority, "readout_inversion_share": readout, "network_inversion_share": network,
+               "majority": probes.majority, "readout_wrong_side_share": readout, "network_wrong_side_share": network,
                "by_head_confidence": _bins(head_bins), "by_probe_margin": _bins(probe_bins),
                "generator_agreement": known, "seconds": timer.elapsed()}
     return section, numbers

@@ -517,13 +517,17 @@ def dependency_findings(dependency) -> tuple[str, str]:
     """(opening sentence, note): the pairs that survive both checks (joints outside each other's occluder, a
     95% interval over samples above zero), and the strongest pairs set aside because their joints overlap."""
     survivors = dependency.surviving_pairs(5) if dependency.per_sample_drop is not None else []
+    passing = len(dependency.surviving_pairs(10**6)) if survivors else 0
+    tested = int((~dependency.inside_occluder() & ~np.eye(len(dependency.masked), dtype=bool)).sum())
     inside = dependency.inside_occluder()
     hidden = [(i, j, v) for i, j, v in dependency.strongest_pairs(5) if inside[i, j]]
     if survivors:
         opening = ("Joints whose prediction relies on the image around another joint (outside its occluder, 95% "
                    "interval above zero): " + "; ".join(
                        f"hiding {KEYPOINT_NAMES[j]} lowers {KEYPOINT_NAMES[i]}'s confidence by {v:.3f} "
-                       f"({lo:.3f} to {hi:.3f})" for i, j, v, lo, hi in survivors) + ".")
+                       f"({lo:.3f} to {hi:.3f})" for i, j, v, lo, hi in survivors)
+                   + f". {passing} of the {tested} pairs tested pass; about {0.025 * tested:.0f} would by chance "
+                   "alone at this level, so weak ones may be noise.")
     else:
         opening = ("No pair of joints lying outside each other's occluder shows a confidence drop whose 95% interval "
                    "over samples lies above zero: on these samples no joint is shown to rely on another.")
