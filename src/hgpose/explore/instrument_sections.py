@@ -226,8 +226,8 @@ def erf_section(fields, samples: int, seconds: float) -> Section:
         "samples. Units: each joint's heatmap at its labelled keypoint, and each stage's channels summed at the "
         "grid cell holding the keypoint (averaged over up to 4 of the sample's labelled joints). The table gives "
         "the radii (input pixels) of the discs holding 50% and 90% of the mass, the 90% radius in person heights "
-        "(a person is about 0.8 crop sides tall: the crop is 1.25 times the box), a 95% bootstrap interval over samples, "
-        "the 90% radius of a map spread evenly over the crop from the same centres (the crop bounds every "
+        "(a person is about 0.8 crop sides tall: the crop is 1.25 times the box), a 95% bootstrap interval over "
+        "samples, the 90% radius of a map spread evenly over the crop from the same centres (the crop bounds every "
         "radius: a field near that value covers the crop), and the theoretical field's side. Circles in the "
         "maps: 50% (dashed) and 90% (solid); colours are the square root of the mass, each map cropped to one "
         "crop side around its unit.")
