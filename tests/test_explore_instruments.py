@@ -184,6 +184,8 @@ def test_per_stack_pck_equals_evaluate_on_each_stacks_output(two_stacks, synth_d
     assert study.errors.sum(1) == pytest.approx([1, 1]) and study.errors.shape == (2, len(ERROR_CLASSES))
     assert study.errors[:, 0] == pytest.approx(study.pck)  # "good" is exactly the PCK-correct share
     assert study.change_low[1] <= study.pck[1] - study.pck[0] <= study.change_high[1]
+    moved = study.errors[1] - study.errors[0]
+    assert (study.error_change_low <= moved + 1e-12).all() and (moved <= study.error_change_high + 1e-12).all()
 
 
 def test_error_classes_of_hand_placed_predictions():

@@ -56,15 +56,17 @@ def stacks_section(study, crops, maps, truth, visibility, config, seconds: float
     else:
         fixed = [t for t in range(1, stacks) if study.change_low[t] > 0]
         hurt = [t for t in range(1, stacks) if study.change_high[t] < 0]
-        moved = {name: study.errors[-1, i] - study.errors[0, i] for i, name in enumerate(ERROR_CLASSES) if i}
-        largest = min(moved, key=moved.get)
-        which = ERROR_CLASSES.index(largest)
+        changed = [f"{name} {100 * study.errors[0, i]:.1f}% to {100 * study.errors[-1, i]:.1f}% (paired 95% "
+                   f"interval of the change {100 * study.error_change_low[i]:+.1f} to "
+                   f"{100 * study.error_change_high[i]:+.1f} points)"
+                   for i, name in enumerate(ERROR_CLASSES) if i and (study.error_change_low[i] > 0
+                                                                     or study.error_change_high[i] < 0)]
         finding = (f"From the first stack to the last, PCK goes from {fmt(study.pck[0])} to {fmt(study.pck[-1])}; "
                    + (f"stack(s) {', '.join(str(t + 1) for t in fixed)} raise it beyond the paired interval"
                       if fixed else "no stack raises it beyond the paired interval")
                    + (f", stack(s) {', '.join(str(t + 1) for t in hurt)} lower it beyond it" if hurt else "")
-                   + f". The error class that shrinks most is {largest} ({100 * study.errors[0, which]:.1f}% "
-                   f"to {100 * study.errors[-1, which]:.1f}% of the counted keypoints).")
+                   + (". Error classes that change beyond their paired interval: " + "; ".join(changed) + "."
+                      if changed else ". No error class's share changes beyond its paired interval."))
     intro = (
         "A stacked hourglass (Newell et al. 2016) trains every stack's heatmaps against the targets (intermediate "
         "supervision) and feeds each stack's features and predictions into the next. Every stack's output is "
@@ -84,6 +86,8 @@ def stacks_numbers(study) -> dict:
     return {"pck": study.pck, "low": study.low, "high": study.high, "change_low": study.change_low,
             "change_high": study.change_high, "samples": study.samples,
             "errors": {name: study.errors[:, i] for i, name in enumerate(ERROR_CLASSES)},
+            "error_change_low": dict(zip(ERROR_CLASSES, study.error_change_low)),
+            "error_change_high": dict(zip(ERROR_CLASSES, study.error_change_high)),
             "per_joint": {name: study.per_joint[:, j] for j, name in enumerate(KEYPOINT_NAMES)}}
 
 

@@ -67,6 +67,24 @@ class StackStudy:
     coords: np.ndarray  # (T, N, K, 2) decoded keypoints, heatmap coordinates
     confidence: np.ndarray  # (T, N, K)
     samples: int
+    error_change_low: np.ndarray  # (4,) paired 95% interval of each class's share, last stack minus first
+    error_change_high: np.ndarray
+
+
+def class_share_change(classes, resamples: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Paired 95% bootstrap interval over people of each error class's share, last stack minus first:
+    classes (T, N, K) as error_classes gives them (-1: not counted)."""
+    first, last = classes[0], classes[-1]
+    counted = (first >= 0).sum(1).astype(np.float64)  # (N,)
+    n = len(counted)
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    low, high = np.zeros(len(ERROR_CLASSES)), np.zeros(len(ERROR_CLASSES))
+    for i in range(len(ERROR_CLASSES)):
+        diff = ((last == i).sum(1) - (first == i).sum(1)).astype(np.float64)  # (N,)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = diff[draws].sum(1) / counted[draws].sum(1)
+        low[i], high[i] = np.nanpercentile(values, [2.5, 97.5]) if n else (np.nan, np.nan)
+    return low, high
 
 
 def stack_study(model, images, keypoints, visibility, batch_size: int = 16, seed: int = 0) -> StackStudy:
@@ -91,5 +109,7 @@ def stack_study(model, images, keypoints, visibility, batch_size: int = 16, seed
     classes = np.stack([error_classes(c, keypoints, visibility, normalizer) for c in coords])
     counts = np.stack([[(k == i).sum() for i in range(len(ERROR_CLASSES))] for k in classes]).astype(np.float64)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    error_low, error_high = class_share_change(classes, seed=seed)
     return StackStudy(np.array([r.overall for r in results]), values.low, values.high, change_low, change_high,
-                      np.stack([r.per_joint for r in results]), shares, counts, coords, confidence, len(counted))
+                      np.stack([r.per_joint for r in results]), shares, counts, coords, confidence, len(counted),
+                      error_low, error_high)
