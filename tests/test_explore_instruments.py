@@ -269,3 +269,15 @@ def test_wrong_side_share_counts_only_keypoints_found_on_their_pair():
     lost[0, 5] = lost[0, 6] = [30, 30]  # sample 1 found nowhere: it no longer counts
     assert wrong_side_share(lost, keypoints, visibility, 1.6) == 0.0
     assert np.isnan(wrong_side_share(np.full_like(keypoints, 30), keypoints, visibility, 1.6))
+
+
+def test_people_interval_resamples_people_not_joints():
+    from hgpose.explore.sections import people_interval
+
+    same = np.tile([[0.2, 0.4, np.nan]], (10, 1))  # every person alike: no spread between people
+    mean, low, high = people_interval(same)
+    assert mean == pytest.approx(0.3) and low == pytest.approx(0.3) and high == pytest.approx(0.3)
+    spread = np.concatenate([np.zeros((5, 3)), np.ones((5, 3))])
+    mean, low, high = people_interval(spread)
+    assert mean == pytest.approx(0.5) and low < 0.3 and high > 0.7
+    assert np.isnan(people_interval(spread[:1])[1])  # one person: no interval

@@ -385,12 +385,28 @@ def branch_section(contributions, study, changes, config) -> Section:
     ], _cost(contributions.samples))
 
 
+def people_interval(values, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of the finite entries of values (N, ...) and its 95% percentile bootstrap
+    interval over the N people (rows), so that one person's joints move together. NaN bounds for N < 2."""
+    values = np.asarray(values, np.float64).reshape(len(values), -1)
+    finite = np.isfinite(values)
+    sums, counts = np.where(finite, values, 0).sum(1), finite.sum(1)
+    mean = float(sums.sum() / counts.sum()) if counts.sum() else float("nan")
+    if len(values) < 2 or not counts.sum():
+        return mean, float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resampled = sums[draws].sum(1) / counts[draws].sum(1)
+    low, high = np.nanpercentile(resampled, [2.5, 97.5])
+    return mean, float(low), float(high)
+
+
 def saliency_section(crops, maps, coords, shares, uniform) -> Section:
     body = []
     for i in range(len(crops)):
         figure = fg.saliency_figure(crops[i].numpy(), maps[i], coords[i], shares[i])
         body += [f"<h3>sample {i + 1}</h3>", image(figure, f"saliency of sample {i + 1}")]
-    mean = float(np.nanmean(shares))
+    mean, low, high = people_interval(shares)
     return _section("Saliency", (
         "For each joint: the gradient of that joint's heatmap peak with respect to every input pixel (the "
         "largest absolute value over the three colour channels), drawn over the greyed crop, each map scaled "
@@ -400,7 +416,11 @@ def saliency_section(crops, maps, coords, shares, uniform) -> Section:
         f"over the crop would put {uniform:.0%} there. The next section checks whether such maps depend on "
         "the trained weights at all."), body + [paragraph(
         f"Over these {len(crops)} samples x {maps.shape[1]} joints, {mean:.0%} of the saliency lies that close to "
-        f"the predicted joint, {mean / uniform:.1f} times the uniform share.", "note")],
+        f"the predicted joint (95% interval over the {len(crops)} samples {fmt(100 * low, 0)}-{fmt(100 * high, 0)}%), "
+        f"{mean / uniform:.1f} times the uniform share"
+        + (f" ({low / uniform:.1f}-{high / uniform:.1f} times)." if np.isfinite(low) else
+           "; one sample gives no interval.") + " So few samples give a wide interval: read it before the ratio.",
+        "note")],
         _cost(len(crops), what="samples drawn"))
 
 
@@ -458,6 +478,15 @@ def attribution_section(crops, gradients, coords, result: AttributionResult | No
         body += [f"<h3>sample {i + 1}</h3>", image(figure, f"attributions of sample {i + 1}")]
     ig_rho = float(np.nanmean(check.integrated_gradients[pairs]))
     grad_rho = float(np.nanmean(check.input_gradient[pairs]))
+    difference = np.where(pairs, check.integrated_gradients - check.input_gradient, np.nan)
+    _, diff_low, diff_high = people_interval(difference)
+    if np.isfinite(diff_low) and (diff_low > 0 or diff_high < 0):
+        verdict = (f"{'IG' if diff_high < 0 else 'the gradient'} changes more: the paired 95% interval over the "
+                   f"{len(crops)} samples of IG minus gradient, {diff_low:+.2f} to {diff_high:+.2f}, excludes 0")
+    else:
+        verdict = ("neither changes clearly more: the paired 95% interval of IG minus gradient "
+                   + (f"{diff_low:+.2f} to {diff_high:+.2f} includes 0" if np.isfinite(diff_low) else
+                      "needs at least 2 samples"))
     areas = {k: float(deletion_area(v).mean()) for k, v in result.deletion.items()}
     rows = [("Integrated Gradients", fmt(ig_rho), fmt(areas["Integrated Gradients"])),
             ("input gradient", fmt(grad_rho), fmt(areas["input gradient"])),
@@ -469,7 +498,7 @@ def attribution_section(crops, gradients, coords, result: AttributionResult | No
         paragraph(
             f"Over {count} labelled sample-joint pairs: under weight randomisation Integrated Gradients keeps a rank "
             f"correlation of {ig_rho:.2f} and the input gradient {grad_rho:.2f} "
-            f"({'IG changes more' if ig_rho < grad_rho else 'the gradient changes more'}). Removing pixels in "
+            f"({verdict}). Removing pixels in "
             f"IG's order gives a mean confidence of {areas['Integrated Gradients']:.3f}, in the gradient's "
             f"{areas['input gradient']:.3f}, in random order {areas['random order']:.3f}.", "note"),
     ]
