@@ -281,3 +281,20 @@ def test_people_interval_resamples_people_not_joints():
     mean, low, high = people_interval(spread)
     assert mean == pytest.approx(0.5) and low < 0.3 and high > 0.7
     assert np.isnan(people_interval(spread[:1])[1])  # one person: no interval
+
+
+def test_per_joint_ece_intervals_separate_an_overconfident_joint():
+    from hgpose.explore.calibration import calibrate, per_joint_ece_intervals
+    from hgpose.explore.sections import _least_calibrated
+
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0, 1, size=(300, 17))
+    correct = rng.uniform(0, 1, size=(300, 17)) < confidence  # calibrated: P(correct) = confidence
+    correct[:, 9] = rng.uniform(0, 1, size=300) < 0.2 * confidence[:, 9]  # left wrist: over-confident
+    counted = np.ones((300, 17), bool)
+    result = calibrate(confidence, correct, counted)
+    low, high = per_joint_ece_intervals(confidence, correct, counted)
+    # (a percentile interval of a statistic biased upwards need not hold its point estimate: not asserted)
+    assert low[9] > np.delete(high, 9).max() and (high - low < 0.15).all()
+    assert "least calibrated joint is left_wrist" in _least_calibrated(result, 9, low, high)
+    assert "No joint is clearly" in _least_calibrated(result, 0, low, high)

@@ -359,11 +359,14 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
     probe_counted = counted_mask(probe_set.visibility)
     probe_correct = normalized_distances(probe_coords, probe_set.keypoints, normalizer) < 0.5
     calibrated = ca.calibrate(probe_confidence, probe_correct, probe_counted)
-    sections.append(sc.calibration_section(calibrated, len(probe_set), time.perf_counter() - timer.started))
+    ece_interval = ca.per_joint_ece_intervals(probe_confidence, probe_correct, probe_counted, seed=seed)
+    sections.append(sc.calibration_section(calibrated, len(probe_set), time.perf_counter() - timer.started,
+                                           ece_interval))
     numbers["calibration"] = {"ece": calibrated.ece, "auroc": calibrated.auroc, "samples": len(probe_set),
                               "accuracy": calibrated.accuracy, "mean_confidence": calibrated.mean_confidence,
                               "per_joint_ece": dict(zip(KEYPOINT_NAMES, calibrated.per_joint_ece)),
                               "per_joint_auroc": dict(zip(KEYPOINT_NAMES, calibrated.per_joint_auroc)),
+                              "per_joint_ece_interval": dict(zip(KEYPOINT_NAMES, zip(*ece_interval))),
                               "reliability": asdict(calibrated.overall)}
     timer.done()
 

@@ -626,17 +626,30 @@ def lesion_section(study, n: int, values, changes, seconds: float) -> Section:
     ], _cost(n, seconds))
 
 
-def calibration_section(result, samples: int, seconds: float) -> Section:
-    rows = [(name, str(int(c)), fmt(e), fmt(a)) for name, c, e, a in
-            zip(KEYPOINT_NAMES, result.counted, result.per_joint_ece, result.per_joint_auroc)]
+def _least_calibrated(result, worst: int, low, high) -> str:
+    """Name the least calibrated joint only when its ECE interval lies above the best-calibrated joint's."""
+    best = int(np.nanargmin(result.per_joint_ece))
+    if np.isfinite(low[worst]) and low[worst] > high[best]:
+        return (f". The least calibrated joint is {KEYPOINT_NAMES[worst]} (ECE {fmt(result.per_joint_ece[worst])}, "
+                f"{fmt(low[worst])}-{fmt(high[worst])}), beyond the interval of the best, {KEYPOINT_NAMES[best]} "
+                f"({fmt(result.per_joint_ece[best])}, {fmt(low[best])}-{fmt(high[best])}).")
+    return (f". No joint is clearly the least calibrated: the largest per-joint ECE, {KEYPOINT_NAMES[worst]}'s "
+            f"{fmt(result.per_joint_ece[worst])}, has an interval ({fmt(low[worst])}-{fmt(high[worst])}) overlapping "
+            f"the smallest's ({KEYPOINT_NAMES[best]}, {fmt(low[best])}-{fmt(high[best])}).")
+
+
+def calibration_section(result, samples: int, seconds: float, ece_interval=None) -> Section:
+    """ece_interval: (low (K,), high (K,)) bootstrap intervals of the per-joint ECE, or None."""
+    low, high = ece_interval if ece_interval is not None else (np.full(17, np.nan), np.full(17, np.nan))
+    rows = [(name, str(int(c)), fmt(e), f"{fmt(lo)}-{fmt(hi)}", fmt(a)) for name, c, e, lo, hi, a in
+            zip(KEYPOINT_NAMES, result.counted, result.per_joint_ece, low, high, result.per_joint_auroc)]
     gap = result.mean_confidence - result.accuracy
     verdict = ("over-confident" if gap > 0 else "under-confident") if abs(gap) > 1e-9 else "exactly calibrated"
     worst = int(np.nanargmax(result.per_joint_ece)) if np.isfinite(result.per_joint_ece).any() else None
     finding = (f"Over {int(result.counted.sum())} labelled keypoints the mean confidence is "
                f"{result.mean_confidence:.3f} and the fraction correct {result.accuracy:.3f}: the peak is "
                f"{verdict} on average by {abs(gap):.3f}. ECE {fmt(result.ece)}; AUROC {fmt(result.auroc)}"
-               + (f". The least calibrated joint is {KEYPOINT_NAMES[worst]} (ECE {fmt(result.per_joint_ece[worst])})."
-                  if worst is not None else "."))
+               + (_least_calibrated(result, worst, low, high) if worst is not None else "."))
     return _section("Calibration", (
         "Can the heatmap peak be read as the probability that the keypoint is right? Keypoints are grouped by "
         "confidence (the peak, clipped to [0, 1]) into ten bins, and each bin's fraction correct under the "
@@ -646,7 +659,7 @@ def calibration_section(result, samples: int, seconds: float) -> Section:
         "(0.5: not at all, 1: perfectly)."), [
         image(fg.reliability_figure(result), "reliability diagram and per-joint calibration"),
         paragraph(finding, "note"),
-        table(("joint", "keypoints", "ECE", "AUROC"), rows),
+        table(("joint", "keypoints", "ECE", "ECE, 95% interval over people", "AUROC"), rows),
     ], _cost(samples, seconds))
 
 
