@@ -609,7 +609,11 @@ def lesion_section(study, n: int, values, changes, seconds: float) -> Section:
                                                         values.high, changes.low, changes.high)]
     worst = int(np.argmin(study.overall[1:])) + 1
     clear = [name for name, lo, hi in zip(study.names[1:], changes.low[1:], changes.high[1:]) if hi < 0]
-    return _section("Lesion study", (
+    opening = (f"{len(clear)} of the {len(study.names) - 1} lesions lower PCK beyond their paired interval"
+               + (f" ({', '.join(clear)})" if clear else "") + f"; the largest loss, zeroing the "
+               f"{study.branch[worst]} branch of level {study.level[worst]}, takes PCK from {intact:.3f} to "
+               f"{study.overall[worst]:.3f}. ")
+    return _section("Lesion study", opening + (
         "Each level's skip branch, then its low branch, is replaced by zeros in turn (the level then outputs "
         f"only the other branch) and the PCK over the {n} samples is measured again, against the intact "
         "model. Zeroing the low branch of level i removes everything coarser than that level; zeroing its "
@@ -619,10 +623,6 @@ def lesion_section(study, n: int, values, changes, seconds: float) -> Section:
         "for both conditions)."), [
         image(fg.lesion_figure(study, values), "PCK with each branch zeroed"),
         table(("condition", "PCK", "95% interval", "change", "change, 95% interval"), rows),
-        paragraph(f"The largest loss: zeroing the {study.branch[worst]} branch of level {study.level[worst]} "
-                  f"takes PCK from {intact:.3f} to {study.overall[worst]:.3f}. "
-                  f"{len(clear)} of the {len(study.names) - 1} lesions lower PCK beyond their interval"
-                  + (f" ({', '.join(clear)})." if clear else "."), "note"),
     ], _cost(n, seconds))
 
 
@@ -650,7 +650,9 @@ def calibration_section(result, samples: int, seconds: float, ece_interval=None)
                f"{result.mean_confidence:.3f} and the fraction correct {result.accuracy:.3f}: the peak is "
                f"{verdict} on average by {abs(gap):.3f}. ECE {fmt(result.ece)}; AUROC {fmt(result.auroc)}"
                + (_least_calibrated(result, worst, low, high) if worst is not None else "."))
-    return _section("Calibration", (
+    opening = (f"On average the heatmap peak is {verdict} by {abs(gap):.3f} (mean confidence "
+               f"{result.mean_confidence:.3f}, fraction correct {result.accuracy:.3f}). ")
+    return _section("Calibration", opening + (
         "Can the heatmap peak be read as the probability that the keypoint is right? Keypoints are grouped by "
         "confidence (the peak, clipped to [0, 1]) into ten bins, and each bin's fraction correct under the "
         "seed's PCK is drawn against its mean confidence: on the diagonal the peak is calibrated, below it "
@@ -682,14 +684,13 @@ def failures_section(result, data_set, coords, config, n: int, interval) -> Sect
     tiles = worst_tiles(result.worst, data_set, coords, config,
                         lambda p: f"annotation {int(data_set.ann_ids[p])}: mean error "
                                   f"{result.errors[p] * scale:.1f} input px")
-    return _section("Where it fails", (
+    return _section("Where it fails", hardest_easiest(result.per_joint, interval) + " " + (
         f"Per-joint PCK over the {n} samples (the seed's: a keypoint is correct within 0.5 c of the truth, "
         f"c = {config.heatmap_size / 10:g} heatmap pixels; bars coloured by side, the number of "
         "labelled keypoints under each name, error bars the 95% bootstrap interval over people), then the "
         "samples with the largest mean distance between predicted and labelled keypoints: the predicted "
         "skeleton, and the labelled truth as white rings."), [
         image(fg.per_joint_figure(result.per_joint, result.counted, interval), "per-joint PCK"),
-        paragraph(hardest_easiest(result.per_joint, interval), "note"),
         "<h3>worst samples</h3>", gallery(tiles),
     ], _cost(n))
 
