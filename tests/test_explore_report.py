@@ -118,6 +118,14 @@ def test_explore_run_report_has_every_section_and_renders_in_chromium(run_dir, t
     assert len(trajectory["cka_to_final"][-1]) == len(probes["stages"])
     assert len(trajectory["probe_pck"]) == 3 and len(trajectory["probe_pck"][0]) == len(probes["stages"])
     assert trajectory["cka_to_final"][-1][0] == pytest.approx(1.0)  # the last epoch against itself
+    assert trajectory["analysed_epoch"] in trajectory["epochs"] and "The other sections analyse epoch" in html
+    # the third edition's sections: one stack scored as the report's PCK; every instrument on the loaded samples
+    assert summary["stacks"]["pck"] == [pytest.approx(summary["pck"]["overall"])]
+    assert summary["dissection"]["samples"] == summary["loaded_samples"]
+    assert [s["stage"] for s in summary["dissection"]["stages"]] == probes["stages"]
+    assert summary["receptive_fields"]["names"][:17] == list(KEYPOINT_NAMES)
+    assert summary["receptive_fields"]["samples"] == 8
+    assert summary["facing"]["samples"] == probes["samples"] and summary["facing"]["stages"] == probes["stages"]
 
     if BROWSER is None:
         pytest.skip("no headless Chromium installed (apt-get install chromium)")

@@ -6,9 +6,10 @@ from hgpose.runtime.files import UserError
 
 HELP = "look inside a trained model: a self-contained HTML report of its analyses"
 DESCRIPTION = (
-    HELP + " (heatmaps, activations, linear probes and CKA, skip vs low branch, saliency, Integrated "
-    "Gradients with sanity checks, occlusion, joint dependency, lesion study, calibration, where it fails; "
-    "with --run also how they change over training; with --compare two models side by side). Writes "
+    HELP + " (heatmaps, what each stack fixes, activations, what each channel detects (network dissection), "
+    "linear probes and CKA, where left and right are decided, skip vs low branch, effective receptive fields, "
+    "saliency, Integrated Gradients with sanity checks, occlusion, joint dependency, lesion study, calibration, "
+    "where it fails; with --run also how they change over training; with --compare two models side by side). Writes "
     "OUT/index.html (images embedded; open it in any browser) and OUT/explore.json. The same analyses are "
     "functions in hgpose.explore."
 )
@@ -37,6 +38,11 @@ def add_arguments(parser):
                         help="instances for the probes, CKA, calibration and over-training sections (0: all)")
     parser.add_argument("--dependency-samples", type=int, default=16, metavar="N",
                         help="instances for the joint-dependency matrix (one forward pass per labelled joint)")
+    parser.add_argument("--dissection-samples", type=int, default=64, metavar="N",
+                        help="instances for the network dissection (what each channel detects; four forward passes, "
+                             "the model's and a randomly initialised twin's)")
+    parser.add_argument("--erf-samples", type=int, default=8, metavar="N",
+                        help="instances for the effective receptive fields (one backward pass per stage per sample)")
     parser.add_argument("--show", type=int, default=4, metavar="K",
                         help="samples drawn in the per-sample figures")
     parser.add_argument("--occlusion-samples", type=int, default=2, metavar="K",
@@ -64,7 +70,7 @@ def _run_data(run: Path) -> Path:
 
 def run(args):
     for name in ("samples", "show", "occlusion_samples", "probe_samples", "dependency_samples",
-                 "attribution_samples"):
+                 "attribution_samples", "dissection_samples", "erf_samples"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name in ("show", "batch_size", "every", "ig_steps"):
@@ -93,5 +99,6 @@ def run(args):
     else:
         from hgpose.explore.report import write_explore_report
 
-        path = write_explore_report(checkpoint, data, occlusion_samples=args.occlusion_samples, **common)
+        path = write_explore_report(checkpoint, data, occlusion_samples=args.occlusion_samples,
+                                    dissection_samples=args.dissection_samples, erf_samples=args.erf_samples, **common)
     print(f"wrote {path}")

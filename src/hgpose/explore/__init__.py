@@ -1,5 +1,6 @@
 """Instruments for looking inside a trained hourglass: analyses returning arrays (hgpose.explore.analyses,
-.probes, .dependency, .attribution, .calibration, .trajectory) and the self-contained HTML report of
+.probes, .dependency, .attribution, .calibration, .trajectory, .dissection, .receptive_field, .facing,
+.stacks) and the self-contained HTML report of
 `hgpose explore` (hgpose.explore.report, .compare)."""
 
 from hgpose.explore.analyses import (
@@ -37,6 +38,26 @@ from hgpose.explore.attribution import (
 )
 from hgpose.explore.calibration import Calibration, calibrate, pck_intervals, pooled_pck_intervals, reliability
 from hgpose.explore.dependency import JointDependency, joint_dependency
+from hgpose.explore.dissection import (
+    Detector,
+    Dissection,
+    chance_levels,
+    detectors,
+    dissect,
+    iou_interval,
+    model_dissection,
+    part_masks,
+    random_twin,
+)
+from hgpose.explore.facing import (
+    FacingProbes,
+    facing_from_keypoints,
+    facing_probes,
+    known_facing,
+    rate_by_confidence,
+    readout_inversions,
+    sample_inversions,
+)
 from hgpose.explore.probes import (
     PixelProbes,
     Probes,
@@ -47,6 +68,8 @@ from hgpose.explore.probes import (
     pixel_probes,
     pooled_stages,
 )
+from hgpose.explore.receptive_field import ReceptiveFields, effective_receptive_fields, theoretical_rf
+from hgpose.explore.stacks import StackStudy, error_classes, stack_heatmaps, stack_study
 from hgpose.explore.trajectory import TrainingTrajectory, training_trajectory
 
 __all__ = [
@@ -58,6 +81,10 @@ __all__ = [
     "calibrate", "pck_intervals", "pooled_pck_intervals", "reliability", "JointDependency", "joint_dependency",
     "PixelProbes", "Probes", "cka_matrix", "linear_cka", "linear_probes", "model_pixel_probes", "pixel_probes",
     "pooled_stages", "TrainingTrajectory", "training_trajectory",
+    "Detector", "Dissection", "chance_levels", "detectors", "dissect", "iou_interval", "model_dissection", "part_masks",
+    "random_twin", "FacingProbes", "facing_from_keypoints", "facing_probes", "known_facing", "rate_by_confidence",
+    "readout_inversions", "sample_inversions", "ReceptiveFields", "effective_receptive_fields", "theoretical_rf",
+    "StackStudy", "error_classes", "stack_heatmaps", "stack_study",
     "write_explore_report", "write_compare_report",
 ]
 

@@ -169,3 +169,23 @@ def paired_difference_intervals(correct_a, correct_b, counted, resamples: int = 
         pooled_value = (b.sum() - a.sum()) / counted.sum() if counted.any() else np.nan
     return (_percentile_interval(joint_value, per_joint, n, resamples, level),
             _percentile_interval(pooled_value, pooled, n, resamples, level))
+
+
+def per_joint_ece_intervals(confidence, correct, counted, resamples: int = 200, bins: int = DEFAULT_BINS,
+                            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """95% percentile bootstrap intervals over people of each joint's ECE: (low (K,), high (K,)).
+    ECE is biased upwards on few keypoints (every bin's gap counts in full), so read the interval's width."""
+    confidence = np.asarray(confidence, np.float64)
+    correct, counted = np.asarray(correct, bool), np.asarray(counted, bool)
+    n, k = counted.shape
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    values = np.full((resamples, k), np.nan)
+    for r, rows in enumerate(draws):
+        for j in range(k):
+            kept = rows[counted[rows, j]]
+            if len(kept):
+                values[r, j] = reliability(confidence[kept, j], correct[kept, j], bins).ece
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(values, [2.5, 97.5], axis=0)
+    return low, high

@@ -3,7 +3,7 @@ occlusion patch) and measure what happens to every joint i."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,6 +20,37 @@ class JointDependency:
     shift: np.ndarray  # (K, K) distance joint i's decoded keypoint moves, input pixels
     masked: np.ndarray  # (K,) samples in which joint j was labelled, and so masked
     radius: float  # of the disc, input pixels
+    per_sample_drop: np.ndarray | None = field(default=None, repr=False)  # (N, K, K), NaN where j is not labelled
+    separation: np.ndarray | None = None  # (K, K) median distance between joints i and j, input pixels
+
+    def inside_occluder(self) -> np.ndarray:
+        """(K, K) pairs whose joints lie a median less than the disc's radius apart: hiding j hides i too, so
+        i's drop says nothing about reliance."""
+        if self.separation is None:
+            return np.zeros(self.confidence_drop.shape, bool)
+        return np.nan_to_num(self.separation, nan=np.inf) < self.radius
+
+    def drop_intervals(self, resamples: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """95% percentile bootstrap intervals over samples of confidence_drop: (low (K, K), high (K, K))."""
+        import warnings
+
+        drops = self.per_sample_drop
+        n = len(drops)
+        draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.stack([np.nanmean(drops[rows], axis=0) for rows in draws])
+            low, high = np.nanpercentile(means, [2.5, 97.5], axis=0)
+        return low, high
+
+    def surviving_pairs(self, count: int = 5, seed: int = 0) -> list[tuple[int, int, float, float, float]]:
+        """The largest off-diagonal drops (i, j, drop, low, high) whose joints lie outside each other's occluder
+        and whose 95% interval excludes zero, largest first."""
+        low, high = self.drop_intervals(seed=seed)
+        outside = ~self.inside_occluder()
+        kept = [(i, j, v, float(low[i, j]), float(high[i, j])) for i, j, v in self.strongest_pairs(len(low) ** 2)
+                if outside[i, j] and low[i, j] > 0]
+        return kept[:count]
 
     def strongest_pairs(self, count: int = 5, what: str = "confidence_drop") -> list[tuple[int, int, float]]:
         """The `count` largest off-diagonal entries as (i, j, value), largest first, NaNs skipped."""
@@ -54,6 +85,7 @@ def joint_dependency(model: HourglassNet, images, keypoints, visibility, radius:
     clean_coords, clean_conf = _decode(torch.as_tensor(heatmaps(model, images, batch_size)))
     scale = size / config.heatmap_size
     drop_sum, shift_sum = np.zeros((k, k)), np.zeros((k, k))
+    per_sample = np.full((len(images), k, k), np.nan)
     for n in range(len(images)):
         joints = np.flatnonzero(labelled[n])
         if not len(joints):
@@ -65,8 +97,21 @@ def joint_dependency(model: HourglassNet, images, keypoints, visibility, radius:
         drop = (clean_conf[n] - conf).numpy()  # (J, K): masked joint x affected joint
         shift = (torch.linalg.vector_norm(coords - clean_coords[n], dim=-1) * scale).numpy()
         drop_sum[:, joints] += drop.T
+        per_sample[n][:, joints] = drop.T
         shift_sum[:, joints] += shift.T
     masked_count = labelled.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         denominator = np.where(masked_count > 0, masked_count, np.nan)[None, :]
-        return JointDependency(drop_sum / denominator, shift_sum / denominator, masked_count, float(radius))
+        return JointDependency(drop_sum / denominator, shift_sum / denominator, masked_count, float(radius),
+                               per_sample, _separation(points, labelled))
+
+
+def _separation(points, labelled) -> np.ndarray:
+    """(K, K) median distance (input pixels) between joints i and j over the samples where both are labelled."""
+    import warnings
+
+    distance = np.linalg.norm(points[:, :, None] - points[:, None, :], axis=-1)  # (N, K, K)
+    both = labelled[:, :, None] & labelled[:, None, :]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(np.where(both, distance, np.nan), axis=0)

@@ -16,10 +16,13 @@ import torch
 from hgpose.explore import analyses as an
 from hgpose.explore import attribution as at
 from hgpose.explore import calibration as ca
+from hgpose.explore import instrument_sections as ins
+from hgpose.explore import report_instruments as instruments
 from hgpose.explore import sections as sc
 from hgpose.explore.dependency import joint_dependency
 from hgpose.explore.html import esc, page, paragraph, table
 from hgpose.explore.probes import cka_matrix, linear_probes, model_pixel_probes, pooled_stages
+from hgpose.explore.receptive_field import effective_receptive_fields
 from hgpose.explore.sections import SECTION_TITLES, fmt
 from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.model.hourglass import HourglassNet, count_parameters
@@ -42,12 +45,13 @@ class Samples:
     ann_ids: np.ndarray  # (N,)
     split_size: int  # person instances in the whole split
     unreadable: int
+    annotation_file: Path | None = None  # where the annotations came from (a generator's extra fields)
 
     def first(self, count: int) -> Samples:
         """The first `count` samples (all for 0)."""
         count = len(self.images) if count <= 0 else min(count, len(self.images))
         return Samples(self.images[:count], self.keypoints[:count], self.visibility[:count],
-                       self.ann_ids[:count], self.split_size, self.unreadable)
+                       self.ann_ids[:count], self.split_size, self.unreadable, self.annotation_file)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -80,7 +84,7 @@ def load_samples(data, split: str, input_size: int, samples: int, seed: int = 0,
     if not valid.any():
         raise UserError(f"{index.image_dir}: none of the {len(valid)} chosen samples' images could be read")
     return Samples(cat["image"][valid], cat["keypoints"][valid].numpy(), cat["visibility"][valid].numpy(),
-                   index.ann_ids[cat["index"][valid].numpy()], total, int((~valid).sum()))
+                   index.ann_ids[cat["index"][valid].numpy()], total, int((~valid).sum()), index.annotation_file)
 
 
 def _shown(samples: Samples, count: int) -> np.ndarray:
@@ -102,13 +106,15 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
                          device="cpu", show: int = 4, occlusion_samples: int = 2, seed: int = 0,
                          batch_size: int = 16, progress: bool = True, probe_samples: int = 256,
                          dependency_samples: int = 16, attribution_samples: int = 2, ig_steps: int = 20,
-                         run=None, every: int = 5, full_split: bool = True) -> Path:
+                         run=None, every: int = 5, full_split: bool = True, dissection_samples: int = 64,
+                         erf_samples: int = 8) -> Path:
     """Run the analyses and write OUT/index.html and OUT/explore.json; returns the HTML path.
 
     checkpoint: a path or an HourglassNet. samples: instances of the split that skip vs low, the lesion
     study and the failures use (0 = all); show: samples drawn in the per-sample figures, occlusion_samples
     and attribution_samples of them also get occlusion maps and checked attributions; probe_samples feed
-    the probes, CKA and calibration, dependency_samples the joint-dependency matrix. run: a training run
+    the probes, CKA, facing and calibration, dependency_samples the joint-dependency matrix, dissection_samples
+    the network dissection, erf_samples the effective receptive fields. run: a training run
     directory, whose per-epoch checkpoints (every `every`-th) give the over-training section. full_split:
     also report the PCK of the whole split (from RUN/test_eval.json when it matches, else one pass).
     """
@@ -118,7 +124,8 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
     device = torch.device(device)
     model = load_explore_model(checkpoint, device)
     out = Path(out)
-    largest = 0 if 0 in (samples, probe_samples) else max(samples, probe_samples, dependency_samples)
+    largest = 0 if 0 in (samples, probe_samples, dissection_samples) else max(
+        samples, probe_samples, dependency_samples, dissection_samples, erf_samples)
     if run is not None:
         from hgpose.explore.trajectory import epoch_checkpoints
 
@@ -131,8 +138,10 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
         options = dict(samples=samples, show=show, occlusion_samples=occlusion_samples,
                        probe_samples=probe_samples, dependency_samples=dependency_samples,
                        attribution_samples=attribution_samples, ig_steps=ig_steps, run=run, every=every,
-                       batch_size=batch_size, seed=seed)
-        sections, numbers = analyse(model, loaded, bar, device=device, **options)
+                       batch_size=batch_size, seed=seed, dissection_samples=dissection_samples,
+                       erf_samples=erf_samples)
+        sections, numbers = analyse(model, loaded, bar, device=device, checkpoint=_checkpoint_path(checkpoint),
+                                    **options)
         full = _full_split_pck(checkpoint, data, split, loaded, numbers["pck"]["overall"], device, batch_size,
                                full_split)
         bar.set_description("explore: write")
@@ -178,14 +187,17 @@ class _Timer:
         self.bar.set_description(f"explore: {name}")
         self.started = time.perf_counter()
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
     def done(self) -> float:
         self.bar.update()
         return time.perf_counter() - self.started
 
 
 def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_samples, probe_samples,
-            dependency_samples, attribution_samples, ig_steps, run, every, batch_size, seed
-            ) -> tuple[list, dict]:
+            dependency_samples, attribution_samples, ig_steps, run, every, batch_size, seed, dissection_samples=64,
+            erf_samples=8, checkpoint=None) -> tuple[list, dict]:
     """Every section of the report, in order, and the numbers behind them."""
     from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
 
@@ -217,9 +229,22 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
     numbers["twin_confusions"] = twins
     timer.done()
 
+    timer.start("stacks")
+    stacked = instruments.stacks(model, main, shown, batch_size, seed)
+    sections.append(ins.stacks_section(stacked.study, crops[:2], stacked.maps, main.keypoints[shown[:2]],
+                                       main.visibility[shown[:2]], config, timer.elapsed()))
+    numbers["stacks"] = ins.stacks_numbers(stacked.study) | {"seconds": timer.elapsed()}
+    timer.done()
+
     timer.start("activations")
     stages = an.activations(model, crops[:2], batch_size=batch_size)
     sections.append(sc.activations_section(crops[:2], stages))
+    timer.done()
+
+    timer.start("dissection")
+    section, numbers["dissection"] = instruments.dissection(model, loaded.first(dissection_samples), batch_size,
+                                                            seed, timer)
+    sections.append(section)
     timer.done()
 
     timer.start("probes")
@@ -244,14 +269,25 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
                                     "visible_auroc": pooled.visible_auroc, "labelled": pooled.labelled}}
     timer.done()
 
+    timer.start("facing")
+    section, numbers["facing"] = instruments.facing(features, pixel, probe_set, probe_coords, probe_confidence,
+                                                    normalizer, seed, timer)
+    sections.append(section)
+    timer.done()
+
     if run is not None:
         from hgpose.explore.trajectory import training_trajectory
 
         timer.start("over training")
         trajectory = training_trajectory(run, probe_set.images, probe_set.keypoints, probe_set.visibility, every,
                                          device=device, batch_size=batch_size)
-        sections.append(sc.trajectory_section(trajectory, run, every, time.perf_counter() - timer.started))
-        numbers["over_training"] = asdict(trajectory)
+        from hgpose.explore.trajectory import analysed_epoch
+
+        analysed = analysed_epoch(run, checkpoint)
+        sections.append(sc.trajectory_section(trajectory, run, every, time.perf_counter() - timer.started,
+                                              analysed=analysed))
+        numbers["over_training"] = asdict(trajectory) | {"analysed_epoch": analysed,
+                                                         "outlying_end": trajectory.outlying_end()}
         timer.done()
 
     timer.start("skip vs low branch")
@@ -259,6 +295,13 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
     sections.append(sc.branch_section(contributions, study, lesion_changes, config))
     numbers["branches"] = {k: np.asarray(v).tolist() for k, v in asdict(contributions).items()} | {
         "skip_share": contributions.skip_share.tolist()}
+    timer.done()
+
+    timer.start("receptive fields")
+    erf_set = loaded.first(erf_samples)
+    fields = effective_receptive_fields(model, erf_set.images, erf_set.keypoints, erf_set.visibility)
+    sections.append(ins.erf_section(fields, len(erf_set), timer.elapsed()))
+    numbers["receptive_fields"] = ins.erf_numbers(fields) | {"seconds": timer.elapsed()}
     timer.done()
 
     timer.start("saliency")
@@ -303,7 +346,8 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
     dependency = joint_dependency(model, dependency_set.images, dependency_set.keypoints, dependency_set.visibility,
                                   batch_size=batch_size)
     sections.append(sc.dependency_section(dependency, len(dependency_set), time.perf_counter() - timer.started))
-    numbers["dependency"] = asdict(dependency) | {"samples": len(dependency_set)}
+    numbers["dependency"] = {k: v for k, v in asdict(dependency).items() if k != "per_sample_drop"} | {
+        "samples": len(dependency_set), "surviving_pairs": dependency.surviving_pairs(5)}
     timer.done()
 
     sections.append(sc.lesion_section(study, n, lesion_values, lesion_changes, lesion_seconds))
@@ -316,11 +360,14 @@ def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_sam
     probe_counted = counted_mask(probe_set.visibility)
     probe_correct = normalized_distances(probe_coords, probe_set.keypoints, normalizer) < 0.5
     calibrated = ca.calibrate(probe_confidence, probe_correct, probe_counted)
-    sections.append(sc.calibration_section(calibrated, len(probe_set), time.perf_counter() - timer.started))
+    ece_interval = ca.per_joint_ece_intervals(probe_confidence, probe_correct, probe_counted, seed=seed)
+    sections.append(sc.calibration_section(calibrated, len(probe_set), time.perf_counter() - timer.started,
+                                           ece_interval))
     numbers["calibration"] = {"ece": calibrated.ece, "auroc": calibrated.auroc, "samples": len(probe_set),
                               "accuracy": calibrated.accuracy, "mean_confidence": calibrated.mean_confidence,
                               "per_joint_ece": dict(zip(KEYPOINT_NAMES, calibrated.per_joint_ece)),
                               "per_joint_auroc": dict(zip(KEYPOINT_NAMES, calibrated.per_joint_auroc)),
+                              "per_joint_ece_interval": dict(zip(KEYPOINT_NAMES, zip(*ece_interval))),
                               "reliability": asdict(calibrated.overall)}
     timer.done()
 

@@ -14,9 +14,10 @@ from hgpose.explore.html import Section, gallery, image, paragraph, table
 from hgpose.keypoints import KEYPOINT_NAMES
 
 SECTION_TITLES = (
-    "Heatmaps", "Activations", "Where joint information lives", "Over training", "Skip vs low branch",
-    "Saliency", "Attributions, checked", "Occlusion sensitivity", "Joint dependency", "Lesion study",
-    "Calibration", "Where it fails",
+    "Heatmaps", "What each stack fixes", "Activations", "What each channel detects", "Where joint information lives",
+    "Where left and right are decided", "Over training", "Skip vs low branch", "How far each stage sees", "Saliency",
+    "Attributions, checked", "Occlusion sensitivity", "Joint dependency", "Lesion study", "Calibration",
+    "Where it fails",
 )
 SALIENCY_RADIUS = 0.1  # of the crop side: "near the joint"
 PROBE_SHARE = 0.8  # a stage "encodes" a joint once its read-out closes this much of the chance-to-network gap
@@ -185,6 +186,17 @@ def pixel_notes(pixel, output_pck, cka) -> str:
     return text
 
 
+def ceiling_note(pixel) -> str:
+    """Where a read-out exceeds its row's mean ceiling but not its joint's own: the per-joint ceilings explain it."""
+    mean = np.nanmean(pixel.ceiling, axis=1, keepdims=True)
+    above_row = np.nan_to_num(pixel.pck, nan=-1) > mean
+    above_own = np.nan_to_num(pixel.pck, nan=-1) > np.nan_to_num(pixel.ceiling, nan=np.inf) + 1e-9
+    return (f"{int(above_row.sum())} of the stage-joint read-outs exceed their row's mean ceiling, since a joint's "
+            "own ceiling depends on where it usually lies on the stage's grid; "
+            f"{int(above_own.sum())} exceed their own joint's ceiling (possible when the read-out's decoding lands "
+            "nearer the truth than the area-averaged target's peak).")
+
+
 def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
     """pixel: probes.PixelProbes; output_pck (K,) the network's per-joint PCK on the same samples; pooled:
     probes.Probes with the decoded keypoints as its last row (OUTPUT_STAGE); cka (S, S) between the stages."""
@@ -195,6 +207,10 @@ def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
                                "each stage (row: stage, side, ceiling)", vmin=0, vmax=1, label="PCK"),
               "per-pixel probe PCK per stage and joint"),
         paragraph(pixel_notes(pixel, output_pck, cka), "note"),
+        image(fg.matrix_figure(pixel.ceiling, pixel.stages, fg.SHORT_NAMES, "ceiling per stage and joint: PCK of the "
+                               "true targets at the stage's side (a joint's own ceiling; the row labels give "
+                               "the mean over joints)", vmin=0, vmax=1, label="PCK"), "per-joint ceilings"),
+        paragraph(ceiling_note(pixel), "note"),
         table(("joint", "best stage", "its PCK", f"first stage closing {PROBE_SHARE:.0%} of the gap", "network",
                "chance"), pixel_findings(pixel, output_pck)),
         image(fg.matrix_figure(pixel.visible_auroc, pixel.stages, fg.SHORT_NAMES, "per-pixel read-out: held-out "
@@ -202,7 +218,8 @@ def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
                                vmax=1, label="AUROC"), "visibility from the per-pixel probe"),
         "<h3>pooled read-out of the coordinates</h3>",
         image(fg.matrix_figure(pooled.position_r2, pooled.stages, fg.SHORT_NAMES, "pooled probe: held-out R² of "
-                               "each joint's (x, y) from features pooled to at most 4x4 (0: the mean position)",
+                               "each joint's (x, y) from features pooled to at most 4x4 (0: no better than "
+                               "predicting the mean position; below 0, worse)",
                                vmin=0, vmax=1, label="R²"), "pooled probe R² per stage and joint"),
     ]
     if pooled_mean is not None:
@@ -239,8 +256,46 @@ def _first_reaching(values, epochs, share: float = 0.9):
     return int(epochs[np.flatnonzero(np.nan_to_num(values, nan=-np.inf) >= share * final)[0]])
 
 
+def _cka_series(trajectory) -> np.ndarray:
+    """(S, E) CKA with the previous analysed epoch (older trajectories without it: CKA to the last epoch)."""
+    previous = trajectory.cka_to_previous
+    return (previous if np.size(previous) else trajectory.cka_to_final).T
+
+
+def _analysed_sentence(trajectory, analysed: int | None) -> str:
+    """Which epoch the other sections analyse, and whether the run's last epoch is an outlier."""
+    text = (f"The other sections analyse epoch {analysed}." if analysed is not None else
+            "The other sections analyse the given checkpoint, not one of these epochs.")
+    losses = trajectory.val_loss
+    if trajectory.outlying_end():
+        text += (f" The last epoch, {trajectory.epochs[-1]}, is an outlier: its validation loss "
+                 f"{losses[-1]:.4g} is {losses[-1] / trajectory.best_val_loss:.1f} times the run's best "
+                 f"({trajectory.best_val_loss:.4g}), so read its values as that epoch's, not as where training "
+                 "settled.")
+    return text
+
+
+def _stability_sentence(trajectory) -> str:
+    """From which analysed epoch on every stage's CKA with the previous analysed epoch stays at or above 0.9."""
+    series = np.asarray(trajectory.cka_to_previous, np.float64)
+    if series.size == 0 or len(trajectory.epochs) < 2:
+        return "Fewer than two epochs analysed: no change between epochs to measure."
+    stable = np.nan_to_num(series[1:], nan=0.0).min(axis=1) >= 0.9  # (E - 1,)
+    lowest = int(np.nanargmin(np.nanmin(series[1:], axis=0)))
+    at = int(np.nanargmin(series[1:, lowest])) + 1
+    tail = np.flatnonzero(~stable)
+    text = (f"The largest change between successive epochs analysed is {trajectory.stages[lowest]}'s from epoch "
+            f"{trajectory.epochs[at - 1]} to {trajectory.epochs[at]} (CKA {fmt(series[at, lowest], 2)}).")
+    if not len(tail):
+        return text + " Every stage's CKA with the previous epoch analysed is 0.9 or more throughout."
+    if tail[-1] + 1 < len(stable):
+        return text + (f" From epoch {trajectory.epochs[tail[-1] + 2]} on, every stage's CKA with the previous "
+                       "epoch analysed is 0.9 or more.")
+    return text + " Some stage still changes (CKA under 0.9) between the last two epochs analysed."
+
+
 def trajectory_section(trajectory, run, every: int, seconds: float, marks: dict | None = None,
-                       compared: str = "") -> Section:
+                       compared: str = "", analysed: int | None = None) -> Section:
     """marks: {label: epoch} drawn on every figure; compared: a sentence added to the explanation (the
     comparison page says there what this one run's history has to do with its two models)."""
     epochs = trajectory.epochs
@@ -257,18 +312,17 @@ def trajectory_section(trajectory, run, every: int, seconds: float, marks: dict 
                               "PCK", drop, (0, 1), marks, {"the network (its own PCK)": network,
                                                            "chance (mean map)": np.full(len(epochs), chance)}),
               "per-pixel probe PCK per epoch"),
-        image(fg.epoch_figure(epochs, dict(zip(trajectory.stages, trajectory.cka_to_final.T)),
-                              f"linear CKA of each stage with the same stage at epoch {epochs[-1]}", "CKA", drop,
-                              (0, 1.02), marks), "CKA to the final model per epoch"),
+        image(fg.epoch_figure(epochs, dict(zip(trajectory.stages, _cka_series(trajectory))),
+                              "linear CKA of each stage with the same stage at the previous epoch analysed", "CKA",
+                              drop, (0, 1.02), marks), "CKA to the previous epoch analysed"),
         image(fg.epoch_figure(epochs, {f"level {i + 1}": trajectory.skip_share[:, i]
                                        for i in range(trajectory.skip_share.shape[1])},
                               "skip share of each level's output RMS, skip / (skip + low)", "skip share", drop,
                               (0, 1), marks), "skip share per epoch"),
     ]
     reached = _first_reaching(trajectory.pck, epochs)
-    settled = {s: epochs[np.flatnonzero(trajectory.cka_to_final[:, i] >= 0.9)[0]]
-               for i, s in enumerate(trajectory.stages) if (trajectory.cka_to_final[:, i] >= 0.9).any()}
-    facts = [f"Pooled PCK on these samples goes from {fmt(trajectory.pck[0])} at epoch {epochs[0]} to "
+    facts = [_analysed_sentence(trajectory, analysed),
+             f"Pooled PCK on these samples goes from {fmt(trajectory.pck[0])} at epoch {epochs[0]} to "
              f"{fmt(trajectory.pck[-1])} at epoch {epochs[-1]}"
              + (f"; it first reaches 90% of its final value at epoch {reached}." if reached else ".")]
     # stages whose last read-out is clearly above chance: when each gets there, against the network itself
@@ -279,22 +333,16 @@ def trajectory_section(trajectory, run, every: int, seconds: float, marks: dict 
             f"{_first_reaching(probe_mean[s], epochs)})" for s in informative)
             + f"; the network's own {fmt(network[0], 2)} to {fmt(network[-1], 2)} (epoch "
             f"{_first_reaching(network, epochs)}), chance {fmt(chance, 2)}.")
-    if settled:
-        first, last = min(settled, key=settled.get), max(settled, key=settled.get)
-        if settled[first] == settled[last]:
-            facts.append(f"Among the epochs analysed, {len(settled)} of the {len(trajectory.stages)} stages first "
-                         f"reach CKA 0.9 with their final form at the same epoch, {settled[first]}.")
-        else:
-            facts.append(f"Among the epochs analysed, {first} is the first stage to reach CKA 0.9 with its final "
-                         f"form (epoch {settled[first]}) and {last} the last (epoch {settled[last]}).")
+    facts.append(_stability_sentence(trajectory))
     facts.append(f"The learning rate drops at epoch {drop}." if drop else "The learning rate never drops in this run.")
     body.insert(1, paragraph(" ".join(facts), "note"))
     return _section("Over training", (
         f"The same measurements at the per-epoch checkpoints of {run} (the first epoch, every {every} epochs and "
         "the last): per-joint PCK, the per-pixel probe of the previous section averaged over joints (with the "
-        "network's own PCK and chance), how similar each stage already is to its final form (linear CKA with the "
-        "last epoch's same stage), and the skip/low balance of the next section. The dashed line marks the "
-        "learning-rate drop. A stage whose CKA reaches 1 early stopped changing early; a stage's read-out "
+        "network's own PCK and chance), how much each stage still changes between successive epochs analysed "
+        "(linear CKA with the same stage at the previous one: 1 means unchanged up to rotation and scale; a "
+        "comparison with the last epoch would be 1 there by definition), and the skip/low balance of the next "
+        "section. The dashed line marks the learning-rate drop. A stage's read-out "
         "rising before the network's PCK would mean the information is there before the head reads it out."
         + (f" {compared}" if compared else "")), body,
         f"{len(epochs)} epochs ({', '.join(map(str, epochs))}) x {trajectory.samples} samples: per epoch the "
@@ -337,12 +385,28 @@ def branch_section(contributions, study, changes, config) -> Section:
     ], _cost(contributions.samples))
 
 
+def people_interval(values, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of the finite entries of values (N, ...) and its 95% percentile bootstrap
+    interval over the N people (rows), so that one person's joints move together. NaN bounds for N < 2."""
+    values = np.asarray(values, np.float64).reshape(len(values), -1)
+    finite = np.isfinite(values)
+    sums, counts = np.where(finite, values, 0).sum(1), finite.sum(1)
+    mean = float(sums.sum() / counts.sum()) if counts.sum() else float("nan")
+    if len(values) < 2 or not counts.sum():
+        return mean, float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resampled = sums[draws].sum(1) / counts[draws].sum(1)
+    low, high = np.nanpercentile(resampled, [2.5, 97.5])
+    return mean, float(low), float(high)
+
+
 def saliency_section(crops, maps, coords, shares, uniform) -> Section:
     body = []
     for i in range(len(crops)):
         figure = fg.saliency_figure(crops[i].numpy(), maps[i], coords[i], shares[i])
         body += [f"<h3>sample {i + 1}</h3>", image(figure, f"saliency of sample {i + 1}")]
-    mean = float(np.nanmean(shares))
+    mean, low, high = people_interval(shares)
     return _section("Saliency", (
         "For each joint: the gradient of that joint's heatmap peak with respect to every input pixel (the "
         "largest absolute value over the three colour channels), drawn over the greyed crop, each map scaled "
@@ -352,7 +416,11 @@ def saliency_section(crops, maps, coords, shares, uniform) -> Section:
         f"over the crop would put {uniform:.0%} there. The next section checks whether such maps depend on "
         "the trained weights at all."), body + [paragraph(
         f"Over these {len(crops)} samples x {maps.shape[1]} joints, {mean:.0%} of the saliency lies that close to "
-        f"the predicted joint, {mean / uniform:.1f} times the uniform share.", "note")],
+        f"the predicted joint (95% interval over the {len(crops)} samples {fmt(100 * low, 0)}-{fmt(100 * high, 0)}%), "
+        f"{mean / uniform:.1f} times the uniform share"
+        + (f" ({low / uniform:.1f}-{high / uniform:.1f} times)." if np.isfinite(low) else
+           "; one sample gives no interval.") + " So few samples give a wide interval: read it before the ratio.",
+        "note")],
         _cost(len(crops), what="samples drawn"))
 
 
@@ -410,6 +478,15 @@ def attribution_section(crops, gradients, coords, result: AttributionResult | No
         body += [f"<h3>sample {i + 1}</h3>", image(figure, f"attributions of sample {i + 1}")]
     ig_rho = float(np.nanmean(check.integrated_gradients[pairs]))
     grad_rho = float(np.nanmean(check.input_gradient[pairs]))
+    difference = np.where(pairs, check.integrated_gradients - check.input_gradient, np.nan)
+    _, diff_low, diff_high = people_interval(difference)
+    if np.isfinite(diff_low) and (diff_low > 0 or diff_high < 0):
+        verdict = (f"{'IG' if diff_high < 0 else 'the gradient'} changes more: the paired 95% interval over the "
+                   f"{len(crops)} samples of IG minus gradient, {diff_low:+.2f} to {diff_high:+.2f}, excludes 0")
+    else:
+        verdict = ("neither changes clearly more: the paired 95% interval of IG minus gradient "
+                   + (f"{diff_low:+.2f} to {diff_high:+.2f} includes 0" if np.isfinite(diff_low) else
+                      "needs at least 2 samples"))
     areas = {k: float(deletion_area(v).mean()) for k, v in result.deletion.items()}
     rows = [("Integrated Gradients", fmt(ig_rho), fmt(areas["Integrated Gradients"])),
             ("input gradient", fmt(grad_rho), fmt(areas["input gradient"])),
@@ -421,7 +498,7 @@ def attribution_section(crops, gradients, coords, result: AttributionResult | No
         paragraph(
             f"Over {count} labelled sample-joint pairs: under weight randomisation Integrated Gradients keeps a rank "
             f"correlation of {ig_rho:.2f} and the input gradient {grad_rho:.2f} "
-            f"({'IG changes more' if ig_rho < grad_rho else 'the gradient changes more'}). Removing pixels in "
+            f"({verdict}). Removing pixels in "
             f"IG's order gives a mean confidence of {areas['Integrated Gradients']:.3f}, in the gradient's "
             f"{areas['input gradient']:.3f}, in random order {areas['random order']:.3f}.", "note"),
     ]
@@ -465,32 +542,59 @@ def occlusion_section(crops, results, input_size: int) -> Section:
         _cost(len(results), what="samples") if results else "0 samples.")
 
 
+def dependency_findings(dependency) -> tuple[str, str]:
+    """(opening sentence, note): the pairs that survive both checks (joints outside each other's occluder, a
+    95% interval over samples above zero), and the strongest pairs set aside because their joints overlap."""
+    survivors = dependency.surviving_pairs(5) if dependency.per_sample_drop is not None else []
+    passing = len(dependency.surviving_pairs(10**6)) if survivors else 0
+    tested = int((~dependency.inside_occluder() & ~np.eye(len(dependency.masked), dtype=bool)).sum())
+    inside = dependency.inside_occluder()
+    hidden = [(i, j, v) for i, j, v in dependency.strongest_pairs(5) if inside[i, j]]
+    if survivors:
+        opening = ("Joints whose prediction relies on the image around another joint (outside its occluder, 95% "
+                   "interval above zero): " + "; ".join(
+                       f"hiding {KEYPOINT_NAMES[j]} lowers {KEYPOINT_NAMES[i]}'s confidence by {v:.3f} "
+                       f"({lo:.3f} to {hi:.3f})" for i, j, v, lo, hi in survivors)
+                   + f". {passing} of the {tested} pairs tested pass; about {0.025 * tested:.0f} would by chance "
+                   "alone at this level, so weak ones may be noise.")
+    else:
+        opening = ("No pair of joints lying outside each other's occluder shows a confidence drop whose 95% interval "
+                   "over samples lies above zero: on these samples no joint is shown to rely on another.")
+    note = ""
+    if hidden:
+        note = ("Set aside, because their joints lie a median closer than the occluder's radius "
+                f"({dependency.radius:g} px), so that hiding one hides the other: " + "; ".join(
+                    f"{KEYPOINT_NAMES[i]} when {KEYPOINT_NAMES[j]} is hidden ({v:.3f}, joints "
+                    f"{dependency.separation[i, j]:.1f} px apart)" for i, j, v in hidden) + ".")
+    return opening, note
+
+
 def dependency_section(dependency, samples: int, seconds: float) -> Section:
     names = list(fg.SHORT_NAMES)
-    pairs = dependency.strongest_pairs(5)
-    listed = "; ".join(f"hiding {KEYPOINT_NAMES[j]} lowers {KEYPOINT_NAMES[i]}'s confidence by {v:.3f}"
-                       for i, j, v in pairs) or "none measured"
     twin_values = [dependency.confidence_drop[j, t] for j in range(17) if (t := twin_of(j)) is not None]
     off = dependency.confidence_drop[~np.eye(17, dtype=bool)]
     twin_mean, off_mean = float(np.nanmean(twin_values)), float(np.nanmean(off))
+    opening, set_aside = dependency_findings(dependency)
+    shown = np.where(dependency.inside_occluder(), np.nan, dependency.confidence_drop)
+    limit = np.nanmax(np.abs(dependency.confidence_drop))
     body = [
-        image(fg.matrix_figure(dependency.confidence_drop, names, names, "confidence drop of joint (row) when "
-                               "joint (column) is hidden", cmap="RdBu_r",
-                               vmin=-np.nanmax(np.abs(dependency.confidence_drop)),
-                               vmax=np.nanmax(np.abs(dependency.confidence_drop)), label="confidence drop",
-                               cell=0.5), "joint dependency: confidence drop"),
+        image(fg.matrix_figure(shown, names, names, "confidence drop of joint (row) when joint (column) is hidden "
+                               "(blank: the joints lie inside each other's occluder)", cmap="RdBu_r",
+                               vmin=-limit, vmax=limit, label="confidence drop", cell=0.5),
+              "joint dependency: confidence drop"),
         image(fg.matrix_figure(dependency.shift, names, names, "shift of joint (row), input pixels, when joint "
                                "(column) is hidden", cmap="Greens", vmin=0, label="input pixels", cell=0.5),
               "joint dependency: location shift"),
-        paragraph(f"Strongest off-diagonal pairs: {listed}. Between left/right twins the mean drop is "
-                  f"{twin_mean:.3f}, against {off_mean:.3f} over all off-diagonal pairs.", "note"),
+        paragraph(f"Between left/right twins the mean drop is {twin_mean:.3f}, against {off_mean:.3f} over all "
+                  f"off-diagonal pairs. {set_aside}", "note"),
     ]
     return _section("Joint dependency", (
-        "Which joints the model looks at to find a joint: in every sample each labelled joint j in turn is "
-        f"hidden under a grey disc of radius {dependency.radius:g} input pixels (the occlusion patch's size) at "
+        f"{opening} Which joints the model looks at to find a joint: in every sample each labelled joint j in turn "
+        f"is hidden under a grey disc of radius {dependency.radius:g} input pixels (the occlusion patch's size) at "
         "its true position, and every joint i's confidence drop and location shift are recorded; entry (i, j) "
         "is the mean over the samples where j is labelled. The diagonal is a joint hiding itself. A large "
-        "off-diagonal entry means joint i's prediction relies on the image around joint j."), body,
+        "off-diagonal entry means joint i's prediction relies on the image around joint j, unless the two "
+        "joints lie so close that the disc covers both: such pairs are left blank and set aside."), body,
         f"{samples} samples, {int(dependency.masked.sum())} masked keypoints (one forward pass each), {seconds:.1f} s.")
 
 
@@ -505,7 +609,11 @@ def lesion_section(study, n: int, values, changes, seconds: float) -> Section:
                                                         values.high, changes.low, changes.high)]
     worst = int(np.argmin(study.overall[1:])) + 1
     clear = [name for name, lo, hi in zip(study.names[1:], changes.low[1:], changes.high[1:]) if hi < 0]
-    return _section("Lesion study", (
+    opening = (f"{len(clear)} of the {len(study.names) - 1} lesions lower PCK beyond their paired interval"
+               + (f" ({', '.join(clear)})" if clear else "") + f"; the largest loss, zeroing the "
+               f"{study.branch[worst]} branch of level {study.level[worst]}, takes PCK from {intact:.3f} to "
+               f"{study.overall[worst]:.3f}. ")
+    return _section("Lesion study", opening + (
         "Each level's skip branch, then its low branch, is replaced by zeros in turn (the level then outputs "
         f"only the other branch) and the PCK over the {n} samples is measured again, against the intact "
         "model. Zeroing the low branch of level i removes everything coarser than that level; zeroing its "
@@ -515,25 +623,36 @@ def lesion_section(study, n: int, values, changes, seconds: float) -> Section:
         "for both conditions)."), [
         image(fg.lesion_figure(study, values), "PCK with each branch zeroed"),
         table(("condition", "PCK", "95% interval", "change", "change, 95% interval"), rows),
-        paragraph(f"The largest loss: zeroing the {study.branch[worst]} branch of level {study.level[worst]} "
-                  f"takes PCK from {intact:.3f} to {study.overall[worst]:.3f}. "
-                  f"{len(clear)} of the {len(study.names) - 1} lesions lower PCK beyond their interval"
-                  + (f" ({', '.join(clear)})." if clear else "."), "note"),
     ], _cost(n, seconds))
 
 
-def calibration_section(result, samples: int, seconds: float) -> Section:
-    rows = [(name, str(int(c)), fmt(e), fmt(a)) for name, c, e, a in
-            zip(KEYPOINT_NAMES, result.counted, result.per_joint_ece, result.per_joint_auroc)]
+def _least_calibrated(result, worst: int, low, high) -> str:
+    """Name the least calibrated joint only when its ECE interval lies above the best-calibrated joint's."""
+    best = int(np.nanargmin(result.per_joint_ece))
+    if np.isfinite(low[worst]) and low[worst] > high[best]:
+        return (f". The least calibrated joint is {KEYPOINT_NAMES[worst]} (ECE {fmt(result.per_joint_ece[worst])}, "
+                f"{fmt(low[worst])}-{fmt(high[worst])}), beyond the interval of the best, {KEYPOINT_NAMES[best]} "
+                f"({fmt(result.per_joint_ece[best])}, {fmt(low[best])}-{fmt(high[best])}).")
+    return (f". No joint is clearly the least calibrated: the largest per-joint ECE, {KEYPOINT_NAMES[worst]}'s "
+            f"{fmt(result.per_joint_ece[worst])}, has an interval ({fmt(low[worst])}-{fmt(high[worst])}) overlapping "
+            f"the smallest's ({KEYPOINT_NAMES[best]}, {fmt(low[best])}-{fmt(high[best])}).")
+
+
+def calibration_section(result, samples: int, seconds: float, ece_interval=None) -> Section:
+    """ece_interval: (low (K,), high (K,)) bootstrap intervals of the per-joint ECE, or None."""
+    low, high = ece_interval if ece_interval is not None else (np.full(17, np.nan), np.full(17, np.nan))
+    rows = [(name, str(int(c)), fmt(e), f"{fmt(lo)}-{fmt(hi)}", fmt(a)) for name, c, e, lo, hi, a in
+            zip(KEYPOINT_NAMES, result.counted, result.per_joint_ece, low, high, result.per_joint_auroc)]
     gap = result.mean_confidence - result.accuracy
     verdict = ("over-confident" if gap > 0 else "under-confident") if abs(gap) > 1e-9 else "exactly calibrated"
     worst = int(np.nanargmax(result.per_joint_ece)) if np.isfinite(result.per_joint_ece).any() else None
     finding = (f"Over {int(result.counted.sum())} labelled keypoints the mean confidence is "
                f"{result.mean_confidence:.3f} and the fraction correct {result.accuracy:.3f}: the peak is "
                f"{verdict} on average by {abs(gap):.3f}. ECE {fmt(result.ece)}; AUROC {fmt(result.auroc)}"
-               + (f". The least calibrated joint is {KEYPOINT_NAMES[worst]} (ECE {fmt(result.per_joint_ece[worst])})."
-                  if worst is not None else "."))
-    return _section("Calibration", (
+               + (_least_calibrated(result, worst, low, high) if worst is not None else "."))
+    opening = (f"On average the heatmap peak is {verdict} by {abs(gap):.3f} (mean confidence "
+               f"{result.mean_confidence:.3f}, fraction correct {result.accuracy:.3f}). ")
+    return _section("Calibration", opening + (
         "Can the heatmap peak be read as the probability that the keypoint is right? Keypoints are grouped by "
         "confidence (the peak, clipped to [0, 1]) into ten bins, and each bin's fraction correct under the "
         "seed's PCK is drawn against its mean confidence: on the diagonal the peak is calibrated, below it "
@@ -542,7 +661,7 @@ def calibration_section(result, samples: int, seconds: float) -> Section:
         "(0.5: not at all, 1: perfectly)."), [
         image(fg.reliability_figure(result), "reliability diagram and per-joint calibration"),
         paragraph(finding, "note"),
-        table(("joint", "keypoints", "ECE", "AUROC"), rows),
+        table(("joint", "keypoints", "ECE", "ECE, 95% interval over people", "AUROC"), rows),
     ], _cost(samples, seconds))
 
 
@@ -565,14 +684,13 @@ def failures_section(result, data_set, coords, config, n: int, interval) -> Sect
     tiles = worst_tiles(result.worst, data_set, coords, config,
                         lambda p: f"annotation {int(data_set.ann_ids[p])}: mean error "
                                   f"{result.errors[p] * scale:.1f} input px")
-    return _section("Where it fails", (
+    return _section("Where it fails", hardest_easiest(result.per_joint, interval) + " " + (
         f"Per-joint PCK over the {n} samples (the seed's: a keypoint is correct within 0.5 c of the truth, "
         f"c = {config.heatmap_size / 10:g} heatmap pixels; bars coloured by side, the number of "
         "labelled keypoints under each name, error bars the 95% bootstrap interval over people), then the "
         "samples with the largest mean distance between predicted and labelled keypoints: the predicted "
         "skeleton, and the labelled truth as white rings."), [
         image(fg.per_joint_figure(result.per_joint, result.counted, interval), "per-joint PCK"),
-        paragraph(hardest_easiest(result.per_joint, interval), "note"),
         "<h3>worst samples</h3>", gallery(tiles),
     ], _cost(n))
 

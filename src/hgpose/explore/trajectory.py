@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,41 @@ class TrainingTrajectory:
     per_joint_pck: np.ndarray  # (E, K)
     pck: np.ndarray  # (E,) pooled
     samples: int
+    # CKA of each stage with the same stage at the previous analysed epoch (NaN for the first): unlike the CKA
+    # to the last epoch, it is not 1 at any epoch by definition
+    cka_to_previous: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (E, S)
+    val_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (E,) from RUN/metrics.csv, NaN unknown
+    best_val_loss: float = float("nan")  # the run's lowest validation loss over all its epochs
+
+    def outlying_end(self, factor: float = 3.0) -> bool:
+        """Whether the last epoch's validation loss is more than `factor` times the run's best: an endpoint
+        that the CKA to the last epoch should not be read against."""
+        return bool(len(self.val_loss) and np.isfinite(self.val_loss[-1]) and np.isfinite(self.best_val_loss)
+                    and self.val_loss[-1] > factor * self.best_val_loss)
+
+
+def metrics_column(run_dir, column: str) -> dict[int, float]:
+    """{epoch: value} of one column of RUN/metrics.csv ({} when absent or unreadable)."""
+    path = Path(run_dir) / "metrics.csv"
+    try:
+        with path.open(newline="") as f:
+            return {int(r["epoch"]): float(r[column]) for r in csv.DictReader(f) if r.get(column) not in (None, "")}
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def analysed_epoch(run_dir, checkpoint) -> int | None:
+    """The epoch of the checkpoint the report analyses: an epoch_NNN file's number, or for RUN/best.safetensors
+    the epoch of the best validation PCK in RUN/metrics.csv (how training picks it); else None."""
+    if checkpoint is None:
+        return None
+    name = Path(checkpoint).name
+    if (m := EPOCH_FILE.fullmatch(name)) is not None:
+        return int(m.group(1))
+    if name == "best.safetensors" and Path(checkpoint).resolve().parent == Path(run_dir).resolve():
+        pck = metrics_column(run_dir, "val_pck")
+        return max(pck, key=pck.get) if pck else None
+    return None
 
 
 def training_trajectory(run_dir, images, keypoints, visibility, every: int = DEFAULT_EVERY, device="cpu",
@@ -93,6 +128,10 @@ def training_trajectory(run_dir, images, keypoints, visibility, every: int = DEF
         pooled.append(result.overall)
     final = features[-1]
     cka = np.array([[linear_cka(f[s], final[s]) for s in stages] for f in features])
+    previous = np.array([[np.nan if i == 0 else linear_cka(f[s], features[i - 1][s]) for s in stages]
+                         for i, f in enumerate(features)])
+    losses = metrics_column(run_dir, "val_loss")
     return TrainingTrajectory(np.array(epochs), lr_drop_epoch(run_dir), stages, np.stack([p.pck for p in probed]),
                               probed[-1].chance, cka, np.stack(shares), np.stack(per_joint), np.array(pooled),
-                              len(images))
+                              len(images), previous, np.array([losses.get(e, np.nan) for e in epochs]),
+                              min(losses.values()) if losses else float("nan"))
