@@ -157,9 +157,10 @@ def test_saliency_of_a_joint_is_concentrated_near_that_joint(trained):
         far[trained.visibility[sample] == 0] = -1
         if far.max() > 0.4 * s:  # the same map around a joint far away
             far_shares.append(explore.saliency_share(grad, truth[sample, np.argmax(far)], radius))
-    # measured: about 4x uniform near the joint, about 0.5x around a distant joint
-    assert np.mean(near_shares) > 3 * uniform, (near_shares, uniform)
-    assert min(near_shares) > 2 * uniform, (near_shares, uniform)
+    # measured: about 2.8x uniform near the joint (4x before the generated people were made mirror-symmetric:
+    # left and right are now read from the whole figure's facing, so the maps spread), 0.5x around a distant joint
+    assert np.mean(near_shares) > 2.5 * uniform, (near_shares, uniform)
+    assert min(near_shares) > 1.5 * uniform, (near_shares, uniform)
     assert far_shares and np.mean(far_shares) < 0.3 * np.mean(near_shares), (near_shares, far_shares)
 
 
@@ -243,7 +244,8 @@ def test_joint_dependency_hiding_a_joint_hurts_that_joint_most(trained):
     assert result.confidence_drop.shape == result.shift.shape == (17, 17)
     diagonal = np.nanmean(np.diag(result.confidence_drop))
     off = np.nanmean(result.confidence_drop[~np.eye(17, dtype=bool)])
-    assert diagonal > 2 * off and diagonal > 0.03, (diagonal, off)
+    # measured 0.017 vs 0.005 on the mirror-symmetric generated people (0.03+ on the earlier, handed ones)
+    assert diagonal > 2 * off and diagonal > 0.01, (diagonal, off)
     assert list(result.masked) == list(((trained.visibility[:8] == 1) | (trained.visibility[:8] == 2)).sum(0))
 
 

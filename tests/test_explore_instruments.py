@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hgpose.coco_names import KEYPOINT_NAMES
 from hgpose.explore.analyses import target_heatmaps
 from hgpose.explore.dissection import PART_NAMES, detectors, dissect, iou_interval
 from hgpose.explore.probes import array_batches
+from hgpose.keypoints import KEYPOINT_NAMES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,7 +86,7 @@ def test_effective_receptive_field_of_known_kernels_is_their_analytic_convolutio
 
 def test_effective_receptive_field_of_an_hourglass_stays_inside_its_theoretical_one():
     from hgpose.explore.receptive_field import effective_receptive_fields, theoretical_rf
-    from hgpose.model import ModelConfig, build_model
+    from hgpose.model.hourglass import ModelConfig, build_model
 
     config = ModelConfig(depth=2, features=16, input_size=64)
     rf = theoretical_rf(config)
@@ -148,16 +148,33 @@ def test_facing_from_keypoints_agrees_with_the_generators_yaw():
     assert known_facing([{"facing": 1}, {}]) is None
 
 
+def test_known_facing_reads_the_generated_files_yaw_and_agrees_with_the_keypoints(synth_dataset):
+    import json
+
+    from hgpose.explore.facing import UNDECIDED, facing_from_keypoints, known_facing
+
+    data = json.loads((synth_dataset / "annotations" / "person_keypoints_val2017.json").read_text())
+    people = [a for a in data["annotations"] if a["num_keypoints"] > 0]
+    truth = known_facing(people)  # hgpose synth's "hgpose_yaw", in degrees
+    assert truth is not None and set(truth.tolist()) == {-1, 1}, "both facings drawn, read from the file"
+    points = np.array([a["keypoints"] for a in people], np.float64).reshape(len(people), 17, 3)
+    facing, _ = facing_from_keypoints(points[..., :2], points[..., 2])
+    decided = facing != UNDECIDED
+    assert decided.sum() >= 5 and (facing[decided] == truth[decided]).mean() >= 0.9, (facing, truth)
+
+
 @pytest.fixture(scope="module")
 def two_stacks(synth_dataset, tmp_path_factory):
-    """A tiny 2-stack model trained for two epochs, and its first stack alone as a 1-stack checkpoint."""
-    from hgpose.model import HourglassNet, ModelConfig, load_model, save_model
-    from hgpose.train import TrainConfig, train
+    """A tiny 2-stack model trained for eight epochs, and its first stack alone as a 1-stack checkpoint."""
+    from hgpose.model.hourglass import HourglassNet, ModelConfig
+    from hgpose.model.weights import load_model, save_model
+    from hgpose.train.config import TrainConfig
+    from hgpose.train.loop import train
 
     out = tmp_path_factory.mktemp("stacks")
     config = ModelConfig(num_stacks=2, depth=2, features=32, input_size=64)
-    run = train(TrainConfig(data=str(synth_dataset), out=str(out / "run"), epochs=2, batch_size=8, workers=0,
-                            progress=False, cache="off", model=config, subset=32, lr=1e-3))
+    run = train(TrainConfig(data=str(synth_dataset), out=str(out / "run"), epochs=8, batch_size=8, workers=0,
+                            progress=False, cache="off", model=config, lr=2e-3))
     full = load_model(run / "best.safetensors")
     first = HourglassNet(ModelConfig(num_stacks=1, depth=2, features=32, input_size=64))
     kept = {k: v for k, v in full.state_dict().items() if k in first.state_dict()}
@@ -170,7 +187,7 @@ def test_per_stack_pck_equals_evaluate_on_each_stacks_output(two_stacks, synth_d
     from hgpose.evaluate import evaluate_checkpoint, headline_pck
     from hgpose.explore.report import load_samples
     from hgpose.explore.stacks import ERROR_CLASSES, stack_study
-    from hgpose.model import load_model
+    from hgpose.model.weights import load_model
 
     full_path, first_path = two_stacks
     model = load_model(full_path)

@@ -43,6 +43,7 @@ from hgpose.runtime.files import atomic_write_json
 from hgpose.runtime.progress import progress_bar
 
 GENERATOR_VERSION = 2  # 2: mirror-symmetric people, facing recorded per person
+YAW_FIELD = "hgpose_yaw"  # per annotation: the yaw a person was drawn with, degrees
 STYLES = ("mirror", "legacy")  # legacy: the first generator's handed cue, for tests/test_mirror.py only
 SPLITS = ("train2017", "val2017")
 VAL_ID_OFFSET = 1_000_000  # val image ids start here so ids are unique across the dataset
@@ -653,7 +654,7 @@ def _annotation(placed: Placed, owner: np.ndarray) -> dict | None:
         "keypoints": keypoints,
         "bbox": [float(x), float(y), float(bw), float(bh)],
         "category_id": 1,
-        "hgpose_yaw": round(math.degrees(placed.figure.yaw), 1),  # an extra field: COCO tools ignore it
+        YAW_FIELD: round(math.degrees(placed.figure.yaw), 1),  # an extra field: COCO tools ignore it
     }
 
 

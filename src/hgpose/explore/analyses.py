@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hgpose.model.heatmaps import decode_heatmaps
 from hgpose.model.hourglass import Hourglass, HourglassNet, to_model_input
 
 DEFAULT_BATCH = 16
 
 
-def _images(images) -> torch.Tensor:
+def as_crops(images) -> torch.Tensor:
     images = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images: expected uint8 (N, 3, S, S) crops, got {tuple(images.shape)} "
@@ -34,16 +35,16 @@ def _images(images) -> torch.Tensor:
     return images
 
 
-def _device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _batches(images: torch.Tensor, batch_size: int):
+def in_batches(images: torch.Tensor, batch_size: int):
     for start in range(0, len(images), batch_size):
         yield start, images[start : start + batch_size]
 
 
-def _levels(model: HourglassNet, stack: int = -1) -> list[Hourglass]:
+def hourglass_levels(model: HourglassNet, stack: int = -1) -> list[Hourglass]:
     return model.hourglasses[stack].levels()
 
 
@@ -54,7 +55,7 @@ def level_resolutions(model: HourglassNet) -> list[int]:
 
 
 @contextmanager
-def _evaluating(model: torch.nn.Module):
+def evaluating(model: torch.nn.Module):
     was_training = model.training
     model.eval()
     try:
@@ -64,7 +65,7 @@ def _evaluating(model: torch.nn.Module):
 
 
 @contextmanager
-def _hooks(modules_and_callbacks):
+def forward_hooks(modules_and_callbacks):
     handles = [m.register_forward_hook(cb) for m, cb in modules_and_callbacks]
     try:
         yield
@@ -73,21 +74,15 @@ def _hooks(modules_and_callbacks):
             h.remove()
 
 
-def _decode(heatmaps: torch.Tensor):
-    from hgpose.model.heatmaps import decode_heatmaps
-
-    return decode_heatmaps(heatmaps)
-
-
 # --- 1. heatmaps ---------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def heatmaps(model: HourglassNet, images, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
     """Predicted heatmaps of the last stack: (N, K, h, h) float32."""
-    images, device, out = _images(images), _device(model), []
-    with _evaluating(model):
-        for _, batch in _batches(images, batch_size):
+    images, device, out = as_crops(images), model_device(model), []
+    with evaluating(model):
+        for _, batch in in_batches(images, batch_size):
             out.append(model(to_model_input(batch.to(device))).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.config.num_keypoints, 0, 0), np.float32)
 
@@ -103,7 +98,7 @@ def target_heatmaps(keypoints, visibility, heatmap_size: int) -> np.ndarray:
 
 def decode(maps) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps (N, K, h, h) -> coords (N, K, 2) heatmap pixel-centre coordinates, confidence (N, K)."""
-    coords, confidence = _decode(torch.as_tensor(np.asarray(maps)))
+    coords, confidence = decode_heatmaps(torch.as_tensor(np.asarray(maps)))
     return coords.numpy(), confidence.numpy()
 
 
@@ -122,8 +117,8 @@ def stage_batches(model: HourglassNet, images, stack: int = -1, batch_size: int 
     """Per batch of crops: (start, {stage: (B, C, H, W) float32 CPU tensor} in stage_names order, plus
     "head" (the head's features, the input of its final 1x1 convolution) when `head`, and the predicted
     heatmaps (B, K, h, h)). One forward pass per batch; the stages are not kept between batches."""
-    images, device = _images(images), _device(model)
-    levels = _levels(model, stack)
+    images, device = as_crops(images), model_device(model)
+    levels = hourglass_levels(model, stack)
     names = [*stage_names(len(levels)), *(["head"] if head else [])]
     current: dict[str, torch.Tensor] = {}
 
@@ -136,8 +131,8 @@ def stage_batches(model: HourglassNet, images, stack: int = -1, batch_size: int 
     watched += [(model.heads[stack], keep("head", first_output=True))] if head else []
     for i, level in enumerate(levels, start=1):
         watched += [(level.low1, keep(f"down{i}")), (level, keep(f"up{i}"))]
-    with _evaluating(model), _hooks(watched):
-        for start, batch in _batches(images, batch_size):
+    with evaluating(model), forward_hooks(watched):
+        for start, batch in in_batches(images, batch_size):
             predicted = model(to_model_input(batch.to(device))).float().cpu()
             yield start, {name: current[name] for name in names}, predicted
 
@@ -150,7 +145,7 @@ def activations(model: HourglassNet, images, stack: int = -1, batch_size: int = 
     residual (h / 2^i); bottleneck: the innermost residuals' output (h / 2^L); up<i>: level i's output,
     skip + upsampled low (h / 2^(i-1)). Memory: N x C x H x W floats per stage; keep N small.
     """
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in stage_names(len(_levels(model, stack)))}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in stage_names(len(hourglass_levels(model, stack)))}
     for _, stages, _ in stage_batches(model, images, stack, batch_size):
         for name, maps in stages.items():
             parts[name].append(maps)
@@ -196,8 +191,8 @@ def branch_contributions(model: HourglassNet, images, stack: int = -1, batch_siz
                          ) -> BranchContributions:
     """How much of each level's output comes from its skip branch and how much from its low branch.
     `images`: crops (N, 3, S, S), or an iterable of such batches (or of dataset batches with "image")."""
-    device = _device(model)
-    levels = _levels(model, stack)
+    device = model_device(model)
+    levels = hourglass_levels(model, stack)
     sums = {branch: torch.zeros(len(levels), dtype=torch.float64) for branch in ("skip", "low")}
 
     def add(branch, i):
@@ -209,7 +204,7 @@ def branch_contributions(model: HourglassNet, images, stack: int = -1, batch_siz
     watched = [(level.skip, add("skip", i)) for i, level in enumerate(levels)]
     watched += [(level.low3, add("low", i)) for i, level in enumerate(levels)]
     samples = 0
-    with _evaluating(model), _hooks(watched):
+    with evaluating(model), forward_hooks(watched):
         for batch in _image_batches(images, batch_size):
             model(to_model_input(batch.to(device)))
             samples += len(batch)
@@ -220,12 +215,12 @@ def branch_contributions(model: HourglassNet, images, stack: int = -1, batch_siz
 
 def _image_batches(source, batch_size: int):
     if isinstance(source, (torch.Tensor, np.ndarray)):
-        yield from (batch for _, batch in _batches(_images(source), batch_size))
+        yield from (batch for _, batch in in_batches(as_crops(source), batch_size))
         return
     for batch in source:
         if isinstance(batch, dict):  # a DataLoader over PersonDataset: drop unreadable samples
             batch = batch["image"][batch["valid"]] if "valid" in batch else batch["image"]
-        yield _images(batch)
+        yield as_crops(batch)
 
 
 # --- 4. saliency ---------------------------------------------------------------------------------------
@@ -234,11 +229,11 @@ def _image_batches(source, batch_size: int):
 def saliency(model: HourglassNet, images, joint: int | Sequence[int], batch_size: int = 8) -> np.ndarray:
     """|d peak / d input pixel|, the largest over the 3 colour channels, where peak is the maximum of
     the joint's predicted heatmap. joint an int: (N, S, S) float32; a sequence of J joints: (N, J, S, S)."""
-    images, device = _images(images), _device(model)
+    images, device = as_crops(images), model_device(model)
     joints = [joint] if isinstance(joint, (int, np.integer)) else list(joint)
     out = []
-    with _evaluating(model):
-        for _, batch in _batches(images, batch_size):
+    with evaluating(model):
+        for _, batch in in_batches(images, batch_size):
             x = to_model_input(batch.to(device)).requires_grad_(True)
             peaks = model(x).flatten(2).amax(dim=-1)  # (B, K); samples are independent in eval mode
             maps = []
@@ -309,7 +304,7 @@ def occlusion(model: HourglassNet, image, patch: int | None = None, stride: int 
     """Slide a grey (fill) square of `patch` input pixels (default S/8) with `stride` (default patch/2)
     over one crop (3, S, S) and record every joint's confidence drop and location shift (K, G, G),
     G = (S - patch) // stride + 1."""
-    image = _images(np.asarray(image)[None])[0]
+    image = as_crops(np.asarray(image)[None])[0]
     size = image.shape[-1]
     patch = patch or occlusion_defaults(size)[0]
     stride = stride or max(1, patch // 2)
@@ -321,8 +316,8 @@ def occlusion(model: HourglassNet, image, patch: int | None = None, stride: int 
     for n, (i, j) in enumerate((i, j) for i in starts for j in starts):
         occluded[n, :, i : i + patch, j : j + patch] = fill
     scale = size / model.config.heatmap_size
-    clean_coords, clean_conf = _decode(torch.as_tensor(heatmaps(model, image[None])))
-    coords, conf = _decode(torch.as_tensor(heatmaps(model, occluded, batch_size)))
+    clean_coords, clean_conf = decode_heatmaps(torch.as_tensor(heatmaps(model, image[None])))
+    coords, conf = decode_heatmaps(torch.as_tensor(heatmaps(model, occluded, batch_size)))
     drop = (clean_conf - conf).T.reshape(-1, grid, grid)
     shift = (torch.linalg.vector_norm(coords - clean_coords, dim=-1) * scale).T.reshape(-1, grid, grid)
     return Occlusion(drop.numpy(), shift.numpy(), clean_conf[0].numpy(),
@@ -350,7 +345,7 @@ class LesionStudy:
 @contextmanager
 def lesioned(model: HourglassNet, level: int, branch: str, stack: int = -1):
     """Zero one branch ("skip" or "low") of level `level` (1 = outermost) while inside the block."""
-    target = _levels(model, stack)[level - 1]
+    target = hourglass_levels(model, stack)[level - 1]
     target.ablate = branch
     try:
         yield model
@@ -377,13 +372,13 @@ def lesion_study(model: HourglassNet, images, keypoints, visibility, normalizer:
     from hgpose.evaluation.pck import pck, seed_normalizer
     from hgpose.runtime.progress import progress_bar
 
-    images, device = _images(images), _device(model)
+    images, device = as_crops(images), model_device(model)
     normalizer = seed_normalizer(model.config.heatmap_size) if normalizer is None else normalizer
-    depth = len(_levels(model, stack))
+    depth = len(hourglass_levels(model, stack))
     conditions = [(0, "")] + [(level, branch) for level in range(1, depth + 1) for branch in ("skip", "low")]
     coords = [[] for _ in conditions]
-    with _evaluating(model):
-        batches = list(_batches(images, batch_size))
+    with evaluating(model):
+        batches = list(in_batches(images, batch_size))
         for _, batch in progress_bar(batches, desc="lesions", leave=False, disable=not progress):
             features = model.stem(to_model_input(batch.to(device)))
             with _stem_given(model):
@@ -393,7 +388,7 @@ def lesion_study(model: HourglassNet, images, keypoints, visibility, normalizer:
                             out = model(features)
                     else:
                         out = model(features)
-                    coords[c].append(_decode(out)[0].cpu())
+                    coords[c].append(decode_heatmaps(out)[0].cpu())
     coords = np.stack([torch.cat(c).numpy() for c in coords])
     results = [pck(c, keypoints, visibility, normalizer) for c in coords]
     return LesionStudy(

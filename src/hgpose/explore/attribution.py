@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hgpose.explore.analyses import _batches, _device, _evaluating, _images, saliency
+from hgpose.explore.analyses import as_crops, evaluating, in_batches, model_device, saliency
 from hgpose.model.hourglass import HourglassNet, build_model, to_model_input
 
 IG_STEPS = 32
@@ -40,11 +40,11 @@ def integrated_gradients(model: HourglassNet, images, joints: Sequence[int], ste
     Costs steps forward and backward passes per joint and sample."""
     from captum.attr import IntegratedGradients
 
-    images, device = _images(images), _device(model)
+    images, device = as_crops(images), model_device(model)
     method = IntegratedGradients(_Peaks(model))
     out = []
-    with _evaluating(model):
-        for _, batch in _batches(images, batch_size):
+    with evaluating(model):
+        for _, batch in in_batches(images, batch_size):
             x = to_model_input(batch.to(device))
             maps = [method.attribute(x, baselines=baseline, target=int(j), n_steps=steps,
                                      internal_batch_size=max(steps, 8)).abs().sum(dim=1).detach().cpu()
@@ -60,7 +60,7 @@ def input_gradient(model: HourglassNet, images, joints: Sequence[int], batch_siz
 
 def randomised_copy(model: HourglassNet, seed: int = 12345) -> HourglassNet:
     """The same architecture with freshly initialised weights (the seed's init), on the same device."""
-    return build_model(model.config, seed=seed).to(_device(model)).eval()
+    return build_model(model.config, seed=seed).to(model_device(model)).eval()
 
 
 def rank_correlation(a, b) -> float:
@@ -108,13 +108,13 @@ def deletion_curve(model: HourglassNet, images, joints: Sequence[int], maps, fra
     """Confidence of joint joints[j] of each crop as the most attributed pixels of maps[n, j] (N, J, S, S)
     are replaced by grey first, at each fraction of the crop's pixels; maps None: a seeded random order.
     Returns (N, J, F). A faithful attribution makes the confidence fall fastest (lowest area)."""
-    images, device = _images(images), _device(model)
+    images, device = as_crops(images), model_device(model)
     n, size = len(images), images.shape[-1]
     pixels = size * size
     rng = np.random.default_rng(seed)
     counts = [int(round(f * pixels)) for f in fractions]
     curves = np.zeros((n, len(joints), len(fractions)), np.float32)
-    with _evaluating(model):
+    with evaluating(model):
         for s in range(n):
             for c, joint in enumerate(joints):
                 if maps is None:
@@ -126,7 +126,7 @@ def deletion_curve(model: HourglassNet, images, joints: Sequence[int], maps, fra
                     variants[v, :, torch.as_tensor(order[:count])] = fill
                 variants = variants.reshape(len(counts), 3, size, size)
                 peaks = []
-                for _, batch in _batches(variants, batch_size):
+                for _, batch in in_batches(variants, batch_size):
                     peaks.append(model(to_model_input(batch.to(device)))[:, joint].flatten(1).amax(-1).float().cpu())
                 curves[s, c] = torch.cat(peaks).numpy()
     return curves

@@ -13,15 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hgpose.explore import analyses as an
-from hgpose.explore import attribution as at
-from hgpose.explore import calibration as ca
-from hgpose.explore import figures as fg
-from hgpose.explore import sections as sc
+from hgpose.explore import analyses, attribution, calibration, figures, sections
 from hgpose.explore.dependency import JointDependency, joint_dependency
 from hgpose.explore.html import Section, esc, gallery, image, page, paragraph, table
 from hgpose.explore.probes import cka_matrix, model_pixel_probes, pooled_stages
-from hgpose.explore.report import MIN_RELIABLE_SAMPLES, _jsonable, _shown, load_explore_model, load_samples
+from hgpose.explore.report import MIN_RELIABLE_SAMPLES, jsonable, load_explore_model, load_samples, shown_samples
 from hgpose.explore.sections import fmt
 from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.runtime.files import UserError, atomic_write_json, atomic_write_text
@@ -62,39 +58,39 @@ def _measure(model, main, probe_set, dependency_set, shown, options, seconds) ->
     joints = list(range(model.config.num_keypoints))
     m: dict = {}
     with _clock(seconds, "accuracy"):
-        study = an.lesion_study(model, main.images, main.keypoints, main.visibility, normalizer,
+        study = analyses.lesion_study(model, main.images, main.keypoints, main.visibility, normalizer,
                                 batch_size=batch_size)
         counted = counted_mask(main.visibility)
         correct = np.stack([normalized_distances(c, main.keypoints, normalizer) < 0.5 for c in study.coords])
-        m["lesion_values"], m["lesion_changes"] = ca.pooled_pck_intervals(correct, counted, seed=seed)
-        m["joint_interval"], m["pooled_interval"] = ca.pck_intervals(correct[0], counted, seed=seed)
+        m["lesion_values"], m["lesion_changes"] = calibration.pooled_pck_intervals(correct, counted, seed=seed)
+        m["joint_interval"], m["pooled_interval"] = calibration.pck_intervals(correct[0], counted, seed=seed)
         m.update(study=study, correct=correct[0], counted=counted)
     with _clock(seconds, "heatmaps"):
-        m["predicted"] = an.heatmaps(model, crops, batch_size)
-        m["coords"], m["confidence"] = an.decode(m["predicted"])
+        m["predicted"] = analyses.heatmaps(model, crops, batch_size)
+        m["coords"], m["confidence"] = analyses.decode(m["predicted"])
     with _clock(seconds, "activations"):
-        m["stages"] = an.activations(model, crops[:ACTIVATION_SAMPLES], batch_size=batch_size)
-        m["rms"] = an.stage_rms(model, main.images, batch_size=batch_size)
+        m["stages"] = analyses.activations(model, crops[:ACTIVATION_SAMPLES], batch_size=batch_size)
+        m["rms"] = analyses.stage_rms(model, main.images, batch_size=batch_size)
     with _clock(seconds, "probes"):
-        probe_coords, probe_confidence = an.decode(an.heatmaps(model, probe_set.images, batch_size))
+        probe_coords, probe_confidence = analyses.decode(analyses.heatmaps(model, probe_set.images, batch_size))
         m["output_pck"] = pck(probe_coords, probe_set.keypoints, probe_set.visibility, normalizer).per_joint
         m["pixel"] = model_pixel_probes(model, probe_set.images, probe_set.keypoints, probe_set.visibility,
                                         seed=seed, batch_size=batch_size)
         m["features"] = pooled_stages(model, probe_set.images, batch_size=batch_size)
     with _clock(seconds, "branches"):
-        m["branches"] = an.branch_contributions(model, main.images, batch_size=batch_size)
+        m["branches"] = analyses.branch_contributions(model, main.images, batch_size=batch_size)
     with _clock(seconds, "attributions"):
-        m["gradients"] = an.saliency(model, crops, joints, batch_size=max(1, batch_size // 2))
-        m["ig"] = at.integrated_gradients(model, crops[:options["attribution_samples"]], joints,
+        m["gradients"] = analyses.saliency(model, crops, joints, batch_size=max(1, batch_size // 2))
+        m["ig"] = attribution.integrated_gradients(model, crops[:options["attribution_samples"]], joints,
                                           steps=options["ig_steps"])
     with _clock(seconds, "dependency"):
         m["dependency"] = joint_dependency(model, dependency_set.images, dependency_set.keypoints,
                                            dependency_set.visibility, batch_size=batch_size)
     with _clock(seconds, "calibration"):
         probe_correct = normalized_distances(probe_coords, probe_set.keypoints, normalizer) < 0.5
-        m["calibration"] = ca.calibrate(probe_confidence, probe_correct, counted_mask(probe_set.visibility))
+        m["calibration"] = calibration.calibrate(probe_confidence, probe_correct, counted_mask(probe_set.visibility))
     with _clock(seconds, "failures"):
-        m["failures"] = an.failures(study.coords[0], main.keypoints, main.visibility, normalizer, worst=WORST)
+        m["failures"] = analyses.failures(study.coords[0], main.keypoints, main.visibility, normalizer, worst=WORST)
     return m
 
 
@@ -144,7 +140,7 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
     loaded = load_samples(data, split, model_a.config.input_size, largest, seed, path_a)
     main, probe_set, dependency_set = loaded.first(samples), loaded.first(probe_samples), loaded.first(
         dependency_samples)
-    shown = _shown(main, show)
+    shown = shown_samples(main, show)
     options = dict(batch_size=batch_size, seed=seed, attribution_samples=min(attribution_samples, len(shown)),
                    ig_steps=ig_steps)
     seconds: dict[str, float] = {}
@@ -153,11 +149,11 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
         measured[name] = _measure(model, main, probe_set, dependency_set, shown, options, seconds)
     a, b = measured["A"], measured["B"]
     config = model_a.config
-    difference, pooled_difference = ca.paired_difference_intervals(a["correct"], b["correct"], a["counted"],
+    difference, pooled_difference = calibration.paired_difference_intervals(a["correct"], b["correct"], a["counted"],
                                                                    seed=seed)
     cross = cka_matrix(a["features"], b["features"])
     correlations = _map_correlations(a, b, main.visibility[shown] > 0)
-    sections = [
+    page_sections = [
         _accuracy_section(a, b, difference, pooled_difference, len(main), seconds["accuracy"]),
         _heatmaps_section(a, b, main, shown, config, seconds["heatmaps"]),
         _activations_section(a, b, main.images[shown[:ACTIVATION_SAMPLES]], cross, len(main),
@@ -170,9 +166,9 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
         with _clock(seconds, "over training"):
             trajectory = training_trajectory(run, probe_set.images, probe_set.keypoints, probe_set.visibility,
                                              every, device=device, batch_size=batch_size)
-        sections.append(sc.trajectory_section(trajectory, run, every, seconds["over training"], marks,
+        page_sections.append(sections.trajectory_section(trajectory, run, every, seconds["over training"], marks,
                                               _run_sentence(run, marks)))
-    sections += [
+    page_sections += [
         _branches_section(a, b, len(main), seconds["accuracy"] + seconds["branches"]),
         _attributions_section(a, b, main, shown, config, correlations, options, seconds["attributions"]),
         _dependency_section(a, b, len(dependency_set), seconds["dependency"]),
@@ -198,7 +194,7 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
     if len(main) < MIN_RELIABLE_SAMPLES:
         header.append(paragraph(f"Only {len(main)} samples: most differences will be within their intervals.",
                                 "warning"))
-    html_path = atomic_write_text(Path(out) / "index.html", page("Two hourglasses compared", header, sections))
+    html_path = atomic_write_text(Path(out) / "index.html", page("Two hourglasses compared", header, page_sections))
     summary = {"a": names["A"], "b": names["B"], "data": str(data), "split": split, "samples": len(main),
                "seconds": round(total, 1), "section_seconds": seconds,
                "pck": {"a": a["pooled_interval"].value, "b": b["pooled_interval"].value,
@@ -217,7 +213,7 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
                                for k, m in measured.items()}}
     if run is not None:
         summary["over_training"] = {"run": str(run), "epochs": trajectory.epochs, "marks": marks}
-    atomic_write_json(Path(out) / "explore.json", _jsonable(summary))
+    atomic_write_json(Path(out) / "explore.json", jsonable(summary))
     return html_path
 
 
@@ -249,9 +245,9 @@ def _accuracy_section(a, b, difference, pooled, n: int, seconds: float) -> Secti
         "the difference B - A with a paired bootstrap interval (the same people resampled for both models, so "
         "the interval reflects the difference, not the spread between people). A difference whose interval "
         "excludes 0 is one these samples can tell apart."), [
-        _side(("A", image(fg.per_joint_figure(a["joint_interval"].value, a["counted"].sum(0), a["joint_interval"]),
+        _side(("A", image(figures.per_joint_figure(a["joint_interval"].value, a["counted"].sum(0), a["joint_interval"]),
                           "per-joint PCK of A")),
-              ("B", image(fg.per_joint_figure(b["joint_interval"].value, b["counted"].sum(0), b["joint_interval"]),
+              ("B", image(figures.per_joint_figure(b["joint_interval"].value, b["counted"].sum(0), b["joint_interval"]),
                           "per-joint PCK of B"))),
         table(("joint", "PCK A", "PCK B", "B - A", "95% paired interval"), rows),
         paragraph(f"Pooled: B - A = {float(pooled.value):+.3f} ({float(pooled.low):+.3f} to "
@@ -265,21 +261,21 @@ def _heatmaps_section(a, b, main, shown, config, seconds: float) -> Section:
     from hgpose.evaluation.pck import seed_normalizer
 
     body = []
-    names = fg.SHORT_NAMES
+    names = figures.SHORT_NAMES
     for i, position in enumerate(shown):
         crop = main.images[position].numpy()
-        truth = an.to_input_coords(main.keypoints[position], config.input_size, config.heatmap_size)
-        coords = {k: an.to_input_coords(m["coords"][i], config.input_size, config.heatmap_size)
+        truth = analyses.to_input_coords(main.keypoints[position], config.input_size, config.heatmap_size)
+        coords = {k: analyses.to_input_coords(m["coords"][i], config.input_size, config.heatmap_size)
                   for k, m in (("A", a), ("B", b))}
-        rows = [fg.MapRow(fg.pose_on_crop(crop, coords[k], m["confidence"][i]), k, m["predicted"][i],
+        rows = [figures.MapRow(figures.pose_on_crop(crop, coords[k], m["confidence"][i]), k, m["predicted"][i],
                           [f"{n} {k} {c:.2f}" for n, c in zip(names, m["confidence"][i])], coords[k])
                 for k, m in (("A", a), ("B", b))]
-        rows.append(fg.MapRow(fg.truth_picture(crop, truth, main.visibility[position]), "B - A, true",
+        rows.append(figures.MapRow(figures.truth_picture(crop, truth, main.visibility[position]), "B - A, true",
                               b["predicted"][i] - a["predicted"][i],
                               [f"{n} B-A {c:+.2f}" for n, c in zip(names, b["confidence"][i] - a["confidence"][i])],
-                              fg.truth_rings(truth, main.visibility[position]), ring=True, signed=True))
+                              figures.truth_rings(truth, main.visibility[position]), ring=True, signed=True))
         body += [f"<h3>sample {i + 1} (annotation {int(main.ann_ids[position])})</h3>",
-                 image(fg.joint_rows_figure(crop, rows), f"heatmaps of A and B, sample {i + 1}")]
+                 image(figures.joint_rows_figure(crop, rows), f"heatmaps of A and B, sample {i + 1}")]
     labelled = main.visibility[shown] > 0
     apart = np.linalg.norm(a["coords"] - b["coords"], axis=-1) / seed_normalizer(config.heatmap_size) >= 0.5
     higher = (b["confidence"] > a["confidence"])[labelled]
@@ -300,10 +296,10 @@ def _heatmaps_section(a, b, main, shown, config, seconds: float) -> Section:
 def _activations_section(a, b, crops, cross, n: int, seconds: float) -> Section:
     body = []
     for i in range(len(crops)):
-        figures = [(k, image(fg.activation_figure(crops[i].numpy(), {s: maps[i] for s, maps in m["stages"].items()},
-                                                  top=3), f"activations of {k}, sample {i + 1}"))
-                   for k, m in (("A", a), ("B", b))]
-        body += [f"<h3>sample {i + 1}</h3>", _side(*figures)]
+        tiles = [(k, image(figures.activation_figure(crops[i].numpy(), {s: maps[i] for s, maps in m["stages"].items()},
+                                                    top=3), f"activations of {k}, sample {i + 1}"))
+                 for k, m in (("A", a), ("B", b))]
+        body += [f"<h3>sample {i + 1}</h3>", _side(*tiles)]
     stages = list(a["rms"])
     same = dict(zip(a["pixel"].stages, np.diag(cross)))
     rows = [(s, fmt(a["rms"][s]), fmt(b["rms"][s]), fmt(b["rms"][s] / a["rms"][s], 2) if a["rms"][s] > 0 else "-",
@@ -329,11 +325,12 @@ def _probes_section(a, b, cross, n: int, seconds: float) -> Section:
     limit = max(float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 0.0, 1e-3)
 
     def pck_matrix(m, who):
-        matrix, rows = sc.pixel_matrix(m["pixel"], m["output_pck"])
-        return image(fg.matrix_figure(matrix, rows, fg.SHORT_NAMES, f"{who}: per-pixel read-out, held-out PCK",
+        matrix, rows = sections.pixel_matrix(m["pixel"], m["output_pck"])
+        return image(figures.matrix_figure(matrix, rows, figures.SHORT_NAMES,
+                                           f"{who}: per-pixel read-out, held-out PCK",
                                       vmin=0, vmax=1, label="PCK"), f"per-pixel probe PCK of {who}")
 
-    first = {k: sc.encoding_stage(m["pixel"], m["output_pck"]) for k, m in (("A", a), ("B", b))}
+    first = {k: sections.encoding_stage(m["pixel"], m["output_pck"]) for k, m in (("A", a), ("B", b))}
     rows = [(name, *(fmt(m["output_pck"][j], 2) for m in (a, b)),
              *("-" if first[k][j] is None else stages[first[k][j]] for k in ("A", "B")))
             for j, name in enumerate(KEYPOINT_NAMES)]
@@ -343,17 +340,18 @@ def _probes_section(a, b, cross, n: int, seconds: float) -> Section:
         "joint's heatmap from each stage; each row names the stage's side and, in brackets, the PCK its true "
         "targets reach at that side; the last rows are the network's own PCK and chance), their difference, and "
         "for each joint the first stage whose read-out closes "
-        f"{sc.PROBE_SHARE:.0%} of the gap from chance to that model's own PCK. Then linear CKA between every stage "
-        "of A and every stage of B: a high diagonal means the two models represent these samples alike stage by "
+        f"{sections.PROBE_SHARE:.0%} of the gap from chance to that model's own PCK. Then linear CKA between every "
+        "stage of A and every stage of B: a high diagonal means the two models represent these samples alike stage by "
         "stage."), [
         _side(("A", pck_matrix(a, "A")), ("B", pck_matrix(b, "B"))),
-        image(fg.matrix_figure(diff, sc.stage_labels(a["pixel"]), fg.SHORT_NAMES, "B - A: per-pixel read-out PCK",
+        image(figures.matrix_figure(diff, sections.stage_labels(a["pixel"]), figures.SHORT_NAMES,
+                                    "B - A: per-pixel read-out PCK",
                                cmap="RdBu_r", vmin=-limit, vmax=limit, label="PCK difference"),
               "per-pixel probe difference"),
         paragraph("Mean PCK over joints, A / B: " + ", ".join(
             f"{s} {fmt(x, 2)} / {fmt(y, 2)}" for s, x, y in zip(stages, mean_a, mean_b)) + ".", "note"),
         table(("joint", "network A", "network B", "first stage, A", "first stage, B"), rows),
-        image(fg.matrix_figure(cross, [f"A {s}" for s in stages], [f"B {s}" for s in stages],
+        image(figures.matrix_figure(cross, [f"A {s}" for s in stages], [f"B {s}" for s in stages],
                                "linear CKA, stage of A (row) vs stage of B (column)", vmin=0, vmax=1, label="CKA",
                                cell=0.6), "CKA between the models' stages"),
         paragraph("Same stage in both models, CKA: " + ", ".join(
@@ -376,9 +374,10 @@ def _branches_section(a, b, n: int, seconds: float) -> Section:
         "The skip share of each level's output RMS (which grows towards the low branch at outer levels by "
         "construction, so compare the two models rather than the levels) and the lesion study: PCK with each "
         "branch zeroed and its change against the intact model, with 95% paired bootstrap intervals."), [
-        _side(*((k, image(fg.branch_figure(m["branches"]), f"branch sizes of {k}")) for k, m in (("A", a), ("B", b)))),
+        _side(*((k, image(figures.branch_figure(m["branches"]), f"branch sizes of {k}")) for k, m in (("A", a), ("B",
+                                                                                                                 b)))),
         table(("level", "skip share A", "skip share B", "B - A"), shares),
-        _side(*((k, image(fg.lesion_figure(m["study"], m["lesion_values"]), f"lesions of {k}"))
+        _side(*((k, image(figures.lesion_figure(m["study"], m["lesion_values"]), f"lesions of {k}"))
                 for k, m in (("A", a), ("B", b)))),
         table(("condition", "PCK A", "PCK B", "change A [95%]", "change B [95%]"), rows),
     ], _cost(f"{n} samples", seconds))
@@ -387,8 +386,9 @@ def _branches_section(a, b, n: int, seconds: float) -> Section:
 def _map_correlations(a, b, labelled) -> dict[str, np.ndarray]:
     """Rank correlation of A's and B's map of each joint on each crop, NaN where the joint is unlabelled:
     {"input gradient": (N, K), "Integrated Gradients": (M, K)} (IG on the first M crops only)."""
-    gradient = np.where(labelled, at.map_correlations(a["gradients"], b["gradients"]), np.nan)
-    ig = np.where(labelled[: len(a["ig"])], at.map_correlations(a["ig"], b["ig"]), np.nan) if len(a["ig"]) else \
+    gradient = np.where(labelled, attribution.map_correlations(a["gradients"], b["gradients"]), np.nan)
+    ig = np.where(labelled[: len(a["ig"])], attribution.map_correlations(a["ig"], b["ig"]),
+                  np.nan) if len(a["ig"]) else \
         np.full((0, labelled.shape[1]), np.nan)
     return {"input gradient": gradient, "Integrated Gradients": ig}
 
@@ -406,19 +406,19 @@ def _joint_means(correlations: dict) -> dict[str, np.ndarray]:
 def _attributions_section(a, b, main, shown, config, correlations, options, seconds: float) -> Section:
     crops = main.images[shown]
     labelled = main.visibility[shown] > 0
-    radius = sc.SALIENCY_RADIUS * config.input_size
-    coords = {k: an.to_input_coords(m["coords"], config.input_size, config.heatmap_size)
+    radius = sections.SALIENCY_RADIUS * config.input_size
+    coords = {k: analyses.to_input_coords(m["coords"], config.input_size, config.heatmap_size)
               for k, m in (("A", a), ("B", b))}
-    near = {k: an.saliency_share(m["gradients"], coords[k], radius) for k, m in (("A", a), ("B", b))}
+    near = {k: analyses.saliency_share(m["gradients"], coords[k], radius) for k, m in (("A", a), ("B", b))}
     gradient_rho, ig_rho = correlations["input gradient"], correlations["Integrated Gradients"]
     body = []
     for i in range(len(a["ig"])):
-        joints = sc.attributed_joints(labelled[i])
+        joints = sections.attributed_joints(labelled[i])
         columns = [("input gradient, A", a["gradients"][i, joints], None),
                    ("input gradient, B", b["gradients"][i, joints], gradient_rho[i, joints]),
                    ("IG, A", a["ig"][i, joints], None), ("IG, B", b["ig"][i, joints], ig_rho[i, joints])]
         body += [f"<h3>sample {i + 1}</h3>",
-                 image(fg.map_columns_figure(crops[i].numpy(), joints, columns, coords["A"][i]),
+                 image(figures.map_columns_figure(crops[i].numpy(), joints, columns, coords["A"][i]),
                        f"attributions of A and B, sample {i + 1}")]
     means = _joint_means(correlations)
     shares = {k: np.array([np.nanmean(v[labelled[:, j], j]) if labelled[:, j].any() else np.nan
@@ -426,7 +426,7 @@ def _attributions_section(a, b, main, shown, config, correlations, options, seco
     rows = [(name, fmt(means["input gradient"][j], 2), fmt(means["Integrated Gradients"][j], 2),
              f"{fmt(100 * shares['A'][j], 0)}%", f"{fmt(100 * shares['B'][j], 0)}%")
             for j, name in enumerate(KEYPOINT_NAMES)]
-    uniform = an.uniform_share(config.input_size, radius)
+    uniform = analyses.uniform_share(config.input_size, radius)
     body += [
         table(("joint", "\u03c1 A vs B, input gradient", "\u03c1 A vs B, IG", "saliency near the joint, A",
                "saliency near the joint, B"), rows),
@@ -446,20 +446,20 @@ def _attributions_section(a, b, main, shown, config, correlations, options, seco
         "the same pixels in the same order; near 0, on unrelated ones (the single-model report's randomisation "
         "check gives the scale: a model with re-initialised weights). The table averages \u03c1 over the "
         f"samples where the joint is labelled, and gives the share of each model's saliency within "
-        f"{sc.SALIENCY_RADIUS:.0%} of the crop side of its own predicted joint."), body,
+        f"{sections.SALIENCY_RADIUS:.0%} of the crop side of its own predicted joint."), body,
         _cost(f"{len(shown)} samples x 17 joints for the input gradients, {len(a['ig'])} of them for Integrated "
               f"Gradients ({options['ig_steps']} steps)", seconds))
 
 
 def _dependency_section(a, b, n: int, seconds: float) -> Section:
-    names = list(fg.SHORT_NAMES)
+    names = list(figures.SHORT_NAMES)
     da, db = a["dependency"].confidence_drop, b["dependency"].confidence_drop
     limit = max(float(np.nanmax(np.abs(np.stack([da, db])))), 1e-6)
     diff = db - da
     dlimit = max(float(np.nanmax(np.abs(diff))), 1e-6)
 
     def matrix(m, title):
-        return image(fg.matrix_figure(m, names, names, title, cmap="RdBu_r", vmin=-limit, vmax=limit,
+        return image(figures.matrix_figure(m, names, names, title, cmap="RdBu_r", vmin=-limit, vmax=limit,
                                       label="confidence drop", cell=0.45), title)
 
     pairs = [(KEYPOINT_NAMES[i], KEYPOINT_NAMES[j], v) for i, j, v in
@@ -468,7 +468,7 @@ def _dependency_section(a, b, n: int, seconds: float) -> Section:
         "Confidence drop of joint i (row) when joint j (column) is hidden, for both models on one colour scale, "
         "and B - A (red: B depends more on that joint than A)."), [
         _side(("A", matrix(da, "A: confidence drop")), ("B", matrix(db, "B: confidence drop"))),
-        image(fg.matrix_figure(diff, names, names, "B - A", cmap="RdBu_r", vmin=-dlimit, vmax=dlimit,
+        image(figures.matrix_figure(diff, names, names, "B - A", cmap="RdBu_r", vmin=-dlimit, vmax=dlimit,
                                label="difference", cell=0.5), "dependency difference"),
         paragraph("Largest increases from A to B: " + "; ".join(
             f"{i} when {j} is hidden ({v:+.3f})" for i, j, v in pairs) + ".", "note"),
@@ -485,8 +485,8 @@ def _calibration_section(a, b, n: int, seconds: float) -> Section:
         "Reliability diagrams of the heatmap peak as a confidence for both models (bars on the diagonal: "
         "calibrated), expected calibration error (0: calibrated) and AUROC of correct against wrong keypoints "
         "(0.5: chance)."), [
-        _side(("A", image(fg.reliability_figure(a["calibration"]), "reliability of A")),
-              ("B", image(fg.reliability_figure(b["calibration"]), "reliability of B"))),
+        _side(("A", image(figures.reliability_figure(a["calibration"]), "reliability of A")),
+              ("B", image(figures.reliability_figure(b["calibration"]), "reliability of B"))),
         table(("joint", "ECE A", "ECE B", "AUROC A", "AUROC B"), rows),
     ], _cost(f"{n} samples (their heatmaps come with the probes)", seconds))
 
@@ -508,9 +508,9 @@ def _failures_section(a, b, main, config, seconds: float) -> Section:
         "gives both models' mean error on that sample, so a sample hard for both stands in both galleries and one "
         "that only one model gets wrong shows a small error for the other."), [
         "<h3>A's worst samples (A's prediction)</h3>",
-        gallery(sc.worst_tiles(worst["A"], main, a["study"].coords[0], config, caption)),
+        gallery(sections.worst_tiles(worst["A"], main, a["study"].coords[0], config, caption)),
         "<h3>B's worst samples (B's prediction)</h3>",
-        gallery(sc.worst_tiles(worst["B"], main, b["study"].coords[0], config, caption)),
+        gallery(sections.worst_tiles(worst["B"], main, b["study"].coords[0], config, caption)),
         paragraph(f"{len(shared)} of the {len(worst['A'])} worst samples are the same for both models. On A's worst "
                   f"samples the mean error is {fmt(on_a['A'], 1)} input px for A and {fmt(on_a['B'], 1)} for B.",
                   "note"),

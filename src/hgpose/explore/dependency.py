@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from hgpose.explore.analyses import DEFAULT_BATCH, _decode, _images, heatmaps, occlusion_defaults, to_input_coords
+from hgpose.explore.analyses import DEFAULT_BATCH, as_crops, heatmaps, occlusion_defaults, to_input_coords
+from hgpose.model.heatmaps import decode_heatmaps
 from hgpose.model.hourglass import HourglassNet
 
 
@@ -75,14 +76,14 @@ def joint_dependency(model: HourglassNet, images, keypoints, visibility, radius:
     and visibility (N, K): every labelled joint j of every sample is hidden under a grey disc of `radius`
     input pixels (default: half the occlusion patch, S / 16) centred on its true position, one at a time.
     Costs one forward pass per labelled keypoint."""
-    images = _images(images)
+    images = as_crops(images)
     config = model.config
     size = config.input_size
     radius = occlusion_defaults(size)[0] / 2 if radius is None else radius
     points = to_input_coords(keypoints, size, config.heatmap_size)
     labelled = (np.asarray(visibility) == 1) | (np.asarray(visibility) == 2)
     k = labelled.shape[1]
-    clean_coords, clean_conf = _decode(torch.as_tensor(heatmaps(model, images, batch_size)))
+    clean_coords, clean_conf = decode_heatmaps(torch.as_tensor(heatmaps(model, images, batch_size)))
     scale = size / config.heatmap_size
     drop_sum, shift_sum = np.zeros((k, k)), np.zeros((k, k))
     per_sample = np.full((len(images), k, k), np.nan)
@@ -93,7 +94,7 @@ def joint_dependency(model: HourglassNet, images, keypoints, visibility, radius:
         masks = torch.as_tensor(disc_masks(points[n, joints], size, radius))  # (J, S, S)
         masked = images[n].repeat(len(joints), 1, 1, 1)
         masked[masks[:, None].expand_as(masked)] = fill
-        coords, conf = _decode(torch.as_tensor(heatmaps(model, masked, batch_size)))
+        coords, conf = decode_heatmaps(torch.as_tensor(heatmaps(model, masked, batch_size)))
         drop = (clean_conf[n] - conf).numpy()  # (J, K): masked joint x affected joint
         shift = (torch.linalg.vector_norm(coords - clean_coords[n], dim=-1) * scale).numpy()
         drop_sum[:, joints] += drop.T

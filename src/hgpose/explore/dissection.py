@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hgpose.coco_names import KEYPOINT_NAMES, SKELETON
+from hgpose.keypoints import KEYPOINT_NAMES, SKELETON
 
 JOINT_RADIUS = 0.075  # of the crop side: a little over the seed's PCK radius (0.05 of the crop side)
 LIMB_RADIUS = 0.04  # of the crop side: half the thickness of a limb's region
@@ -42,7 +42,7 @@ def part_masks(keypoints, visibility, heatmap_size: int, side: int) -> tuple[np.
     """Regions of the 17 joints and the skeleton's limbs on a side x side grid over the crop: masks
     (N, P, side, side) bool and labelled (N, P) bool (a limb is labelled when both its joints are).
     keypoints (N, K, 2) heatmap pixel-centre coordinates, visibility (N, K) COCO flags."""
-    from hgpose.evaluate import counted_mask
+    from hgpose.evaluation.pck import counted_mask
 
     points = (np.asarray(keypoints, np.float64) + 0.5) * (side / heatmap_size) - 0.5
     joint_labelled = counted_mask(visibility)
@@ -239,7 +239,7 @@ def model_dissection(model, images, keypoints, visibility, stack: int = -1, batc
 def random_twin(model, seed: int = 0):
     """A randomly initialised model of the same configuration, on the same device, in eval mode (the chance
     reference of the dissection, as in the report's model-randomisation check)."""
-    from hgpose.model import build_model
+    from hgpose.model.hourglass import build_model
 
     device = next(model.parameters()).device
     return build_model(model.config, seed=seed).to(device).eval()

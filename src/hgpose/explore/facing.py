@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hgpose.synth import YAW_FIELD
+
 FRONT, BACK, UNDECIDED = 1, -1, 0
 BODY_PAIRS = ((5, 6), (11, 12))  # shoulders, hips: (left, right)
 FACE_PAIRS = ((3, 4), (1, 2))  # ears, eyes
@@ -81,8 +83,8 @@ def _extent(points, labelled) -> np.ndarray:
 
 def known_facing(annotations) -> np.ndarray | None:
     """The facing a generator recorded on each annotation, or None when an annotation lacks it: a "facing"
-    field (a number, its sign; or "front"/"back") or a "yaw" in radians (0 facing the camera, as
-    hgpose.synth draws it: sign of cos(yaw))."""
+    field (a number, its sign; or "front"/"back"), hgpose synth's "hgpose_yaw" in degrees, or a "yaw"
+    in radians (0 facing the camera: the sign of cos(yaw))."""
     found = []
     for annotation in annotations:
         if "facing" in annotation:
@@ -90,6 +92,8 @@ def known_facing(annotations) -> np.ndarray | None:
             if isinstance(value, str):
                 value = {"front": FRONT, "back": BACK}.get(value.lower(), UNDECIDED)
             found.append(int(np.sign(float(value))))
+        elif YAW_FIELD in annotation:
+            found.append(int(np.sign(np.cos(np.radians(float(annotation[YAW_FIELD]))))))
         elif "yaw" in annotation:
             found.append(int(np.sign(np.cos(float(annotation["yaw"])))))
         else:

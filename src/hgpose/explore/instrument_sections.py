@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from hgpose.coco_names import KEYPOINT_NAMES
-from hgpose.explore import figures as fg
+from hgpose.explore import figures
 from hgpose.explore import instrument_figures as ifg
 from hgpose.explore.html import Section, gallery, image, paragraph, table
-from hgpose.explore.sections import _section, fmt
+from hgpose.explore.sections import fmt, report_section
+from hgpose.keypoints import KEYPOINT_NAMES
 
 STACKS_TITLE = "What each stack fixes"
 DISSECTION_TITLE = "What each channel detects"
@@ -75,7 +75,7 @@ def stacks_section(study, crops, maps, truth, visibility, config, seconds: float
         "the PCK radius, 0.5 c), inversion (not good, and within 0.5 c of its left/right twin's true position, "
         "closer to it than to its own), jitter (not good, within 1.5 c of its own joint), miss (the rest). "
         "The figure draws each stack's heatmaps (maximum over joints) on the same crops.")
-    return _section(STACKS_TITLE, _with_finding(finding, intro), [
+    return report_section(STACKS_TITLE, _with_finding(finding, intro), [
         table(headers, rows), image(figure, "heatmaps of each stack"),
     ], f"{study.samples} samples, one forward pass, {seconds:.1f} s.")
 
@@ -155,10 +155,12 @@ def dissection_section(trained, random, found, tiles, seconds: float, threshold:
         "initialised model reaches.")
     labels = ifg.part_labels()
     body = [
-        image(fg.matrix_figure(trained.best(), trained.stages, labels, "best IoU of any channel, stage (row) x part "
+        image(figures.matrix_figure(trained.best(), trained.stages, labels,
+                                    "best IoU of any channel, stage (row) x part "
                                "(column)", vmin=0, vmax=max(0.1, float(np.nanmax(trained.best()))), label="IoU",
                                cell=0.48), "dissection: best IoU per stage and part"),
-        image(fg.matrix_figure(chance, trained.stages, labels, "chance: the larger of the shuffled-regions and the "
+        image(figures.matrix_figure(chance, trained.stages, labels,
+                                    "chance: the larger of the shuffled-regions and the "
                                "random model's best IoU", vmin=0, vmax=max(0.1, float(np.nanmax(trained.best()))),
                                label="IoU", cell=0.48), "dissection: chance level per stage and part"),
         table(("stage", "channels", "detectors", "parts covered", "which", "best detector: IoU (95% interval)",
@@ -169,7 +171,7 @@ def dissection_section(trained, random, found, tiles, seconds: float, threshold:
                  paragraph("Each row: one channel's four most strongly activated crops, the activation upsampled "
                            "over the grey crop, coloured and outlined in white where it exceeds the channel's "
                            "threshold.", "note"), gallery(tiles)]
-    return _section(DISSECTION_TITLE, _with_finding(finding, intro), body,
+    return report_section(DISSECTION_TITLE, _with_finding(finding, intro), body,
                     f"{trained.samples} samples, {len(trained.stages)} stages, {total} channels x "
                     f"{len(trained.parts)} parts; two forward passes of the model and two of a randomly initialised "
                     f"twin; {seconds:.1f} s.")
@@ -201,7 +203,7 @@ def erf_section(fields, samples: int, seconds: float) -> Section:
     low, high = fields.intervals(0.9)
     heights = fields.in_person_heights(r90)
     even = fields.radii(0.9, uniform=True)
-    rows = [(name if i >= k else fg.SHORT_NAMES[i], fmt(r50[i], 0), fmt(r90[i], 0), _range(low[i], high[i], 0),
+    rows = [(name if i >= k else figures.SHORT_NAMES[i], fmt(r50[i], 0), fmt(r90[i], 0), _range(low[i], high[i], 0),
              fmt(heights[i], 2), fmt(even[i], 0), fmt(fields.theoretical[i], 0))
             for i, name in enumerate(fields.names)]
     joints = np.flatnonzero(np.isfinite(r90[:k]))
@@ -236,14 +238,14 @@ def erf_section(fields, samples: int, seconds: float) -> Section:
         "maps: 50% (dashed) and 90% (solid); colours are the square root of the mass, each map cropped to one "
         "crop side around its unit.")
     body = [
-        image(ifg.centred_maps_figure(fields.mean_maps[:k], fg.SHORT_NAMES, fields.input_size, r50[:k], r90[:k]),
+        image(ifg.centred_maps_figure(fields.mean_maps[:k], figures.SHORT_NAMES, fields.input_size, r50[:k], r90[:k]),
               "effective receptive field per joint"),
         image(ifg.centred_maps_figure(fields.mean_maps[k:], fields.names[k:], fields.input_size, r50[k:], r90[k:],
                                       columns=min(9, len(fields.names) - k)), "effective receptive field per stage"),
         table(("unit", "50% radius (px)", "90% radius (px)", "its 95% interval", "90% radius (person heights)",
                "90% radius of an even map (px)", "theoretical side (px)"), rows),
     ]
-    return _section(ERF_TITLE, _with_finding(finding, intro), body,
+    return report_section(ERF_TITLE, _with_finding(finding, intro), body,
                     f"{samples} samples, one forward pass per sample on one copy per labelled joint and "
                     f"{len(fields.names) - k + 1} backward passes; {seconds:.1f} s.")
 
@@ -321,6 +323,6 @@ def facing_section(facing, probes, readout, network_share, head_bins, probe_bins
         paragraph(f"{decided} of the {len(facing)} people have a decided facing ({int((facing == FRONT).sum())} "
                   f"towards the camera, {int((facing == BACK).sum())} away); the probes use only them.", "note"),
     ]
-    return _section(FACING_TITLE, _with_finding(finding, intro), body,
+    return report_section(FACING_TITLE, _with_finding(finding, intro), body,
                     f"{len(facing)} samples (the probe samples), {len(probes.stages)} stages, {probes.folds}-fold "
                     f"ridge read-outs of the pooled features; {seconds:.1f} s.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hgpose.coco_names import KEYPOINT_NAMES
+from hgpose.keypoints import KEYPOINT_NAMES
 
 STAGE_JOINTS = 4  # the stages' units are taken at up to this many of a sample's joints (cost: 1 pass per stage)
 PERSON_SHARE = 1 / 1.25  # the crop is 1.25 times the person box: a person is about 0.8 crop sides tall
@@ -161,14 +161,14 @@ def effective_receptive_fields(model, images, keypoints, visibility, stack: int 
     crops (N, 3, S, S) (keypoints (N, K, 2) heatmap coordinates). Per sample: one forward and one backward
     pass on a copy per labelled joint for the heatmaps; one forward pass on a copy per joint for up to
     STAGE_JOINTS of them and one backward pass per stage."""
-    from hgpose.evaluate import counted_mask
-    from hgpose.explore.analyses import _evaluating, _hooks, _images, _levels, stage_names
-    from hgpose.model import to_model_input
+    from hgpose.evaluation.pck import counted_mask
+    from hgpose.explore.analyses import as_crops, evaluating, forward_hooks, hourglass_levels, stage_names
+    from hgpose.model.hourglass import to_model_input
 
-    images = _images(images)
+    images = as_crops(images)
     config = model.config
     s, h, k = config.input_size, config.heatmap_size, len(KEYPOINT_NAMES)
-    levels = _levels(model, stack)
+    levels = hourglass_levels(model, stack)
     names = [*stage_names(len(levels)), "head"]
     labelled = counted_mask(visibility)
     keypoints = np.asarray(keypoints, np.float64)
@@ -187,7 +187,7 @@ def effective_receptive_fields(model, images, keypoints, visibility, stack: int 
                (model.heads[stack], keep("head", first=True))]
     for i, level in enumerate(levels, start=1):
         watched += [(level.low1, keep(f"down{i}")), (level, keep(f"up{i}"))]
-    with _evaluating(model), _hooks(watched):
+    with evaluating(model), forward_hooks(watched):
         for n in range(len(images)):
             joints = np.flatnonzero(labelled[n])
             row = np.full((k + len(names), 2 * s), np.nan)

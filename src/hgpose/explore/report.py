@@ -7,23 +7,16 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hgpose.explore import analyses as an
-from hgpose.explore import attribution as at
-from hgpose.explore import calibration as ca
-from hgpose.explore import instrument_sections as ins
-from hgpose.explore import report_instruments as instruments
-from hgpose.explore import sections as sc
-from hgpose.explore.dependency import joint_dependency
+from hgpose.evaluation.pck import seed_normalizer
 from hgpose.explore.html import esc, page, paragraph, table
-from hgpose.explore.probes import cka_matrix, linear_probes, model_pixel_probes, pooled_stages
-from hgpose.explore.receptive_field import effective_receptive_fields
 from hgpose.explore.sections import SECTION_TITLES, fmt
+from hgpose.explore.steps import Analysis, run_steps, step_count
 from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.model.hourglass import HourglassNet, count_parameters
 from hgpose.model.weights import load_model
@@ -87,7 +80,7 @@ def load_samples(data, split: str, input_size: int, samples: int, seed: int = 0,
                    index.ann_ids[cat["index"][valid].numpy()], total, int((~valid).sum()), index.annotation_file)
 
 
-def _shown(samples: Samples, count: int) -> np.ndarray:
+def shown_samples(samples: Samples, count: int) -> np.ndarray:
     """The samples drawn in the per-sample figures: the most labelled keypoints first (stable)."""
     labelled = (samples.visibility > 0).sum(axis=1)
     return np.argsort(-labelled, kind="stable")[:count]
@@ -132,7 +125,7 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
         epoch_checkpoints(run)  # a bad --run is one clean line, before any work
     # before the progress bar, so that a bad --data or --split is one clean line
     loaded = load_samples(data, split, model.config.input_size, largest, seed, _checkpoint_path(checkpoint))
-    steps = len(SECTION_TITLES) + (1 if run is not None else 0)  # every section but over training, + writing
+    steps = step_count(run) + 1  # every analysis step, + writing
     bar = progress_bar(total=steps, desc="explore", unit="step", disable=not progress, dynamic_ncols=True)
     try:
         options = dict(samples=samples, show=show, occlusion_samples=occlusion_samples,
@@ -140,18 +133,18 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
                        attribution_samples=attribution_samples, ig_steps=ig_steps, run=run, every=every,
                        batch_size=batch_size, seed=seed, dissection_samples=dissection_samples,
                        erf_samples=erf_samples)
-        sections, numbers = analyse(model, loaded, bar, device=device, checkpoint=_checkpoint_path(checkpoint),
-                                    **options)
+        page_sections, numbers = analyse(model, loaded, bar, device=device,
+                                         checkpoint=_checkpoint_path(checkpoint), **options)
         full = _full_split_pck(checkpoint, data, split, loaded, numbers["pck"]["overall"], device, batch_size,
                                full_split)
         bar.set_description("explore: write")
         seconds = time.perf_counter() - started
         header = _header(checkpoint, data, split, loaded, model, numbers, full, seconds, options)
-        html_path = atomic_write_text(out / "index.html", page("Inside the hourglass", header, sections))
+        html_path = atomic_write_text(out / "index.html", page("Inside the hourglass", header, page_sections))
         summary = {"checkpoint": str(_checkpoint_path(checkpoint)), "data": str(data), "split": split,
                    "samples": len(loaded.first(samples)), "loaded_samples": len(loaded),
                    "split_pck": full, "seconds": round(seconds, 1), **numbers}
-        atomic_write_json(out / "explore.json", _jsonable(summary))
+        atomic_write_json(out / "explore.json", jsonable(summary))
         bar.update()
         return html_path
     finally:
@@ -163,13 +156,13 @@ def _checkpoint_path(checkpoint):
     return None if isinstance(checkpoint, HourglassNet) else checkpoint
 
 
-def _jsonable(value):
+def jsonable(value):
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, (np.floating, float)):
         return None if not np.isfinite(value) else float(value)
     if isinstance(value, np.integer):
@@ -198,189 +191,15 @@ class _Timer:
 def analyse(model, loaded: Samples, bar, *, device, samples, show, occlusion_samples, probe_samples,
             dependency_samples, attribution_samples, ig_steps, run, every, batch_size, seed, dissection_samples=64,
             erf_samples=8, checkpoint=None) -> tuple[list, dict]:
-    """Every section of the report, in order, and the numbers behind them."""
-    from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
-
-    config = model.config
-    normalizer = seed_normalizer(config.heatmap_size)
+    """Every section of the report, in order (explore.steps.STEPS), and the numbers behind them."""
     main = loaded.first(samples)
-    probe_set = loaded.first(probe_samples)
-    n = len(main)
-    shown = _shown(main, show)
-    crops = main.images[shown]
-    timer = _Timer(bar)
-    sections, numbers = [], {}
-
-    # computed first: the skip-vs-low section shows the lesion result next to the branch sizes
-    timer.start("lesions")
-    study = an.lesion_study(model, main.images, main.keypoints, main.visibility, normalizer, batch_size=batch_size)
-    counted = counted_mask(main.visibility)
-    correct = np.stack([normalized_distances(c, main.keypoints, normalizer) < 0.5 for c in study.coords])
-    lesion_values, lesion_changes = ca.pooled_pck_intervals(correct, counted, seed=seed)
-    lesion_seconds = timer.done()
-
-    timer.start("heatmaps")
-    predicted = an.heatmaps(model, crops, batch_size)
-    pred_coords, confidence = an.decode(predicted)
-    targets = an.target_heatmaps(main.keypoints[shown], main.visibility[shown], config.heatmap_size)
-    twins = sc.twin_confusions(study.coords[0], main.keypoints, main.visibility, normalizer)
-    sections.append(sc.heatmaps_section(crops, predicted, targets, pred_coords, confidence, main, shown, config,
-                                        twins))
-    numbers["twin_confusions"] = twins
-    timer.done()
-
-    timer.start("stacks")
-    stacked = instruments.stacks(model, main, shown, batch_size, seed)
-    sections.append(ins.stacks_section(stacked.study, crops[:2], stacked.maps, main.keypoints[shown[:2]],
-                                       main.visibility[shown[:2]], config, timer.elapsed()))
-    numbers["stacks"] = ins.stacks_numbers(stacked.study) | {"seconds": timer.elapsed()}
-    timer.done()
-
-    timer.start("activations")
-    stages = an.activations(model, crops[:2], batch_size=batch_size)
-    sections.append(sc.activations_section(crops[:2], stages))
-    timer.done()
-
-    timer.start("dissection")
-    section, numbers["dissection"] = instruments.dissection(model, loaded.first(dissection_samples), batch_size,
-                                                            seed, timer)
-    sections.append(section)
-    timer.done()
-
-    timer.start("probes")
-    # the network's own answer on the probe samples: the probes' reference, and the calibration section's input
-    probe_coords, probe_confidence = an.decode(an.heatmaps(model, probe_set.images, batch_size))
-    output_pck = pck(probe_coords, probe_set.keypoints, probe_set.visibility, normalizer).per_joint
-    pixel = model_pixel_probes(model, probe_set.images, probe_set.keypoints, probe_set.visibility, seed=seed,
-                               batch_size=batch_size)
-    features = pooled_stages(model, probe_set.images, batch_size=batch_size)
-    cka = cka_matrix(features)
-    features[sc.OUTPUT_STAGE] = probe_coords.reshape(len(probe_coords), -1)  # the pooled probe's reference row
-    pooled = linear_probes(features, probe_set.keypoints, probe_set.visibility, seed=seed)
-    probe_seconds = time.perf_counter() - timer.started
-    sections.append(sc.probes_section(pixel, output_pck, pooled, cka, probe_seconds))
-    numbers["probes"] = {"stages": pixel.stages, "sides": pixel.sides, "samples": pixel.samples,
-                         "pixel_pck": pixel.pck, "pixel_visible_auroc": pixel.visible_auroc,
-                         "pixel_ceiling": pixel.ceiling, "chance_pck": pixel.chance, "output_pck": output_pck,
-                         "encoding_stage": dict(zip(KEYPOINT_NAMES, (None if i is None else pixel.stages[i] for i in
-                                                                    sc.encoding_stage(pixel, output_pck)))),
-                         "counted": pixel.counted, "cka": cka, "seconds": probe_seconds,
-                         "pooled": {"stages": pooled.stages, "position_r2": pooled.position_r2,
-                                    "visible_auroc": pooled.visible_auroc, "labelled": pooled.labelled}}
-    timer.done()
-
-    timer.start("facing")
-    section, numbers["facing"] = instruments.facing(features, pixel, probe_set, probe_coords, probe_confidence,
-                                                    normalizer, seed, timer)
-    sections.append(section)
-    timer.done()
-
-    if run is not None:
-        from hgpose.explore.trajectory import training_trajectory
-
-        timer.start("over training")
-        trajectory = training_trajectory(run, probe_set.images, probe_set.keypoints, probe_set.visibility, every,
-                                         device=device, batch_size=batch_size)
-        from hgpose.explore.trajectory import analysed_epoch
-
-        analysed = analysed_epoch(run, checkpoint)
-        sections.append(sc.trajectory_section(trajectory, run, every, time.perf_counter() - timer.started,
-                                              analysed=analysed))
-        numbers["over_training"] = asdict(trajectory) | {"analysed_epoch": analysed,
-                                                         "outlying_end": trajectory.outlying_end()}
-        timer.done()
-
-    timer.start("skip vs low branch")
-    contributions = an.branch_contributions(model, main.images, batch_size=batch_size)
-    sections.append(sc.branch_section(contributions, study, lesion_changes, config))
-    numbers["branches"] = {k: np.asarray(v).tolist() for k, v in asdict(contributions).items()} | {
-        "skip_share": contributions.skip_share.tolist()}
-    timer.done()
-
-    timer.start("receptive fields")
-    erf_set = loaded.first(erf_samples)
-    fields = effective_receptive_fields(model, erf_set.images, erf_set.keypoints, erf_set.visibility)
-    sections.append(ins.erf_section(fields, len(erf_set), timer.elapsed()))
-    numbers["receptive_fields"] = ins.erf_numbers(fields) | {"seconds": timer.elapsed()}
-    timer.done()
-
-    timer.start("saliency")
-    gradients = an.saliency(model, crops, list(range(config.num_keypoints)), batch_size=max(1, batch_size // 2))
-    input_coords = an.to_input_coords(pred_coords, config.input_size, config.heatmap_size)
-    radius = sc.SALIENCY_RADIUS * config.input_size
-    shares = an.saliency_share(gradients, input_coords, radius)
-    uniform = an.uniform_share(config.input_size, radius)
-    sections.append(sc.saliency_section(crops, gradients, input_coords, shares, uniform))
-    numbers["saliency"] = {"radius_px": radius, "uniform_share": uniform, "samples": len(crops),
-                           "mean_share": float(np.nanmean(shares)),
-                           "mean_share_per_joint": np.nanmean(shares, axis=0).tolist()}
-    timer.done()
-
-    timer.start("attributions")
-    attributed = crops[:attribution_samples]
-    numbers["attributions"] = sc.attribution_numbers(None)
-    if len(attributed):
-        joints = list(range(config.num_keypoints))
-        ig = at.integrated_gradients(model, attributed, joints, steps=ig_steps)
-        check = at.randomisation_check(model, attributed, joints, ig, gradients[:len(attributed)], steps=ig_steps,
-                                       seed=seed + 12345)
-        labelled = main.visibility[shown[:len(attributed)]] > 0
-        deletion = {label: at.deletion_curve(model, attributed, joints, maps, seed=seed)[labelled]
-                    for label, maps in (("Integrated Gradients", ig), ("input gradient", gradients[:len(attributed)]),
-                                        ("random order", None))}
-        result = sc.AttributionResult(ig, check, deletion, labelled, ig_steps)
-        sections.append(sc.attribution_section(attributed, gradients, input_coords, result,
-                                               time.perf_counter() - timer.started))
-        numbers["attributions"] = sc.attribution_numbers(result)
-    else:
-        sections.append(sc.attribution_section(attributed, gradients, input_coords, None, 0.0))
-    timer.done()
-
-    timer.start("occlusion")
-    occluded = [an.occlusion(model, crop, batch_size=batch_size) for crop in crops[:occlusion_samples]]
-    sections.append(sc.occlusion_section(crops[:occlusion_samples], occluded, config.input_size))
-    timer.done()
-
-    timer.start("joint dependency")
-    dependency_set = loaded.first(dependency_samples)
-    dependency = joint_dependency(model, dependency_set.images, dependency_set.keypoints, dependency_set.visibility,
-                                  batch_size=batch_size)
-    sections.append(sc.dependency_section(dependency, len(dependency_set), time.perf_counter() - timer.started))
-    numbers["dependency"] = {k: v for k, v in asdict(dependency).items() if k != "per_sample_drop"} | {
-        "samples": len(dependency_set), "surviving_pairs": dependency.surviving_pairs(5)}
-    timer.done()
-
-    sections.append(sc.lesion_section(study, n, lesion_values, lesion_changes, lesion_seconds))
-    numbers["lesions"] = {name: {"pck": v, "low": lo, "high": hi, "change_low": cl, "change_high": ch}
-                          for name, v, lo, hi, cl, ch in zip(study.names, study.overall, lesion_values.low,
-                                                             lesion_values.high, lesion_changes.low,
-                                                             lesion_changes.high)}
-
-    timer.start("calibration")
-    probe_counted = counted_mask(probe_set.visibility)
-    probe_correct = normalized_distances(probe_coords, probe_set.keypoints, normalizer) < 0.5
-    calibrated = ca.calibrate(probe_confidence, probe_correct, probe_counted)
-    ece_interval = ca.per_joint_ece_intervals(probe_confidence, probe_correct, probe_counted, seed=seed)
-    sections.append(sc.calibration_section(calibrated, len(probe_set), time.perf_counter() - timer.started,
-                                           ece_interval))
-    numbers["calibration"] = {"ece": calibrated.ece, "auroc": calibrated.auroc, "samples": len(probe_set),
-                              "accuracy": calibrated.accuracy, "mean_confidence": calibrated.mean_confidence,
-                              "per_joint_ece": dict(zip(KEYPOINT_NAMES, calibrated.per_joint_ece)),
-                              "per_joint_auroc": dict(zip(KEYPOINT_NAMES, calibrated.per_joint_auroc)),
-                              "per_joint_ece_interval": dict(zip(KEYPOINT_NAMES, zip(*ece_interval))),
-                              "reliability": asdict(calibrated.overall)}
-    timer.done()
-
-    timer.start("failures")
-    result = an.failures(study.coords[0], main.keypoints, main.visibility, normalizer, worst=8)
-    joint_interval, overall_interval = ca.pck_intervals(correct[0], counted, seed=seed)
-    sections.append(sc.failures_section(result, main, study.coords[0], config, n, joint_interval))
-    numbers["pck"] = {"overall": result.overall, "samples": n,
-                      "interval": [overall_interval.low, overall_interval.high],
-                      "per_joint": dict(zip(KEYPOINT_NAMES, result.per_joint.tolist())),
-                      "per_joint_interval": dict(zip(KEYPOINT_NAMES, zip(joint_interval.low, joint_interval.high)))}
-    timer.done()
-    return sections, numbers
+    analysis = Analysis(
+        model=model, loaded=loaded, main=main, probe_set=loaded.first(probe_samples), shown=shown_samples(main, show),
+        normalizer=seed_normalizer(model.config.heatmap_size), timer=_Timer(bar), device=device,
+        batch_size=batch_size, seed=seed, occlusion_samples=occlusion_samples, dependency_samples=dependency_samples,
+        attribution_samples=attribution_samples, ig_steps=ig_steps, dissection_samples=dissection_samples,
+        erf_samples=erf_samples, run=run, every=every, checkpoint=checkpoint)
+    return run_steps(analysis), analysis.numbers
 
 
 def _full_split_pck(checkpoint, data, split, loaded: Samples, subset_pck, device, batch_size, enabled) -> dict:

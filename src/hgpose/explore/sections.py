@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hgpose.explore import analyses as an
-from hgpose.explore import figures as fg
+from hgpose.explore import analyses, figures
 from hgpose.explore.attribution import DELETION_FRACTIONS, deletion_area
 from hgpose.explore.html import Section, gallery, image, paragraph, table
 from hgpose.keypoints import KEYPOINT_NAMES
@@ -34,7 +33,7 @@ def _title(name: str) -> Section:
     return Section(anchor, name, "")
 
 
-def _section(title: str, intro: str, body, cost: str = "") -> Section:
+def report_section(title: str, intro: str, body, cost: str = "") -> Section:
     assert title in SECTION_TITLES, title
     section = _title(title)
     section.intro, section.body, section.cost = intro, list(body), cost
@@ -79,9 +78,9 @@ def heatmaps_section(crops, predicted, targets, coords, confidence, data_set, sh
     scale = config.input_size / config.heatmap_size
     body = []
     for i, position in enumerate(shown):
-        truth = an.to_input_coords(data_set.keypoints[position], config.input_size, config.heatmap_size)
-        figure = fg.heatmap_figure(crops[i].numpy(), predicted[i], targets[i],
-                                   an.to_input_coords(coords[i], config.input_size, config.heatmap_size),
+        truth = analyses.to_input_coords(data_set.keypoints[position], config.input_size, config.heatmap_size)
+        figure = figures.heatmap_figure(crops[i].numpy(), predicted[i], targets[i],
+                                   analyses.to_input_coords(coords[i], config.input_size, config.heatmap_size),
                                    confidence[i], truth, data_set.visibility[position])
         body += [f"<h3>sample {i + 1} (annotation {int(data_set.ann_ids[position])})</h3>",
                  image(figure, f"heatmaps of sample {i + 1}")]
@@ -90,7 +89,7 @@ def heatmaps_section(crops, predicted, targets, coords, confidence, data_set, sh
         f"Left/right swaps over all {len(data_set.images)} samples: {twins['swapped']} of the "
         f"{twins['considered']} predicted left or right keypoints whose twin is labelled too ({fmt(100 * share, 1)}%) "
         "lie within the PCK radius of the twin's true position and closer to it than to their own.", "note"))
-    return _section("Heatmaps", (
+    return report_section("Heatmaps", (
         f"The network answers with one {config.heatmap_size}x{config.heatmap_size} map per joint (each "
         f"heatmap pixel covers {scale:g}x{scale:g} input pixels). Training pulls each map towards a small "
         "Gaussian at the true joint; the predicted keypoint is the map's highest point and its height is the "
@@ -104,13 +103,14 @@ def activations_section(crops, stages: dict) -> Section:
     body = []
     for i in range(len(crops)):
         per_sample = {name: maps[i] for name, maps in stages.items()}
-        body += [f"<h3>sample {i + 1}</h3>", image(fg.activation_figure(crops[i].numpy(), per_sample),
+        body += [f"<h3>sample {i + 1}</h3>", image(figures.activation_figure(crops[i].numpy(), per_sample),
                                                    f"activations of sample {i + 1}")]
-    small = [name for name, maps in stages.items() if maps.shape[-1] <= fg.SMALL_STAGE]
+    small = [name for name, maps in stages.items() if maps.shape[-1] <= figures.SMALL_STAGE]
     if small:
-        body.append(paragraph(f"Stages of {fg.SMALL_STAGE}x{fg.SMALL_STAGE} pixels or fewer ({', '.join(small)}) "
+        side = figures.SMALL_STAGE
+        body.append(paragraph(f"Stages of {side}x{side} pixels or fewer ({', '.join(small)}) "
                               "are printed as numbers: as colours each would be a flat tile.", "note"))
-    return _section("Activations", (
+    return report_section("Activations", (
         "The feature maps the hourglass computes, one row per stage, on the way down and back up: the stem's "
         "output; down i, level i after max-pooling and its first residual (half the resolution each time); "
         "the bottleneck at the lowest resolution; then up i, the output of level i, where the upsampled "
@@ -167,7 +167,7 @@ def pixel_notes(pixel, output_pck, cka) -> str:
     mean = np.nanmean(pixel.pck, axis=1) if np.isfinite(pixel.pck).any() else np.full(len(pixel.stages), np.nan)
     by_stage: dict[str, list[str]] = {}
     for j, first in enumerate(encoding_stage(pixel, output_pck)):
-        by_stage.setdefault("no stage" if first is None else pixel.stages[first], []).append(fg.SHORT_NAMES[j])
+        by_stage.setdefault("no stage" if first is None else pixel.stages[first], []).append(figures.SHORT_NAMES[j])
     coarse = [s for s, c in zip(pixel.stages, pixel.ceiling) if np.nanmean(c) < 0.2]
     text = ("Held-out PCK averaged over joints, by stage: " + ", ".join(f"{s} {fmt(v, 2)}" for s, v in
                                                                          zip(pixel.stages, mean))
@@ -203,21 +203,25 @@ def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
     matrix, rows = pixel_matrix(pixel, output_pck)
     pooled_mean = np.nanmean(pooled.position_r2, axis=1) if np.isfinite(pooled.position_r2).any() else None
     body = [
-        image(fg.matrix_figure(matrix, rows, fg.SHORT_NAMES, "per-pixel read-out: held-out PCK of each joint from "
+        image(figures.matrix_figure(matrix, rows, figures.SHORT_NAMES,
+                                    "per-pixel read-out: held-out PCK of each joint from "
                                "each stage (row: stage, side, ceiling)", vmin=0, vmax=1, label="PCK"),
               "per-pixel probe PCK per stage and joint"),
         paragraph(pixel_notes(pixel, output_pck, cka), "note"),
-        image(fg.matrix_figure(pixel.ceiling, pixel.stages, fg.SHORT_NAMES, "ceiling per stage and joint: PCK of the "
+        image(figures.matrix_figure(pixel.ceiling, pixel.stages, figures.SHORT_NAMES,
+                                    "ceiling per stage and joint: PCK of the "
                                "true targets at the stage's side (a joint's own ceiling; the row labels give "
                                "the mean over joints)", vmin=0, vmax=1, label="PCK"), "per-joint ceilings"),
         paragraph(ceiling_note(pixel), "note"),
         table(("joint", "best stage", "its PCK", f"first stage closing {PROBE_SHARE:.0%} of the gap", "network",
                "chance"), pixel_findings(pixel, output_pck)),
-        image(fg.matrix_figure(pixel.visible_auroc, pixel.stages, fg.SHORT_NAMES, "per-pixel read-out: held-out "
+        image(figures.matrix_figure(pixel.visible_auroc, pixel.stages, figures.SHORT_NAMES,
+                                    "per-pixel read-out: held-out "
                                "AUROC of its peak height for 'labelled visible' (v = 2) (0.5: chance)", vmin=0.5,
                                vmax=1, label="AUROC"), "visibility from the per-pixel probe"),
         "<h3>pooled read-out of the coordinates</h3>",
-        image(fg.matrix_figure(pooled.position_r2, pooled.stages, fg.SHORT_NAMES, "pooled probe: held-out R² of "
+        image(figures.matrix_figure(pooled.position_r2, pooled.stages, figures.SHORT_NAMES,
+                                    "pooled probe: held-out R² of "
                                "each joint's (x, y) from features pooled to at most 4x4 (0: no better than "
                                "predicting the mean position; below 0, worse)",
                                vmin=0, vmax=1, label="R²"), "pooled probe R² per stage and joint"),
@@ -225,10 +229,10 @@ def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
     if pooled_mean is not None:
         body.append(paragraph("Pooled probe, held-out R² averaged over joints: " + ", ".join(
             f"{s} {fmt(v, 2)}" for s, v in zip(pooled.stages, pooled_mean)) + ".", "note"))
-    body.append(image(fg.matrix_figure(cka, pixel.stages, pixel.stages, "linear CKA between stages (1: the same "
+    body.append(image(figures.matrix_figure(cka, pixel.stages, pixel.stages, "linear CKA between stages (1: the same "
                                        "representation up to rotation and scale)", vmin=0, vmax=1, label="CKA",
                                        cell=0.6), "CKA between stages"))
-    return _section("Where joint information lives", (
+    return report_section("Where joint information lives", (
         "The per-pixel probe asks of every stage what the network's head does with its last features: at each "
         "location a linear map from the stage's channels (ridge regression in closed form, "
         f"{pixel.folds}-fold cross-validated with whole samples held out, its penalty chosen inside the training "
@@ -305,17 +309,18 @@ def trajectory_section(trajectory, run, every: int, seconds: float, marks: dict 
     network = np.nanmean(trajectory.per_joint_pck, axis=1)
     chance = float(np.nanmean(trajectory.probe_chance))
     body = [
-        image(fg.epoch_figure(epochs, {**{"all joints (pooled)": trajectory.pck},
-                                       **{n: trajectory.per_joint_pck[:, j] for j, n in enumerate(fg.SHORT_NAMES)}},
+        image(figures.epoch_figure(epochs, {**{"all joints (pooled)": trajectory.pck},
+                                       **{n: trajectory.per_joint_pck[:, j] for j,
+                                          n in enumerate(figures.SHORT_NAMES)}},
                               "PCK per joint on the probe samples", "PCK", drop, (0, 1), marks), "PCK per epoch"),
-        image(fg.epoch_figure(epochs, probe_mean, "per-pixel probe: held-out PCK averaged over joints, per stage",
+        image(figures.epoch_figure(epochs, probe_mean, "per-pixel probe: held-out PCK averaged over joints, per stage",
                               "PCK", drop, (0, 1), marks, {"the network (its own PCK)": network,
                                                            "chance (mean map)": np.full(len(epochs), chance)}),
               "per-pixel probe PCK per epoch"),
-        image(fg.epoch_figure(epochs, dict(zip(trajectory.stages, _cka_series(trajectory))),
+        image(figures.epoch_figure(epochs, dict(zip(trajectory.stages, _cka_series(trajectory))),
                               "linear CKA of each stage with the same stage at the previous epoch analysed", "CKA",
                               drop, (0, 1.02), marks), "CKA to the previous epoch analysed"),
-        image(fg.epoch_figure(epochs, {f"level {i + 1}": trajectory.skip_share[:, i]
+        image(figures.epoch_figure(epochs, {f"level {i + 1}": trajectory.skip_share[:, i]
                                        for i in range(trajectory.skip_share.shape[1])},
                               "skip share of each level's output RMS, skip / (skip + low)", "skip share", drop,
                               (0, 1), marks), "skip share per epoch"),
@@ -336,7 +341,7 @@ def trajectory_section(trajectory, run, every: int, seconds: float, marks: dict 
     facts.append(_stability_sentence(trajectory))
     facts.append(f"The learning rate drops at epoch {drop}." if drop else "The learning rate never drops in this run.")
     body.insert(1, paragraph(" ".join(facts), "note"))
-    return _section("Over training", (
+    return report_section("Over training", (
         f"The same measurements at the per-epoch checkpoints of {run} (the first epoch, every {every} epochs and "
         "the last): per-joint PCK, the per-pixel probe of the previous section averaged over joints (with the "
         "network's own PCK and chance), how much each stage still changes between successive epochs analysed "
@@ -365,7 +370,7 @@ def branch_section(contributions, study, changes, config) -> Section:
     lesions = study.overall[1:] - study.overall[0]
     worst = int(np.argmin(lesions)) + 1
     longest = 2 * config.depth * config.residuals_per_level + config.innermost_residuals
-    return _section("Skip vs low branch", (
+    return report_section("Skip vs low branch", (
         "Every level of the hourglass outputs the sum of two branches: the skip branch, a residual at the "
         "level's own resolution, and the low branch, everything computed at coarser resolutions, upsampled. "
         "The bars are the root-mean-square size of each branch's contribution. That size grows with the depth "
@@ -375,7 +380,7 @@ def branch_section(contributions, study, changes, config) -> Section:
         "low RMS at the outer levels is expected of any such network, trained or not. The size-independent "
         "measure is in the last two columns: the change in PCK when that branch is zeroed (the lesion study, "
         "with its 95% paired bootstrap interval)."), [
-        image(fg.branch_figure(contributions), "skip and low branch sizes per level"),
+        image(figures.branch_figure(contributions), "skip and low branch sizes per level"),
         table(("level", "resolution", "skip RMS", "low RMS", "skip share", "PCK change, skip zeroed",
                "PCK change, low zeroed"), rows),
         paragraph(f"By size, the low branch weighs most relative to the skip branch at level {dominant + 1} "
@@ -404,10 +409,10 @@ def people_interval(values, resamples: int = 1000, seed: int = 0) -> tuple[float
 def saliency_section(crops, maps, coords, shares, uniform) -> Section:
     body = []
     for i in range(len(crops)):
-        figure = fg.saliency_figure(crops[i].numpy(), maps[i], coords[i], shares[i])
+        figure = figures.saliency_figure(crops[i].numpy(), maps[i], coords[i], shares[i])
         body += [f"<h3>sample {i + 1}</h3>", image(figure, f"saliency of sample {i + 1}")]
     mean, low, high = people_interval(shares)
-    return _section("Saliency", (
+    return report_section("Saliency", (
         "For each joint: the gradient of that joint's heatmap peak with respect to every input pixel (the "
         "largest absolute value over the three colour channels), drawn over the greyed crop, each map scaled "
         "to its own maximum; the cross is the predicted joint. Bright pixels are those whose slightest "
@@ -465,14 +470,14 @@ def attribution_section(crops, gradients, coords, result: AttributionResult | No
         "deletion curve replaces the most attributed pixels by grey first and follows the joint's confidence, "
         "against a random order (a faithful map makes it fall faster: lower mean confidence).")
     if result is None:
-        return _section("Attributions, checked", intro, [paragraph(
+        return report_section("Attributions, checked", intro, [paragraph(
             "No sample was chosen for attributions (--attribution-samples 0).", "note")], "0 samples.")
     check, pairs = result.check, result.labelled
     body = []
     for i in range(len(crops)):
         joints = attributed_joints(pairs[i])
         correlations = np.stack([check.input_gradient[i, joints], check.integrated_gradients[i, joints]], axis=1)
-        figure = fg.attribution_figure(crops[i].numpy(), joints, gradients[i, joints], result.ig[i, joints],
+        figure = figures.attribution_figure(crops[i].numpy(), joints, gradients[i, joints], result.ig[i, joints],
                                        check.random_maps_gradient[i, joints], check.random_maps_ig[i, joints],
                                        coords[i], correlations)
         body += [f"<h3>sample {i + 1}</h3>", image(figure, f"attributions of sample {i + 1}")]
@@ -493,7 +498,7 @@ def attribution_section(crops, gradients, coords, result: AttributionResult | No
             ("random order", "-", fmt(areas["random order"]))]
     count = int(pairs.sum())
     body += [
-        image(fg.deletion_figure(DELETION_FRACTIONS, result.deletion, count), "deletion curves"),
+        image(figures.deletion_figure(DELETION_FRACTIONS, result.deletion, count), "deletion curves"),
         table(("map", "rank correlation, trained vs randomised model", "deletion: mean confidence"), rows),
         paragraph(
             f"Over {count} labelled sample-joint pairs: under weight randomisation Integrated Gradients keeps a rank "
@@ -502,7 +507,7 @@ def attribution_section(crops, gradients, coords, result: AttributionResult | No
             f"IG's order gives a mean confidence of {areas['Integrated Gradients']:.3f}, in the gradient's "
             f"{areas['input gradient']:.3f}, in random order {areas['random order']:.3f}.", "note"),
     ]
-    return _section("Attributions, checked", intro, body,
+    return report_section("Attributions, checked", intro, body,
                     f"{len(crops)} samples x 17 joints, IG with {result.steps} steps; the randomised model's maps "
                     f"and {len(DELETION_FRACTIONS)}-point deletion curves in 3 orders; {seconds:.1f} s.")
 
@@ -515,9 +520,9 @@ def occlusion_section(crops, results, input_size: int) -> Section:
     local = considered = 0
     for i, (crop, result) in enumerate(zip(crops, results)):
         body += [f"<h3>sample {i + 1}: confidence drop</h3>",
-                 image(fg.occlusion_figure(crop.numpy(), result, "confidence_drop"), "confidence drop"),
+                 image(figures.occlusion_figure(crop.numpy(), result, "confidence_drop"), "confidence drop"),
                  f"<h3>sample {i + 1}: location shift (input pixels)</h3>",
-                 image(fg.occlusion_figure(crop.numpy(), result, "shift"), "location shift")]
+                 image(figures.occlusion_figure(crop.numpy(), result, "shift"), "location shift")]
         centres = result.centres
         for j in range(len(result.confidence_drop)):
             y, x = np.unravel_index(np.argmax(result.confidence_drop[j]), result.confidence_drop[j].shape)
@@ -531,8 +536,8 @@ def occlusion_section(crops, results, input_size: int) -> Section:
             f"For {local} of these {considered} sample-joint maps the largest confidence drop comes from a patch "
             "centred within one patch width of the joint's own predicted position; for the others the most "
             "damaging patch lies elsewhere on the crop.", "note"))
-    patch, stride = an.occlusion_defaults(input_size)
-    return _section("Occlusion sensitivity", (
+    patch, stride = analyses.occlusion_defaults(input_size)
+    return report_section("Occlusion sensitivity", (
         f"A grey square of {patch}x{patch} input pixels is slid over the crop in steps of {stride} "
         "pixels and the network is run again at every position. Each joint's first map shows how much its "
         "confidence falls when the square covers that spot (red: falls, blue: rises), the second how far "
@@ -570,7 +575,7 @@ def dependency_findings(dependency) -> tuple[str, str]:
 
 
 def dependency_section(dependency, samples: int, seconds: float) -> Section:
-    names = list(fg.SHORT_NAMES)
+    names = list(figures.SHORT_NAMES)
     twin_values = [dependency.confidence_drop[j, t] for j in range(17) if (t := twin_of(j)) is not None]
     off = dependency.confidence_drop[~np.eye(17, dtype=bool)]
     twin_mean, off_mean = float(np.nanmean(twin_values)), float(np.nanmean(off))
@@ -578,17 +583,17 @@ def dependency_section(dependency, samples: int, seconds: float) -> Section:
     shown = np.where(dependency.inside_occluder(), np.nan, dependency.confidence_drop)
     limit = np.nanmax(np.abs(dependency.confidence_drop))
     body = [
-        image(fg.matrix_figure(shown, names, names, "confidence drop of joint (row) when joint (column) is hidden "
+        image(figures.matrix_figure(shown, names, names, "confidence drop of joint (row) when joint (column) is hidden "
                                "(blank: the joints lie inside each other's occluder)", cmap="RdBu_r",
                                vmin=-limit, vmax=limit, label="confidence drop", cell=0.5),
               "joint dependency: confidence drop"),
-        image(fg.matrix_figure(dependency.shift, names, names, "shift of joint (row), input pixels, when joint "
+        image(figures.matrix_figure(dependency.shift, names, names, "shift of joint (row), input pixels, when joint "
                                "(column) is hidden", cmap="Greens", vmin=0, label="input pixels", cell=0.5),
               "joint dependency: location shift"),
         paragraph(f"Between left/right twins the mean drop is {twin_mean:.3f}, against {off_mean:.3f} over all "
                   f"off-diagonal pairs. {set_aside}", "note"),
     ]
-    return _section("Joint dependency", (
+    return report_section("Joint dependency", (
         f"{opening} Which joints the model looks at to find a joint: in every sample each labelled joint j in turn "
         f"is hidden under a grey disc of radius {dependency.radius:g} input pixels (the occlusion patch's size) at "
         "its true position, and every joint i's confidence drop and location shift are recorded; entry (i, j) "
@@ -613,7 +618,7 @@ def lesion_section(study, n: int, values, changes, seconds: float) -> Section:
                + (f" ({', '.join(clear)})" if clear else "") + f"; the largest loss, zeroing the "
                f"{study.branch[worst]} branch of level {study.level[worst]}, takes PCK from {intact:.3f} to "
                f"{study.overall[worst]:.3f}. ")
-    return _section("Lesion study", opening + (
+    return report_section("Lesion study", opening + (
         "Each level's skip branch, then its low branch, is replaced by zeros in turn (the level then outputs "
         f"only the other branch) and the PCK over the {n} samples is measured again, against the intact "
         "model. Zeroing the low branch of level i removes everything coarser than that level; zeroing its "
@@ -621,7 +626,7 @@ def lesion_section(study, n: int, values, changes, seconds: float) -> Section:
         "branch, so a drop measures how much it relies on that scale, not whether the scale is redundant. "
         "Intervals are 95% bootstraps over people; the change's interval is paired (the same people resampled "
         "for both conditions)."), [
-        image(fg.lesion_figure(study, values), "PCK with each branch zeroed"),
+        image(figures.lesion_figure(study, values), "PCK with each branch zeroed"),
         table(("condition", "PCK", "95% interval", "change", "change, 95% interval"), rows),
     ], _cost(n, seconds))
 
@@ -652,14 +657,14 @@ def calibration_section(result, samples: int, seconds: float, ece_interval=None)
                + (_least_calibrated(result, worst, low, high) if worst is not None else "."))
     opening = (f"On average the heatmap peak is {verdict} by {abs(gap):.3f} (mean confidence "
                f"{result.mean_confidence:.3f}, fraction correct {result.accuracy:.3f}). ")
-    return _section("Calibration", opening + (
+    return report_section("Calibration", opening + (
         "Can the heatmap peak be read as the probability that the keypoint is right? Keypoints are grouped by "
         "confidence (the peak, clipped to [0, 1]) into ten bins, and each bin's fraction correct under the "
         "seed's PCK is drawn against its mean confidence: on the diagonal the peak is calibrated, below it "
         "over-confident. ECE (expected calibration error) is the count-weighted mean gap between the two; AUROC "
         "(scikit-learn) is how well the confidence ranks correct above wrong keypoints, whatever its scale "
         "(0.5: not at all, 1: perfectly)."), [
-        image(fg.reliability_figure(result), "reliability diagram and per-joint calibration"),
+        image(figures.reliability_figure(result), "reliability diagram and per-joint calibration"),
         paragraph(finding, "note"),
         table(("joint", "keypoints", "ECE", "ECE, 95% interval over people", "AUROC"), rows),
     ], _cost(samples, seconds))
@@ -671,11 +676,11 @@ def worst_tiles(positions, data_set, coords, config, caption) -> list[tuple[byte
     tiles = []
     for position in positions:
         crop = data_set.images[position].numpy()
-        pred = an.to_input_coords(coords[position], config.input_size, config.heatmap_size)
-        truth = an.to_input_coords(data_set.keypoints[position], config.input_size, config.heatmap_size)
-        drawn = fg.pose_on_crop(crop, pred, np.ones(len(pred)), truth, data_set.visibility[position],
+        pred = analyses.to_input_coords(coords[position], config.input_size, config.heatmap_size)
+        truth = analyses.to_input_coords(data_set.keypoints[position], config.input_size, config.heatmap_size)
+        drawn = figures.pose_on_crop(crop, pred, np.ones(len(pred)), truth, data_set.visibility[position],
                                 scale=max(1, 256 // config.input_size))
-        tiles.append((fg.encode_png(drawn), caption(position)))
+        tiles.append((figures.encode_png(drawn), caption(position)))
     return tiles
 
 
@@ -684,13 +689,13 @@ def failures_section(result, data_set, coords, config, n: int, interval) -> Sect
     tiles = worst_tiles(result.worst, data_set, coords, config,
                         lambda p: f"annotation {int(data_set.ann_ids[p])}: mean error "
                                   f"{result.errors[p] * scale:.1f} input px")
-    return _section("Where it fails", hardest_easiest(result.per_joint, interval) + " " + (
+    return report_section("Where it fails", hardest_easiest(result.per_joint, interval) + " " + (
         f"Per-joint PCK over the {n} samples (the seed's: a keypoint is correct within 0.5 c of the truth, "
         f"c = {config.heatmap_size / 10:g} heatmap pixels; bars coloured by side, the number of "
         "labelled keypoints under each name, error bars the 95% bootstrap interval over people), then the "
         "samples with the largest mean distance between predicted and labelled keypoints: the predicted "
         "skeleton, and the labelled truth as white rings."), [
-        image(fg.per_joint_figure(result.per_joint, result.counted, interval), "per-joint PCK"),
+        image(figures.per_joint_figure(result.per_joint, result.counted, interval), "per-joint PCK"),
         "<h3>worst samples</h3>", gallery(tiles),
     ], _cost(n))
 

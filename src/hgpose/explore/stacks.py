@@ -23,19 +23,19 @@ JITTER_LIMIT = 1.5  # in units of c: 3 times the PCK radius
 @torch.no_grad()
 def stack_heatmaps(model, images, batch_size: int = 16) -> np.ndarray:
     """(T, N, K, h, h) float32: every stack's heatmaps on crops (N, 3, S, S), first stack first."""
-    from hgpose.explore.analyses import _batches, _evaluating, _images
-    from hgpose.model import to_model_input
+    from hgpose.explore.analyses import as_crops, evaluating, in_batches
+    from hgpose.model.hourglass import to_model_input
 
-    images, device, parts = _images(images), next(model.parameters()).device, []
-    with _evaluating(model):
-        for _, batch in _batches(images, batch_size):
+    images, device, parts = as_crops(images), next(model.parameters()).device, []
+    with evaluating(model):
+        for _, batch in in_batches(images, batch_size):
             parts.append(model(to_model_input(batch.to(device)), all_stacks=True).float().cpu())
     return torch.cat(parts).transpose(0, 1).numpy()
 
 
 def error_classes(coords, keypoints, visibility, normalizer: float) -> np.ndarray:
     """(N, K) index into ERROR_CLASSES of each keypoint (-1 where it is not counted)."""
-    from hgpose.evaluate import counted_mask
+    from hgpose.evaluation.pck import counted_mask
     from hgpose.explore.sections import twin_of
 
     coords, keypoints = np.asarray(coords, np.float64), np.asarray(keypoints, np.float64)
@@ -89,7 +89,7 @@ def class_share_change(classes, resamples: int = 1000, seed: int = 0) -> tuple[n
 
 def stack_study(model, images, keypoints, visibility, batch_size: int = 16, seed: int = 0) -> StackStudy:
     """PCK, paired intervals and error classes of every stack's output on crops (N, 3, S, S)."""
-    from hgpose.evaluate import counted_mask, normalized_distances, pck, seed_normalizer
+    from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
     from hgpose.explore.analyses import decode
     from hgpose.explore.calibration import pooled_pck_intervals
 
