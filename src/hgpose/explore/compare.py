@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
 from hgpose.explore import analyses, attribution, calibration, figures, sections
 from hgpose.explore.dependency import JointDependency, joint_dependency
 from hgpose.explore.html import Section, esc, gallery, image, page, paragraph, table
 from hgpose.explore.probes import cka_matrix, model_pixel_probes, pooled_stages
 from hgpose.explore.report import MIN_RELIABLE_SAMPLES, jsonable, load_explore_model, load_samples, shown_samples
 from hgpose.explore.sections import fmt
+from hgpose.explore.trajectory import epoch_checkpoints, training_trajectory
 from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.runtime.files import UserError, atomic_write_json, atomic_write_text
+from hgpose.runtime.progress import progress_bar
 
 COMPARE_TITLES = ("Accuracy", "Heatmaps", "Activations", "Where joint information lives", "Over training",
                   "Skip vs low branch and lesions", "Saliency and Integrated Gradients", "Joint dependency",
@@ -50,8 +54,6 @@ def _clock(seconds: dict, name: str):
 
 
 def _measure(model, main, probe_set, dependency_set, shown, options, seconds) -> dict:
-    from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
-
     batch_size, seed = options["batch_size"], options["seed"]
     normalizer = seed_normalizer(model.config.heatmap_size)
     crops = main.images[shown]
@@ -99,8 +101,6 @@ def checkpoint_epoch(checkpoint, run_dir) -> int | None:
     best.safetensors, a copy of one of them), or None: another run's model, or one in memory."""
     from safetensors.torch import load_file
 
-    from hgpose.explore.trajectory import epoch_checkpoints
-
     if isinstance(checkpoint, torch.nn.Module):
         return None
     available = epoch_checkpoints(run_dir)
@@ -123,14 +123,9 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
     """Write OUT/index.html and OUT/explore.json comparing model B with model A on the same samples.
     run: a training run directory; its history (the over-training section) is shown once, with A and B
     marked at their epochs when they are among its per-epoch checkpoints."""
-    from hgpose.runtime.progress import progress_bar
-
     started = time.perf_counter()
     device = torch.device(device)
-    model_a, model_b = load_explore_model(checkpoint_a, device), load_explore_model(checkpoint_b, device)
-    if model_a.config.input_size != model_b.config.input_size:
-        raise UserError(f"{checkpoint_b}: input size {model_b.config.input_size} differs from {checkpoint_a}'s "
-                        f"{model_a.config.input_size}; the two models must see the same crops")
+    model_a, model_b = _load_pair(checkpoint_a, checkpoint_b, device)
     marks = {}
     if run is not None:  # a bad --run is one clean line, before any work
         marks = {label: epoch for label, checkpoint in (("A", checkpoint_a), ("B", checkpoint_b))
@@ -138,50 +133,77 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
     largest = 0 if 0 in (samples, probe_samples) else max(samples, probe_samples, dependency_samples)
     path_a = None if isinstance(checkpoint_a, torch.nn.Module) else checkpoint_a
     loaded = load_samples(data, split, model_a.config.input_size, largest, seed, path_a)
-    main, probe_set, dependency_set = loaded.first(samples), loaded.first(probe_samples), loaded.first(
-        dependency_samples)
-    shown = shown_samples(main, show)
+    sets = SampleSets(loaded.first(samples), loaded.first(probe_samples), loaded.first(dependency_samples))
+    shown = shown_samples(sets.main, show)
     options = dict(batch_size=batch_size, seed=seed, attribution_samples=min(attribution_samples, len(shown)),
                    ig_steps=ig_steps)
     seconds: dict[str, float] = {}
     measured = {}
     for name, model in progress_bar((("A", model_a), ("B", model_b)), desc="explore compare", disable=not progress):
-        measured[name] = _measure(model, main, probe_set, dependency_set, shown, options, seconds)
+        measured[name] = _measure(model, sets.main, sets.probe, sets.dependency, shown, options, seconds)
     a, b = measured["A"], measured["B"]
-    config = model_a.config
-    difference, pooled_difference = calibration.paired_difference_intervals(a["correct"], b["correct"], a["counted"],
-                                                                   seed=seed)
+    difference, pooled_difference = calibration.paired_difference_intervals(a["correct"], b["correct"],
+                                                                            a["counted"], seed=seed)
     cross = cka_matrix(a["features"], b["features"])
-    correlations = _map_correlations(a, b, main.visibility[shown] > 0)
-    page_sections = [
-        _accuracy_section(a, b, difference, pooled_difference, len(main), seconds["accuracy"]),
-        _heatmaps_section(a, b, main, shown, config, seconds["heatmaps"]),
-        _activations_section(a, b, main.images[shown[:ACTIVATION_SAMPLES]], cross, len(main),
-                             seconds["activations"]),
-        _probes_section(a, b, cross, len(probe_set), seconds["probes"]),
-    ]
+    correlations = _map_correlations(a, b, sets.main.visibility[shown] > 0)
+    trajectory = None
     if run is not None:
-        from hgpose.explore.trajectory import training_trajectory
-
         with _clock(seconds, "over training"):
-            trajectory = training_trajectory(run, probe_set.images, probe_set.keypoints, probe_set.visibility,
+            trajectory = training_trajectory(run, sets.probe.images, sets.probe.keypoints, sets.probe.visibility,
                                              every, device=device, batch_size=batch_size)
+    page_sections = [
+        _accuracy_section(a, b, difference, pooled_difference, len(sets.main), seconds["accuracy"]),
+        _heatmaps_section(a, b, sets.main, shown, model_a.config, seconds["heatmaps"]),
+        _activations_section(a, b, sets.main.images[shown[:ACTIVATION_SAMPLES]], cross, len(sets.main),
+                             seconds["activations"]),
+        _probes_section(a, b, cross, len(sets.probe), seconds["probes"]),
+    ]
+    if trajectory is not None:
         page_sections.append(sections.trajectory_section(trajectory, run, every, seconds["over training"], marks,
-                                              _run_sentence(run, marks)))
+                                                         _run_sentence(run, marks)))
     page_sections += [
-        _branches_section(a, b, len(main), seconds["accuracy"] + seconds["branches"]),
-        _attributions_section(a, b, main, shown, config, correlations, options, seconds["attributions"]),
-        _dependency_section(a, b, len(dependency_set), seconds["dependency"]),
-        _calibration_section(a, b, len(probe_set), seconds["calibration"]),
-        _failures_section(a, b, main, config, seconds["failures"]),
+        _branches_section(a, b, len(sets.main), seconds["accuracy"] + seconds["branches"]),
+        _attributions_section(a, b, sets.main, shown, model_a.config, correlations, options, seconds["attributions"]),
+        _dependency_section(a, b, len(sets.dependency), seconds["dependency"]),
+        _calibration_section(a, b, len(sets.probe), seconds["calibration"]),
+        _failures_section(a, b, sets.main, model_a.config, seconds["failures"]),
     ]
     total = time.perf_counter() - started
     names = {"A": "an in-memory model" if path_a is None else str(checkpoint_a),
              "B": str(checkpoint_b) if not isinstance(checkpoint_b, torch.nn.Module) else "an in-memory model"}
+    header = _compare_header(names, data, split, loaded, sets, shown, a, b, pooled_difference, run, marks, total)
+    html_path = atomic_write_text(Path(out) / "index.html", page("Two hourglasses compared", header, page_sections))
+    summary = {"a": names["A"], "b": names["B"], "data": str(data), "split": split, "samples": len(sets.main),
+               "seconds": round(total, 1), "section_seconds": seconds,
+               **_compare_numbers(measured, difference, pooled_difference, cross, correlations, shown, options)}
+    if trajectory is not None:
+        summary["over_training"] = {"run": str(run), "epochs": trajectory.epochs, "marks": marks}
+    atomic_write_json(Path(out) / "explore.json", jsonable(summary))
+    return html_path
+
+
+@dataclass
+class SampleSets:
+    main: object  # accuracy, lesions, the worst samples
+    probe: object  # probes and calibration
+    dependency: object  # the dependency matrix
+
+
+def _load_pair(checkpoint_a, checkpoint_b, device):
+    model_a, model_b = load_explore_model(checkpoint_a, device), load_explore_model(checkpoint_b, device)
+    if model_a.config.input_size != model_b.config.input_size:
+        raise UserError(f"{checkpoint_b}: input size {model_b.config.input_size} differs from {checkpoint_a}'s "
+                        f"{model_a.config.input_size}; the two models must see the same crops")
+    return model_a, model_b
+
+
+def _compare_header(names, data, split, loaded, sets, shown, a, b, pooled_difference, run, marks, total) -> list:
+    """The page's table of what was compared, on which samples, and the headline PCKs."""
+    main = sets.main
     rows = [("A", names["A"]), ("B", names["B"]),
             ("data", f"{data}, split {split}: {len(main)} of its {loaded.split_size} person instances for "
-                     f"accuracy, lesions and the worst samples, {len(shown)} of them drawn, {len(probe_set)} for "
-                     f"probes and calibration, {len(dependency_set)} for the dependency matrix"),
+                     f"accuracy, lesions and the worst samples, {len(shown)} of them drawn, {len(sets.probe)} for "
+                     f"probes and calibration, {len(sets.dependency)} for the dependency matrix"),
             ("PCK", f"A {fmt(a['pooled_interval'].value)} ({fmt(a['pooled_interval'].low)}-"
                     f"{fmt(a['pooled_interval'].high)}), B {fmt(b['pooled_interval'].value)} "
                     f"({fmt(b['pooled_interval'].low)}-{fmt(b['pooled_interval'].high)}), B - A "
@@ -194,27 +216,26 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
     if len(main) < MIN_RELIABLE_SAMPLES:
         header.append(paragraph(f"Only {len(main)} samples: most differences will be within their intervals.",
                                 "warning"))
-    html_path = atomic_write_text(Path(out) / "index.html", page("Two hourglasses compared", header, page_sections))
-    summary = {"a": names["A"], "b": names["B"], "data": str(data), "split": split, "samples": len(main),
-               "seconds": round(total, 1), "section_seconds": seconds,
-               "pck": {"a": a["pooled_interval"].value, "b": b["pooled_interval"].value,
-                       "b_minus_a": pooled_difference.value,
-                       "b_minus_a_interval": [pooled_difference.low, pooled_difference.high],
-                       "per_joint_b_minus_a": dict(zip(KEYPOINT_NAMES, difference.value))},
-               "probes": {"stages": a["pixel"].stages, "pixel_pck": {"a": a["pixel"].pck, "b": b["pixel"].pck},
-                          "output_pck": {"a": a["output_pck"], "b": b["output_pck"]},
-                          "chance_pck": a["pixel"].chance, "cka_a_vs_b": np.diag(cross)},
-               "attributions": {"samples": {"gradient": len(shown), "ig": options["attribution_samples"]},
-                                "rank_correlation_a_vs_b": {
-                                    k: dict(zip(KEYPOINT_NAMES, v)) for k, v in _joint_means(correlations).items()}},
-               "worst": {"a": a["failures"].worst, "b": b["failures"].worst},
-               "dependency_drop": {"a": a["dependency"].confidence_drop, "b": b["dependency"].confidence_drop},
-               "calibration": {k: {"ece": m["calibration"].ece, "auroc": m["calibration"].auroc}
-                               for k, m in measured.items()}}
-    if run is not None:
-        summary["over_training"] = {"run": str(run), "epochs": trajectory.epochs, "marks": marks}
-    atomic_write_json(Path(out) / "explore.json", jsonable(summary))
-    return html_path
+    return header
+
+
+def _compare_numbers(measured, difference, pooled_difference, cross, correlations, shown, options) -> dict:
+    """explore.json's comparison: PCK, probes, attributions, worst samples, dependency, calibration."""
+    a, b = measured["A"], measured["B"]
+    return {"pck": {"a": a["pooled_interval"].value, "b": b["pooled_interval"].value,
+                    "b_minus_a": pooled_difference.value,
+                    "b_minus_a_interval": [pooled_difference.low, pooled_difference.high],
+                    "per_joint_b_minus_a": dict(zip(KEYPOINT_NAMES, difference.value))},
+            "probes": {"stages": a["pixel"].stages, "pixel_pck": {"a": a["pixel"].pck, "b": b["pixel"].pck},
+                       "output_pck": {"a": a["output_pck"], "b": b["output_pck"]},
+                       "chance_pck": a["pixel"].chance, "cka_a_vs_b": np.diag(cross)},
+            "attributions": {"samples": {"gradient": len(shown), "ig": options["attribution_samples"]},
+                             "rank_correlation_a_vs_b": {
+                                 k: dict(zip(KEYPOINT_NAMES, v)) for k, v in _joint_means(correlations).items()}},
+            "worst": {"a": a["failures"].worst, "b": b["failures"].worst},
+            "dependency_drop": {"a": a["dependency"].confidence_drop, "b": b["dependency"].confidence_drop},
+            "calibration": {k: {"ece": m["calibration"].ece, "auroc": m["calibration"].auroc}
+                            for k, m in measured.items()}}
 
 
 def _run_sentence(run, marks: dict) -> str:
@@ -258,8 +279,6 @@ def _accuracy_section(a, b, difference, pooled, n: int, seconds: float) -> Secti
 
 
 def _heatmaps_section(a, b, main, shown, config, seconds: float) -> Section:
-    from hgpose.evaluation.pck import seed_normalizer
-
     body = []
     names = figures.SHORT_NAMES
     for i, position in enumerate(shown):
