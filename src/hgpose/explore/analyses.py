@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hgpose.model.heatmaps import decode_heatmaps
+from hgpose.evaluation.pck import counted_mask, pck, seed_normalizer
+from hgpose.model.heatmaps import decode_heatmaps, render_heatmaps
 from hgpose.model.hourglass import Hourglass, HourglassNet, to_model_input
+from hgpose.runtime.progress import progress_bar
 
 DEFAULT_BATCH = 16
 
@@ -89,8 +91,6 @@ def heatmaps(model: HourglassNet, images, batch_size: int = DEFAULT_BATCH) -> np
 
 def target_heatmaps(keypoints, visibility, heatmap_size: int) -> np.ndarray:
     """The training targets (unit Gaussians, sigma 1) for (N, K, 2) keypoints: (N, K, h, h) float32."""
-    from hgpose.model.heatmaps import render_heatmaps
-
     maps, _ = render_heatmaps(torch.as_tensor(np.asarray(keypoints)), torch.as_tensor(np.asarray(visibility)),
                               heatmap_size)
     return maps.numpy()
@@ -369,9 +369,6 @@ def lesion_study(model: HourglassNet, images, keypoints, visibility, normalizer:
                  stack: int = -1, batch_size: int = DEFAULT_BATCH, progress: bool = False) -> LesionStudy:
     """PCK (the seed's) on crops (N, 3, S, S) with true keypoints (N, K, 2) and COCO visibility (N, K),
     intact and with each level's skip branch, then its low branch, zeroed in turn."""
-    from hgpose.evaluation.pck import pck, seed_normalizer
-    from hgpose.runtime.progress import progress_bar
-
     images, device = as_crops(images), model_device(model)
     normalizer = seed_normalizer(model.config.heatmap_size) if normalizer is None else normalizer
     depth = len(hourglass_levels(model, stack))
@@ -416,8 +413,6 @@ class Failures:
 def failures(coords, gt, visibility, normalizer: float, worst: int = 8) -> Failures:
     """Per-joint PCK and the samples with the largest mean keypoint error. coords, gt: (N, K, 2) heatmap
     coordinates; visibility (N, K) COCO flags (1 and 2 count)."""
-    from hgpose.evaluation.pck import counted_mask, pck
-
     result = pck(coords, gt, visibility, normalizer)
     counted = counted_mask(visibility)
     distances = np.linalg.norm(np.asarray(coords, np.float64) - np.asarray(gt, np.float64), axis=-1)

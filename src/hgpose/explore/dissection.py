@@ -20,7 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hgpose.evaluation.pck import counted_mask
+from hgpose.explore.analyses import stage_batches
 from hgpose.keypoints import KEYPOINT_NAMES, SKELETON
+from hgpose.model.hourglass import build_model
 
 JOINT_RADIUS = 0.075  # of the crop side: a little over the seed's PCK radius (0.05 of the crop side)
 LIMB_RADIUS = 0.04  # of the crop side: half the thickness of a limb's region
@@ -42,8 +45,6 @@ def part_masks(keypoints, visibility, heatmap_size: int, side: int) -> tuple[np.
     """Regions of the 17 joints and the skeleton's limbs on a side x side grid over the crop: masks
     (N, P, side, side) bool and labelled (N, P) bool (a limb is labelled when both its joints are).
     keypoints (N, K, 2) heatmap pixel-centre coordinates, visibility (N, K) COCO flags."""
-    from hgpose.evaluation.pck import counted_mask
-
     points = (np.asarray(keypoints, np.float64) + 0.5) * (side / heatmap_size) - 0.5
     joint_labelled = counted_mask(visibility)
     ys, xs = np.mgrid[0:side, 0:side].astype(np.float64)
@@ -230,8 +231,6 @@ def iou_interval(dissection: Dissection, stage: int, channel: int, part: int, re
 def model_dissection(model, images, keypoints, visibility, stack: int = -1, batch_size: int = 16, seed: int = 0,
                      top: float | None = None) -> Dissection:
     """dissect() every stage of a model (stage_names plus "head") on crops (N, 3, S, S): two forward passes."""
-    from hgpose.explore.analyses import stage_batches
-
     return dissect(lambda: stage_batches(model, images, stack, batch_size, head=True), keypoints, visibility,
                    model.config.heatmap_size, top=top, seed=seed)
 
@@ -239,8 +238,6 @@ def model_dissection(model, images, keypoints, visibility, stack: int = -1, batc
 def random_twin(model, seed: int = 0):
     """A randomly initialised model of the same configuration, on the same device, in eval mode (the chance
     reference of the dissection, as in the report's model-randomisation check)."""
-    from hgpose.model.hourglass import build_model
-
     device = next(model.parameters()).device
     return build_model(model.config, seed=seed).to(device).eval()
 
@@ -248,8 +245,6 @@ def random_twin(model, seed: int = 0):
 @torch.no_grad()
 def channel_maps(model, images, stage: str, channel: int, stack: int = -1, batch_size: int = 16) -> np.ndarray:
     """(N, r, r) one channel of one stage on the crops (for the gallery of top-activating crops)."""
-    from hgpose.explore.analyses import stage_batches
-
     parts = [stages[stage][:, channel].numpy() for _, stages, _ in
              stage_batches(model, images, stack, batch_size, head=True)]
     return np.concatenate(parts)

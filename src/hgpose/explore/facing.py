@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hgpose.explore.probes import RIDGE_ALPHAS, one_blas_thread, sample_folds
+from hgpose.explore.sections import twin_of
 from hgpose.synth import YAW_FIELD
 
 FRONT, BACK, UNDECIDED = 1, -1, 0
@@ -123,8 +125,6 @@ def facing_probes(features: dict[str, np.ndarray], facing, folds: int = 5, seed:
     (hgpose.explore.probes.sample_folds over all N samples), restricted to the decided ones."""
     from sklearn.linear_model import RidgeCV
 
-    from hgpose.explore.probes import RIDGE_ALPHAS, one_blas_thread, sample_folds
-
     facing = np.asarray(facing)
     fold = sample_folds(len(facing), folds, seed)
     rows = np.flatnonzero(facing != UNDECIDED)
@@ -152,8 +152,6 @@ def facing_probes(features: dict[str, np.ndarray], facing, folds: int = 5, seed:
 def sample_inversions(coords, keypoints, visibility, normalizer: float) -> tuple[np.ndarray, np.ndarray]:
     """Per sample: whether any predicted left or right keypoint lands on its twin (within the PCK radius of
     the twin's true position and closer to it than to its own), and whether any pair could (both labelled)."""
-    from hgpose.explore.sections import twin_of
-
     coords, keypoints = np.asarray(coords, np.float64), np.asarray(keypoints, np.float64)
     labelled = (np.asarray(visibility) == 1) | (np.asarray(visibility) == 2)
     inverted = np.zeros(len(coords), bool)
@@ -205,8 +203,6 @@ def wrong_side_share(coords, keypoints, visibility, normalizer: float) -> float:
     """Of the left/right keypoints (twin labelled too) that land within the PCK radius of their own or their twin's
     true position, the share that land on the twin: which side, given that the pair was found. A read-out that
     finds nothing has no side to get wrong, so this is not lowered by missing everything."""
-    from hgpose.explore.sections import twin_of
-
     coords, keypoints = np.asarray(coords, np.float64), np.asarray(keypoints, np.float64)
     labelled = (np.asarray(visibility) == 1) | (np.asarray(visibility) == 2)
     wrong = landed = 0

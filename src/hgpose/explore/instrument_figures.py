@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
+from hgpose.explore.dissection import PART_NAMES
 from hgpose.explore.figures import SHORT_NAMES, encode_png, hwc, to_png
 
 
@@ -107,8 +108,6 @@ def stack_maps_figure(crops, maps, coords, truth, visibility, input_size: int) -
 
 
 def part_labels() -> list[str]:
-    from hgpose.explore.dissection import PART_NAMES
-
     return list(PART_NAMES)
 
 

@@ -8,8 +8,12 @@ import numpy as np
 
 from hgpose.explore import figures
 from hgpose.explore import instrument_figures as ifg
+from hgpose.explore.analyses import to_input_coords
+from hgpose.explore.dissection import JOINT_RADIUS, LIMB_RADIUS, chance_levels, channel_maps, iou_interval
+from hgpose.explore.facing import BACK, CONFIDENT_ACCURACY, FRONT, UNDECIDED
 from hgpose.explore.html import Section, gallery, image, paragraph, table
 from hgpose.explore.sections import fmt, report_section
+from hgpose.explore.stacks import ERROR_CLASSES
 from hgpose.keypoints import KEYPOINT_NAMES
 
 STACKS_TITLE = "What each stack fixes"
@@ -33,9 +37,6 @@ def _with_finding(finding: str, intro: str) -> str:
 
 def stacks_section(study, crops, maps, truth, visibility, config, seconds: float) -> Section:
     """study: stacks.StackStudy on the main samples; maps (T, n, K, h, h) of the crops drawn."""
-    from hgpose.explore.analyses import to_input_coords
-    from hgpose.explore.stacks import ERROR_CLASSES
-
     stacks = len(study.pck)
     rows = []
     for t in range(stacks):
@@ -81,8 +82,6 @@ def stacks_section(study, crops, maps, truth, visibility, config, seconds: float
 
 
 def stacks_numbers(study) -> dict:
-    from hgpose.explore.stacks import ERROR_CLASSES
-
     return {"pck": study.pck, "low": study.low, "high": study.high, "change_low": study.change_low,
             "change_high": study.change_high, "samples": study.samples,
             "errors": {name: study.errors[:, i] for i, name in enumerate(ERROR_CLASSES)},
@@ -96,8 +95,6 @@ def stacks_numbers(study) -> dict:
 
 def dissection_summary(trained, random, found) -> list[dict]:
     """Per stage: channels, detectors, parts covered, and the best detector with its IoU interval."""
-    from hgpose.explore.dissection import chance_levels, iou_interval
-
     chance = chance_levels(trained, random)
     summary = []
     for s, name in enumerate(trained.stages):
@@ -116,8 +113,6 @@ def dissection_summary(trained, random, found) -> list[dict]:
 def dissection_section(trained, random, found, tiles, seconds: float, threshold: float) -> Section:
     """trained, random: dissection.Dissection of the model and of a randomly initialised twin; found:
     dissection.detectors(trained, random); tiles: (png, caption) of the best detectors' top crops."""
-    from hgpose.explore.dissection import JOINT_RADIUS, LIMB_RADIUS, chance_levels
-
     summary = dissection_summary(trained, random, found)
     chance = chance_levels(trained, random)
     total = sum(e["channels"] for e in summary)
@@ -179,8 +174,6 @@ def dissection_section(trained, random, found, tiles, seconds: float, threshold:
 
 def dissection_tiles(model, images, trained, found, stack: int = -1) -> list[tuple[bytes, str]]:
     """Gallery tiles: for the best GALLERY_CHANNELS detectors over all stages, their top GALLERY_CROPS crops."""
-    from hgpose.explore.dissection import channel_maps
-
     best = sorted((d for stage in found for d in stage), key=lambda d: -d.iou)[:GALLERY_CHANNELS]
     tiles = []
     for d in best:
@@ -266,8 +259,6 @@ def facing_section(facing, probes, readout, network_share, head_bins, probe_bins
     share (wrong_side_share of the pixel probe's stages, which the facing probes share); network_share: the
     network's own;
     head_bins, probe_bins: facing.RateByBin; known: (agreeing, compared) against the generator, or None."""
-    from hgpose.explore.facing import BACK, CONFIDENT_ACCURACY, FRONT, UNDECIDED
-
     decided = int((facing != UNDECIDED).sum())
     lows = np.nan_to_num(probes.low, nan=-1.0)
     decodable = [s for s, low in zip(probes.stages, lows) if low >= CONFIDENT_ACCURACY]

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hgpose.explore.analyses import DEFAULT_BATCH, stage_batches, stage_names
+from hgpose.evaluation.pck import counted_mask, normalized_distances, seed_normalizer
+from hgpose.explore.analyses import DEFAULT_BATCH, decode, stage_batches, stage_names
+from hgpose.model.heatmaps import render_heatmaps
 from hgpose.model.hourglass import HourglassNet
 
 POOL_GRID = 4  # stages are pooled to at most 4x4 cells before probing
@@ -179,8 +181,6 @@ def sample_folds(n: int, folds: int, seed: int = 0) -> np.ndarray:
 def stage_targets(keypoints, visibility, heatmap_size: int, side: int) -> tuple[np.ndarray, np.ndarray]:
     """The training targets (unit Gaussians, sigma 1, at heatmap resolution) area-averaged to side x side:
     (N, K, side, side) float32, and their weights (N, K) (1: labelled and on the heatmap)."""
-    from hgpose.model.heatmaps import render_heatmaps
-
     maps, weights = render_heatmaps(torch.as_tensor(np.asarray(keypoints)), torch.as_tensor(np.asarray(visibility)),
                                     heatmap_size)
     return F.adaptive_avg_pool2d(maps, side).numpy(), weights.numpy()
@@ -277,8 +277,6 @@ def _predict(maps, weights) -> np.ndarray:
 
 def _decode_on_heatmap(maps, heatmap_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The seed's decoding (peak, quarter-pixel step) of (B, K, r, r) maps, in heatmap coordinates."""
-    from hgpose.explore.analyses import decode
-
     coords, peaks = decode(np.asarray(maps, np.float32))
     return to_heatmap_coords(coords, maps.shape[-1], heatmap_size), peaks
 
@@ -298,8 +296,6 @@ def pixel_probes(batches, keypoints, visibility, heatmap_size: int, folds: int =
 
 
 def _pixel_probes(batches, keypoints, visibility, heatmap_size, folds, seed, fit_pixels) -> PixelProbes:
-    from hgpose.evaluation.pck import counted_mask, normalized_distances, seed_normalizer
-
     keypoints, visibility = np.asarray(keypoints, np.float64), np.asarray(visibility)
     n, k = visibility.shape
     fold = sample_folds(n, folds, seed)

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hgpose.evaluation.pck import counted_mask
+from hgpose.explore.analyses import as_crops, evaluating, forward_hooks, hourglass_levels, stage_names
 from hgpose.keypoints import KEYPOINT_NAMES
+from hgpose.model.hourglass import to_model_input
 
 STAGE_JOINTS = 4  # the stages' units are taken at up to this many of a sample's joints (cost: 1 pass per stage)
 PERSON_SHARE = 1 / 1.25  # the crop is 1.25 times the person box: a person is about 0.8 crop sides tall
@@ -26,8 +29,6 @@ def theoretical_rf(config, stack: int = -1) -> dict[str, int]:
     plus "head", the heatmaps' input) of hourglass `stack`: (side, jump) grow through every convolution and
     pooling; a level's output takes the larger of its skip branch and its pooled low branch, and nearest
     upsampling keeps the side. Later stacks start from the previous stack's head (1x1 merges add nothing)."""
-    from hgpose.explore.analyses import stage_names
-
     side, jump = 7, 2  # the stem's 7x7 convolution, stride 2
     side += 2 * jump  # stem_res1: one 3x3 convolution
     side, jump = side + jump, 2 * jump  # max-pooling 2x2, stride 2
@@ -161,10 +162,6 @@ def effective_receptive_fields(model, images, keypoints, visibility, stack: int 
     crops (N, 3, S, S) (keypoints (N, K, 2) heatmap coordinates). Per sample: one forward and one backward
     pass on a copy per labelled joint for the heatmaps; one forward pass on a copy per joint for up to
     STAGE_JOINTS of them and one backward pass per stage."""
-    from hgpose.evaluation.pck import counted_mask
-    from hgpose.explore.analyses import as_crops, evaluating, forward_hooks, hourglass_levels, stage_names
-    from hgpose.model.hourglass import to_model_input
-
     images = as_crops(images)
     config = model.config
     s, h, k = config.input_size, config.heatmap_size, len(KEYPOINT_NAMES)

@@ -13,14 +13,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hgpose.data.dataset import PersonDataset
+from hgpose.data.image_report import image_report
+from hgpose.data.loader import make_loader
+from hgpose.evaluate import evaluate_checkpoint, headline_pck, load_eval_index
 from hgpose.evaluation.pck import seed_normalizer
 from hgpose.explore.html import esc, page, paragraph, table
 from hgpose.explore.sections import SECTION_TITLES, fmt
 from hgpose.explore.steps import Analysis, run_steps, step_count
+from hgpose.explore.trajectory import epoch_checkpoints
 from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.model.hourglass import HourglassNet, count_parameters
 from hgpose.model.weights import load_model
 from hgpose.runtime.files import UserError, atomic_write_json, atomic_write_text
+from hgpose.runtime.progress import progress_bar
 
 __all__ = ["SECTION_TITLES", "Samples", "load_samples", "write_explore_report", "MIN_RELIABLE_SAMPLES"]
 
@@ -53,11 +59,6 @@ class Samples:
 def load_samples(data, split: str, input_size: int, samples: int, seed: int = 0, checkpoint=None,
                  batch_size: int = 32) -> Samples:
     """A seeded random `samples` instances of the split (all of them for 0), crops in memory."""
-    from hgpose.data.dataset import PersonDataset
-    from hgpose.data.image_report import image_report
-    from hgpose.data.loader import make_loader
-    from hgpose.evaluate import load_eval_index
-
     index = load_eval_index(data, split, Path(checkpoint) if checkpoint is not None else Path("."))
     total = len(index)
     if total == 0:
@@ -111,8 +112,6 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
     directory, whose per-epoch checkpoints (every `every`-th) give the over-training section. full_split:
     also report the PCK of the whole split (from RUN/test_eval.json when it matches, else one pass).
     """
-    from hgpose.runtime.progress import progress_bar
-
     started = time.perf_counter()
     device = torch.device(device)
     model = load_explore_model(checkpoint, device)
@@ -120,8 +119,6 @@ def write_explore_report(checkpoint, data, split: str = "val2017", samples: int 
     largest = 0 if 0 in (samples, probe_samples, dissection_samples) else max(
         samples, probe_samples, dependency_samples, dissection_samples, erf_samples)
     if run is not None:
-        from hgpose.explore.trajectory import epoch_checkpoints
-
         epoch_checkpoints(run)  # a bad --run is one clean line, before any work
     # before the progress bar, so that a bad --data or --split is one clean line
     loaded = load_samples(data, split, model.config.input_size, largest, seed, _checkpoint_path(checkpoint))
@@ -212,8 +209,6 @@ def _full_split_pck(checkpoint, data, split, loaded: Samples, subset_pck, device
     if path is None or not enabled:
         return {"pck": None, "source": "not computed"}
     import json
-
-    from hgpose.evaluate import evaluate_checkpoint, headline_pck
 
     path = Path(path)
     for saved in (path.parent / "test_eval.json", path.parent.parent / "test_eval.json"):

@@ -8,6 +8,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from hgpose.explore import instrument_sections as ins
+from hgpose.explore.dissection import IOU_THRESHOLD, detectors, model_dissection, random_twin
+from hgpose.explore.facing import (
+    BACK,
+    FRONT,
+    UNDECIDED,
+    facing_from_keypoints,
+    facing_probes,
+    known_facing,
+    rate_by_confidence,
+    readout_inversions,
+    sample_inversions,
+    wrong_side_share,
+)
+from hgpose.explore.sections import twin_of
+from hgpose.explore.stacks import stack_heatmaps, stack_study
 
 
 @dataclass
@@ -17,16 +32,12 @@ class Stacked:
 
 
 def stacks(model, main, shown, batch_size: int, seed: int) -> Stacked:
-    from hgpose.explore.stacks import stack_heatmaps, stack_study
-
     study = stack_study(model, main.images, main.keypoints, main.visibility, batch_size=batch_size, seed=seed)
     return Stacked(study, stack_heatmaps(model, main.images[shown[:2]], batch_size))
 
 
 def dissection(model, samples, batch_size: int, seed: int, timer):
     """Dissect the model and a randomly initialised twin on `samples`; (section, numbers)."""
-    from hgpose.explore.dissection import IOU_THRESHOLD, detectors, model_dissection, random_twin
-
     trained = model_dissection(model, samples.images, samples.keypoints, samples.visibility,
                                batch_size=batch_size, seed=seed)
     random = model_dissection(random_twin(model, seed + 4321), samples.images, samples.keypoints,
@@ -45,37 +56,34 @@ def dissection(model, samples, batch_size: int, seed: int, timer):
 
 def facing(features: dict, pixel, probe_set, probe_coords, probe_confidence, normalizer: float, seed: int, timer):
     """Facing from the probe samples' keypoints, probed on each stage's pooled features; (section, numbers)."""
-    from hgpose.explore import facing as fa
-    from hgpose.explore.sections import twin_of
-
     stages = {name: features[name] for name in pixel.stages if name in features}
-    labels, _ = fa.facing_from_keypoints(probe_set.keypoints, probe_set.visibility)
-    probes = fa.facing_probes(stages, labels, folds=pixel.folds, seed=seed)
-    readout = fa.readout_inversions(pixel, probe_set.keypoints, probe_set.visibility, normalizer)
-    inverted, considered = fa.sample_inversions(probe_coords, probe_set.keypoints, probe_set.visibility, normalizer)
+    labels, _ = facing_from_keypoints(probe_set.keypoints, probe_set.visibility)
+    probes = facing_probes(stages, labels, folds=pixel.folds, seed=seed)
+    readout = readout_inversions(pixel, probe_set.keypoints, probe_set.visibility, normalizer)
+    inverted, considered = sample_inversions(probe_coords, probe_set.keypoints, probe_set.visibility, normalizer)
     lateral = [j for j in range(probe_set.visibility.shape[1]) if twin_of(j) is not None]
     labelled = (probe_set.visibility == 1) | (probe_set.visibility == 2)
     weights = labelled[:, lateral]
     with np.errstate(invalid="ignore", divide="ignore"):
         head = (probe_confidence[:, lateral] * weights).sum(1) / weights.sum(1)
-    head_bins = fa.rate_by_confidence(head[considered], inverted[considered])
+    head_bins = rate_by_confidence(head[considered], inverted[considered])
     best = int(np.nanargmax(probes.accuracy)) if np.isfinite(probes.accuracy).any() else 0
     margin = np.full(len(labels), np.nan)
     if len(probes.rows):
         margin[probes.rows] = np.abs(probes.scores[best])
     chosen = considered & np.isfinite(margin)
-    probe_bins = fa.rate_by_confidence(margin[chosen], inverted[chosen])
-    network = fa.wrong_side_share(probe_coords, probe_set.keypoints, probe_set.visibility, normalizer)
+    probe_bins = rate_by_confidence(margin[chosen], inverted[chosen])
+    network = wrong_side_share(probe_coords, probe_set.keypoints, probe_set.visibility, normalizer)
     known = None
     annotations = annotations_of(probe_set)
     if annotations is not None:
-        truth = fa.known_facing(annotations)
+        truth = known_facing(annotations)
         if truth is not None:
-            decided = labels != fa.UNDECIDED
+            decided = labels != UNDECIDED
             known = (int((labels[decided] == truth[decided]).sum()), int(decided.sum()))
     section = ins.facing_section(labels, probes, readout, network, head_bins, probe_bins,
                                  probes.stages[best] if probes.stages else "-", known, timer.elapsed())
-    numbers = {"samples": len(labels), "front": int((labels == fa.FRONT).sum()), "back": int((labels == fa.BACK).sum()),
+    numbers = {"samples": len(labels), "front": int((labels == FRONT).sum()), "back": int((labels == BACK).sum()),
                "stages": probes.stages, "accuracy": probes.accuracy, "low": probes.low, "high": probes.high,
                "majority": probes.majority, "readout_wrong_side_share": readout, "network_wrong_side_share": network,
                "by_head_confidence": _bins(head_bins), "by_probe_margin": _bins(probe_bins),

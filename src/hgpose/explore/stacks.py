@@ -16,6 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
+from hgpose.explore.analyses import as_crops, decode, evaluating, in_batches
+from hgpose.explore.calibration import pooled_pck_intervals
+from hgpose.explore.sections import twin_of
+from hgpose.model.hourglass import to_model_input
+
 ERROR_CLASSES = ("good", "jitter", "inversion", "miss")
 JITTER_LIMIT = 1.5  # in units of c: 3 times the PCK radius
 
@@ -23,9 +29,6 @@ JITTER_LIMIT = 1.5  # in units of c: 3 times the PCK radius
 @torch.no_grad()
 def stack_heatmaps(model, images, batch_size: int = 16) -> np.ndarray:
     """(T, N, K, h, h) float32: every stack's heatmaps on crops (N, 3, S, S), first stack first."""
-    from hgpose.explore.analyses import as_crops, evaluating, in_batches
-    from hgpose.model.hourglass import to_model_input
-
     images, device, parts = as_crops(images), next(model.parameters()).device, []
     with evaluating(model):
         for _, batch in in_batches(images, batch_size):
@@ -35,9 +38,6 @@ def stack_heatmaps(model, images, batch_size: int = 16) -> np.ndarray:
 
 def error_classes(coords, keypoints, visibility, normalizer: float) -> np.ndarray:
     """(N, K) index into ERROR_CLASSES of each keypoint (-1 where it is not counted)."""
-    from hgpose.evaluation.pck import counted_mask
-    from hgpose.explore.sections import twin_of
-
     coords, keypoints = np.asarray(coords, np.float64), np.asarray(keypoints, np.float64)
     counted = counted_mask(visibility)
     distance = np.linalg.norm(coords - keypoints, axis=-1) / normalizer
@@ -89,10 +89,6 @@ def class_share_change(classes, resamples: int = 1000, seed: int = 0) -> tuple[n
 
 def stack_study(model, images, keypoints, visibility, batch_size: int = 16, seed: int = 0) -> StackStudy:
     """PCK, paired intervals and error classes of every stack's output on crops (N, 3, S, S)."""
-    from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
-    from hgpose.explore.analyses import decode
-    from hgpose.explore.calibration import pooled_pck_intervals
-
     maps = stack_heatmaps(model, images, batch_size)
     decoded = [decode(stack) for stack in maps]
     coords = np.stack([c for c, _ in decoded])

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hgpose.evaluation.pck import pck, seed_normalizer
 from hgpose.explore.analyses import branch_contributions, decode, heatmaps
 from hgpose.explore.probes import linear_cka, model_pixel_probes, pooled_stages
 from hgpose.model.weights import load_model
 from hgpose.runtime.files import UserError
+from hgpose.runtime.progress import progress_bar
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors")
 DEFAULT_EVERY = 5
@@ -108,9 +110,6 @@ def analysed_epoch(run_dir, checkpoint) -> int | None:
 def training_trajectory(run_dir, images, keypoints, visibility, every: int = DEFAULT_EVERY, device="cpu",
                         batch_size: int = 16, folds: int = 5, progress: bool = False) -> TrainingTrajectory:
     """Run the per-epoch analyses on crops (N, 3, S, S) with their truth (heatmap coordinates)."""
-    from hgpose.evaluation.pck import pck, seed_normalizer
-    from hgpose.runtime.progress import progress_bar
-
     checkpoints = epoch_checkpoints(run_dir)
     epochs = chosen_epochs(checkpoints, every)
     features, probed, shares, per_joint, pooled = [], [], [], [], []

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hgpose.runtime.files import TEMP_PREFIX, UserError, disk_errors
+from hgpose.train.restart import never_finished_an_epoch
 from hgpose.train.run_dir import LOCK_NAME, RUN_CONFIG, resume_command
 
 # What a run writes before config.yaml (while it loads and checks its data): a run killed then
@@ -35,8 +36,6 @@ def check_new_run_dir(run_dir: Path) -> None:
     if not run_dir.is_dir():
         raise UserError(f"--out {run_dir}: exists and is not a folder; give a new or empty folder for the run")
     if (run_dir / RUN_CONFIG).exists():
-        from hgpose.train.restart import never_finished_an_epoch
-
         again = (f"; it never finished an epoch, so `{resume_command(run_dir)}` may also give it new settings "
                  "(e.g. --lr)") if _quietly(never_finished_an_epoch, run_dir) else ""
         raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out{again}")
