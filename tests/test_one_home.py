@@ -14,6 +14,8 @@ SOURCES = {p.relative_to(SRC).as_posix(): p.read_text() for p in SRC.rglob("*.py
 # function -> the module that is its one home
 HOMES = {
     "flip_permutation": "keypoints.py",
+    "twin_of": "keypoints.py",
+    "twin_landings": "explore/facing.py",
     "person_category_id": "keypoints.py",
     "file_sha1": "runtime/files.py",
     "check_decode_method": "model/heatmaps.py",

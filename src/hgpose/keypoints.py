@@ -63,6 +63,12 @@ def flip_permutation(num_keypoints: int = NUM_KEYPOINTS) -> list[int]:
     return perm
 
 
+def twin_of(joint: int, num_keypoints: int = NUM_KEYPOINTS) -> int | None:
+    """The left/right twin of a keypoint (left_wrist <-> right_wrist), None for the nose."""
+    twin = flip_permutation(num_keypoints)[joint]
+    return None if twin == joint else twin
+
+
 PERSON_CATEGORY: dict = {
     "supercategory": "person",
     "id": 1,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hgpose.explore.probes import RIDGE_ALPHAS, one_blas_thread, sample_folds
-from hgpose.explore.sections import twin_of
+from hgpose.keypoints import twin_of
 from hgpose.synth import YAW_FIELD
 
 FRONT, BACK, UNDECIDED = 1, -1, 0
@@ -149,23 +149,26 @@ def facing_probes(features: dict[str, np.ndarray], facing, folds: int = 5, seed:
     return FacingProbes(stages, accuracy, low, high, scores, rows, labels, majority, folds)
 
 
+def twin_landings(coords, keypoints, visibility, normalizer: float):
+    """Per person and keypoint (N, K) bool: on_twin, the prediction lands on its left/right twin (within the PCK
+    radius of the twin's true position and closer to it than to its own); on_own, it lands on its own joint,
+    closer to it; both, the keypoint and its twin are labelled. The one test every left/right figure uses."""
+    coords, keypoints = np.asarray(coords, np.float64), np.asarray(keypoints, np.float64)
+    labelled = (np.asarray(visibility) == 1) | (np.asarray(visibility) == 2)
+    count = keypoints.shape[1]
+    twins = np.array([twin_of(j, count) if twin_of(j, count) is not None else j for j in range(count)])
+    both = labelled & labelled[:, twins] & (twins != np.arange(count))
+    own = np.linalg.norm(coords - keypoints, axis=-1)
+    other = np.linalg.norm(coords - keypoints[:, twins], axis=-1)
+    radius = 0.5 * normalizer
+    return both & (other < own) & (other < radius), both & (own <= other) & (own < radius), both
+
+
 def sample_inversions(coords, keypoints, visibility, normalizer: float) -> tuple[np.ndarray, np.ndarray]:
     """Per sample: whether any predicted left or right keypoint lands on its twin (within the PCK radius of
     the twin's true position and closer to it than to its own), and whether any pair could (both labelled)."""
-    coords, keypoints = np.asarray(coords, np.float64), np.asarray(keypoints, np.float64)
-    labelled = (np.asarray(visibility) == 1) | (np.asarray(visibility) == 2)
-    inverted = np.zeros(len(coords), bool)
-    considered = np.zeros(len(coords), bool)
-    for j in range(keypoints.shape[1]):
-        t = twin_of(j)
-        if t is None:
-            continue
-        both = labelled[:, j] & labelled[:, t]
-        own = np.linalg.norm(coords[:, j] - keypoints[:, j], axis=-1)
-        other = np.linalg.norm(coords[:, j] - keypoints[:, t], axis=-1)
-        inverted |= both & (other < own) & (other < 0.5 * normalizer)
-        considered |= both
-    return inverted, considered
+    on_twin, _, both = twin_landings(coords, keypoints, visibility, normalizer)
+    return on_twin.any(axis=1), both.any(axis=1)
 
 
 @dataclass
@@ -203,21 +206,9 @@ def wrong_side_share(coords, keypoints, visibility, normalizer: float) -> float:
     """Of the left/right keypoints (twin labelled too) that land within the PCK radius of their own or their twin's
     true position, the share that land on the twin: which side, given that the pair was found. A read-out that
     finds nothing has no side to get wrong, so this is not lowered by missing everything."""
-    coords, keypoints = np.asarray(coords, np.float64), np.asarray(keypoints, np.float64)
-    labelled = (np.asarray(visibility) == 1) | (np.asarray(visibility) == 2)
-    wrong = landed = 0
-    for j in range(keypoints.shape[1]):
-        t = twin_of(j)
-        if t is None:
-            continue
-        both = labelled[:, j] & labelled[:, t]
-        own = np.linalg.norm(coords[:, j] - keypoints[:, j], axis=-1)
-        other = np.linalg.norm(coords[:, j] - keypoints[:, t], axis=-1)
-        on_twin = both & (other < own) & (other < 0.5 * normalizer)
-        on_own = both & (own <= other) & (own < 0.5 * normalizer)
-        wrong += int(on_twin.sum())
-        landed += int((on_twin | on_own).sum())
-    return wrong / landed if landed else float("nan")
+    on_twin, on_own, _ = twin_landings(coords, keypoints, visibility, normalizer)
+    landed = int((on_twin | on_own).sum())
+    return int(on_twin.sum()) / landed if landed else float("nan")
 
 
 def readout_inversions(pixel, keypoints, visibility, normalizer: float) -> np.ndarray:

@@ -21,8 +21,8 @@ from hgpose.explore.facing import (
     sample_inversions,
     wrong_side_share,
 )
-from hgpose.explore.sections import twin_of
 from hgpose.explore.stacks import stack_heatmaps, stack_study
+from hgpose.keypoints import twin_of
 
 
 @dataclass

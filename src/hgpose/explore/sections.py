@@ -9,8 +9,9 @@ import numpy as np
 
 from hgpose.explore import analyses, figures
 from hgpose.explore.attribution import DELETION_FRACTIONS, deletion_area
+from hgpose.explore.facing import twin_landings
 from hgpose.explore.html import Section, gallery, image, paragraph, table
-from hgpose.keypoints import KEYPOINT_NAMES
+from hgpose.keypoints import KEYPOINT_NAMES, twin_of
 
 SECTION_TITLES = (
     "Heatmaps", "What each stack fixes", "Activations", "What each channel detects", "Where joint information lives",
@@ -44,30 +45,11 @@ def _cost(samples: int, seconds: float | None = None, what: str = "samples") -> 
     return f"{samples} {what}" + (f", {seconds:.1f} s" if seconds is not None else "") + "."
 
 
-def twin_of(joint: int) -> int | None:
-    name = KEYPOINT_NAMES[joint]
-    for a, b in (("left_", "right_"), ("right_", "left_")):
-        if name.startswith(a):
-            return KEYPOINT_NAMES.index(b + name[len(a):])
-    return None
-
-
 def twin_confusions(coords, keypoints, visibility, normalizer: float) -> dict:
     """Predicted keypoints that land on their left/right twin: within the PCK radius (0.5 normalizer) of the
     twin's true position and closer to it than to their own, among keypoints whose twin is labelled too."""
-    coords, keypoints = np.asarray(coords, np.float64), np.asarray(keypoints, np.float64)
-    labelled = (np.asarray(visibility) == 1) | (np.asarray(visibility) == 2)
-    radius = 0.5 * normalizer
-    swapped = considered = 0
-    for j in range(keypoints.shape[1]):
-        t = twin_of(j)
-        if t is None:
-            continue
-        both = labelled[:, j] & labelled[:, t]
-        own = np.linalg.norm(coords[both, j] - keypoints[both, j], axis=-1)
-        other = np.linalg.norm(coords[both, j] - keypoints[both, t], axis=-1)
-        swapped += int(((other < own) & (other < radius)).sum())
-        considered += int(both.sum())
+    on_twin, _, both = twin_landings(coords, keypoints, visibility, normalizer)
+    swapped, considered = int(on_twin.sum()), int(both.sum())
     return {"swapped": swapped, "considered": considered}
 
 

@@ -19,7 +19,7 @@ import torch
 from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
 from hgpose.explore.analyses import as_crops, decode, evaluating, in_batches
 from hgpose.explore.calibration import pooled_pck_intervals
-from hgpose.explore.sections import twin_of
+from hgpose.keypoints import twin_of
 from hgpose.model.hourglass import to_model_input
 
 ERROR_CLASSES = ("good", "jitter", "inversion", "miss")
