@@ -1,6 +1,7 @@
 """`make demo` (hgpose.demo) at small sizes: Ctrl-C stops the demo itself, a rerun resumes, and an
 interrupted and resumed demo ends with the same Table 1 and weights as an uninterrupted one."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -44,12 +45,17 @@ def test_a_finished_demo_run_again_reuses_every_step_and_says_so(tmp_path):
     first = subprocess.run(demo(out), env=subprocess_env(), capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert "precision: " in first.stdout and "figures (" in first.stdout and "reusing" not in first.stdout
+    flipped = json.loads((out / "run" / "test_eval_flip.json").read_text())  # the demo shows the flip test too
+    assert flipped["protocol"]["flip_test"] is True
+    assert f"with the flip test: test PCK {flipped['pck']['all']['overall']:.3f}" in first.stdout
+    assert "test PCK, flip test" in first.stdout
     evaluation = out / "run" / "test_eval.json"
     written = evaluation.stat().st_mtime_ns
     again = subprocess.run(demo(out), env=subprocess_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "reusing the finished run" in again.stdout
     assert "reusing " + str(evaluation) in again.stdout and "reusing the report" in again.stdout
+    assert "reusing " + str(out / "run" / "test_eval_flip.json") in again.stdout
     assert evaluation.stat().st_mtime_ns == written
     # new weights are a changed input: the evaluation runs again
     best = out / "run" / "best.safetensors"
