@@ -180,7 +180,7 @@ def test_a_trained_run_records_its_identity(synth_dataset, tmp_path):
                                                                                    input_size=64))
     run_dir = train(config)
     info = json.loads((run_dir / "run_info.json").read_text())
-    assert set(info) == {"hgpose_version", "git_commit", "started"}
+    assert set(info) == {"hgpose_version", "git_commit", "started", "machine"}
     from hgpose.train.run_info import identity_markdown, run_identity
 
     line = identity_markdown(run_identity(run_dir))  # what write_report puts under Table 1

@@ -26,7 +26,7 @@ from hgpose.train.run_dir import resume_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = ModelConfig(depth=2, features=32, input_size=64)
-STEPS_PER_EPOCH = 4  # 32 training instances (the synthetic set with val_fraction 0.3), batch 8
+STEPS_PER_EPOCH = 4  # a seeded subset of 32 training instances, batch 8
 
 
 def digest(*parts) -> str:
@@ -80,7 +80,7 @@ def test_resume_mid_epoch_restores_torch_numpy_python_and_loader_random_states(s
                                                                                monkeypatch):
     def config(out):
         return TrainConfig(data=str(synth_dataset), out=str(out), epochs=2, batch_size=8, workers=0, progress=False,
-                           cache="off", model=TINY, precision="fp32", val_fraction=0.3)
+                           cache="off", model=TINY, precision="fp32", val_fraction=0.3, subset=32)
 
     scramble_global_rngs(1)
     with monkeypatch.context() as patch:
