@@ -315,3 +315,46 @@ def test_per_joint_ece_intervals_separate_an_overconfident_joint():
     assert low[9] > np.delete(high, 9).max() and (high - low < 0.15).all()
     assert "least calibrated joint is left_wrist" in _least_calibrated(result, 9, low, high)
     assert "No joint is clearly" in _least_calibrated(result, 0, low, high)
+
+
+def _pixel_probes(pck):
+    from hgpose.explore.probes import PixelProbes
+
+    stages, k = ["down1", "bottleneck", "up1"], len(KEYPOINT_NAMES)
+    return PixelProbes(stages, [8, 2, 16], np.asarray(pck, float), np.full((3, k), 0.7), np.full((3, k), 0.9),
+                       np.full(k, 0.1), np.full(k, 20), 20, 4, np.zeros((3, 20, k, 2)))
+
+
+def test_probes_section_opens_with_the_stage_its_numbers_read_best():
+    from types import SimpleNamespace
+
+    from hgpose.explore.sections import probes_section
+
+    k = len(KEYPOINT_NAMES)
+    pooled = SimpleNamespace(stages=["down1", "bottleneck", "up1", "output"], position_r2=np.full((4, k), 0.5))
+    cka = np.eye(3)
+    output_pck = np.full(k, 0.6)
+    late = probes_section(_pixel_probes(np.repeat([[0.2], [0.1], [0.58]], k, 1)), output_pck, pooled, cka, 1.0)
+    early = probes_section(_pixel_probes(np.repeat([[0.4], [0.1], [0.2]], k, 1)), output_pck, pooled, cka, 1.0)
+    opening = "A linear read-out of {} places the joints best (held-out PCK {}"
+    assert late.intro.startswith(opening.format("up1", "0.58"))
+    assert f"for {k} of the {k} joints some stage closes" in late.intro  # 0.58 closes 80% of 0.1 -> 0.6
+    assert early.intro.startswith(opening.format("down1", "0.40"))
+    assert f"for 0 of the {k} joints" in early.intro  # 0.40 falls short of 0.1 + 0.8 * 0.5
+
+
+def test_saliency_section_opens_with_the_share_near_the_joint_and_its_interval():
+    import torch
+
+    from hgpose.explore.sections import saliency_section
+
+    n, k, side = 3, len(KEYPOINT_NAMES), 16
+    crops, maps = torch.zeros(n, 3, side, side), np.zeros((n, k, side, side))
+    coords = np.full((n, k, 2), side / 2)
+    near = saliency_section(crops, maps, coords, np.full((n, k), 0.5), 0.05)
+    spread = saliency_section(crops, maps, coords, np.array([[0.05], [0.1], [0.15]]).repeat(k, 1), 0.05)
+    assert near.intro.startswith("50% of each joint's saliency lies near the predicted joint, 10.0 times")
+    assert "interval over the 3 samples 10.0-10.0 times" in near.intro  # every sample alike
+    assert spread.intro.startswith("10% of each joint's saliency lies near the predicted joint, 2.0 times")
+    low, high = spread.intro.split("samples ")[1].split(" times")[0].split("-")
+    assert 1.0 <= float(low) < 2.0 < float(high) <= 3.0
