@@ -205,6 +205,31 @@ def test_per_stack_pck_equals_evaluate_on_each_stacks_output(two_stacks, synth_d
     assert (study.error_change_low <= moved + 1e-12).all() and (moved <= study.error_change_high + 1e-12).all()
 
 
+def test_per_pixel_probe_across_the_stacks_gives_a_row_per_stacks_stage(two_stacks, synth_dataset):
+    from hgpose.explore.instrument_sections import stack_probe_note, stacks_section
+    from hgpose.explore.probes import model_pixel_probes
+    from hgpose.explore.report import load_samples
+    from hgpose.explore.stacks import stack_heatmaps, stack_study, stacks_pixel_probes
+    from hgpose.model.weights import load_model
+
+    model = load_model(two_stacks[0])
+    samples = load_samples(synth_dataset, "val2017", 64, 0)
+    across = stacks_pixel_probes(model, samples.images, samples.keypoints, samples.visibility, folds=3)
+    second = model_pixel_probes(model, samples.images, samples.keypoints, samples.visibility, folds=3)  # last stack
+    rows = len(second.stages)
+    assert across.stages == [f"stack {t} {s}" for t in (1, 2) for s in second.stages]
+    assert across.pck.shape == (2 * rows, len(KEYPOINT_NAMES)) == across.ceiling.shape
+    np.testing.assert_array_equal(across.pck[rows:], second.pck)  # the second stack's rows are its own probe
+    assert not np.array_equal(across.pck[:rows], second.pck)  # and the first stack's are another network's
+    note = stack_probe_note(across)
+    assert "stack 1: best" in note and "stack 2: best" in note
+    study = stack_study(model, samples.images, samples.keypoints, samples.visibility)
+    maps = stack_heatmaps(model, samples.images[:2])
+    section = stacks_section(study, samples.images[:2], maps, samples.keypoints[:2], samples.visibility[:2],
+                             model.config, 1.0, across)
+    assert any(note in part for part in section.body) and f"{len(across.stages)} stages of all stacks" in section.cost
+
+
 def test_error_classes_of_hand_placed_predictions():
     from hgpose.explore.stacks import error_classes
 
