@@ -383,3 +383,19 @@ def test_saliency_section_opens_with_the_share_near_the_joint_and_its_interval()
     assert spread.intro.startswith("10% of each joint's saliency lies near the predicted joint, 2.0 times")
     low, high = spread.intro.split("samples ")[1].split(" times")[0].split("-")
     assert 1.0 <= float(low) < 2.0 < float(high) <= 3.0
+
+
+def test_skip_vs_low_opening_names_a_loss_only_when_its_interval_shows_one():
+    from types import SimpleNamespace
+
+    from hgpose.explore.sections import branch_finding
+
+    study = SimpleNamespace(overall=np.array([0.5, 0.45, 0.2]), branch=["", "skip", "low"], level=[0, 1, 1])
+    clear = branch_finding(study, SimpleNamespace(low=[0, -0.1, -0.4], high=[0, 0.0, -0.2]))
+    assert clear == ("Zeroing the low branch of level 1 costs the most PCK (-0.300, 95% paired interval -0.400 to "
+                     "-0.200).")
+    unclear = branch_finding(study, SimpleNamespace(low=[0, -0.1, -0.5], high=[0, 0.0, 0.01]))
+    assert unclear.endswith("the interval reaches zero, so no branch is shown to matter.")
+    none = branch_finding(SimpleNamespace(overall=np.array([0.5, 0.55, 0.6]), branch=["", "skip", "low"],
+                                          level=[0, 1, 1]), SimpleNamespace(low=[0, -0.1, 0], high=[0, 0.2, 0.2]))
+    assert none.startswith("Zeroing no branch lowers PCK on these samples (the smallest change, the skip branch")

@@ -415,10 +415,7 @@ def branch_section(contributions, study, changes, config) -> Section:
     lesions = study.overall[1:] - study.overall[0]
     worst = int(np.argmin(lesions)) + 1
     longest = 2 * config.depth * config.residuals_per_level + config.innermost_residuals
-    interval = changes.low[worst], changes.high[worst]
-    finding = (f"Zeroing the {study.branch[worst]} branch of level {study.level[worst]} costs the most PCK "
-               f"({lesions[worst - 1]:+.3f}, 95% paired interval {interval[0]:+.3f} to {interval[1]:+.3f})"
-               + ("." if interval[1] < 0 else "; the interval includes no loss, so no branch is shown to matter."))
+    finding = branch_finding(study, changes)
     return report_section("Skip vs low branch", opening(finding, (
         "Every level of the hourglass outputs the sum of two branches: the skip branch, a residual at the "
         "level's own resolution, and the low branch, everything computed at coarser resolutions, upsampled. "
@@ -437,6 +434,19 @@ def branch_section(contributions, study, changes, config) -> Section:
                   f"the {study.branch[worst]} branch of level {study.level[worst]} costs the most PCK "
                   f"({lesions[worst - 1]:+.3f}).", "note"),
     ], _cost(contributions.samples))
+
+
+def branch_finding(study, changes) -> str:
+    """The branch whose removal costs the most PCK, and whether its paired interval shows a loss at all."""
+    lesions = study.overall[1:] - study.overall[0]
+    worst = int(np.argmin(lesions)) + 1
+    where = f"the {study.branch[worst]} branch of level {study.level[worst]}"
+    interval = f"95% paired interval {changes.low[worst]:+.3f} to {changes.high[worst]:+.3f}"
+    if lesions[worst - 1] >= 0:
+        return (f"Zeroing no branch lowers PCK on these samples (the smallest change, {where}: "
+                f"{lesions[worst - 1]:+.3f}, {interval}).")
+    return (f"Zeroing {where} costs the most PCK ({lesions[worst - 1]:+.3f}, {interval})"
+            + ("." if changes.high[worst] < 0 else "; the interval reaches zero, so no branch is shown to matter."))
 
 
 def people_interval(values, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
