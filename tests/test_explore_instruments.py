@@ -205,6 +205,31 @@ def test_per_stack_pck_equals_evaluate_on_each_stacks_output(two_stacks, synth_d
     assert (study.error_change_low <= moved + 1e-12).all() and (moved <= study.error_change_high + 1e-12).all()
 
 
+def test_per_pixel_probe_across_the_stacks_gives_a_row_per_stacks_stage(two_stacks, synth_dataset):
+    from hgpose.explore.instrument_sections import stack_probe_note, stacks_section
+    from hgpose.explore.probes import model_pixel_probes
+    from hgpose.explore.report import load_samples
+    from hgpose.explore.stacks import stack_heatmaps, stack_study, stacks_pixel_probes
+    from hgpose.model.weights import load_model
+
+    model = load_model(two_stacks[0])
+    samples = load_samples(synth_dataset, "val2017", 64, 0)
+    across = stacks_pixel_probes(model, samples.images, samples.keypoints, samples.visibility, folds=3)
+    second = model_pixel_probes(model, samples.images, samples.keypoints, samples.visibility, folds=3)  # last stack
+    rows = len(second.stages)
+    assert across.stages == [f"stack {t} {s}" for t in (1, 2) for s in second.stages]
+    assert across.pck.shape == (2 * rows, len(KEYPOINT_NAMES)) == across.ceiling.shape
+    np.testing.assert_array_equal(across.pck[rows:], second.pck)  # the second stack's rows are its own probe
+    assert not np.array_equal(across.pck[:rows], second.pck)  # and the first stack's are another network's
+    note = stack_probe_note(across)
+    assert "stack 1: best" in note and "stack 2: best" in note
+    study = stack_study(model, samples.images, samples.keypoints, samples.visibility)
+    maps = stack_heatmaps(model, samples.images[:2])
+    section = stacks_section(study, samples.images[:2], maps, samples.keypoints[:2], samples.visibility[:2],
+                             model.config, 1.0, across)
+    assert any(note in part for part in section.body) and f"{len(across.stages)} stages of all stacks" in section.cost
+
+
 def test_error_classes_of_hand_placed_predictions():
     from hgpose.explore.stacks import error_classes
 
@@ -315,3 +340,62 @@ def test_per_joint_ece_intervals_separate_an_overconfident_joint():
     assert low[9] > np.delete(high, 9).max() and (high - low < 0.15).all()
     assert "least calibrated joint is left_wrist" in _least_calibrated(result, 9, low, high)
     assert "No joint is clearly" in _least_calibrated(result, 0, low, high)
+
+
+def _pixel_probes(pck):
+    from hgpose.explore.probes import PixelProbes
+
+    stages, k = ["down1", "bottleneck", "up1"], len(KEYPOINT_NAMES)
+    return PixelProbes(stages, [8, 2, 16], np.asarray(pck, float), np.full((3, k), 0.7), np.full((3, k), 0.9),
+                       np.full(k, 0.1), np.full(k, 20), 20, 4, np.zeros((3, 20, k, 2)))
+
+
+def test_probes_section_opens_with_the_stage_its_numbers_read_best():
+    from types import SimpleNamespace
+
+    from hgpose.explore.sections import probes_section
+
+    k = len(KEYPOINT_NAMES)
+    pooled = SimpleNamespace(stages=["down1", "bottleneck", "up1", "output"], position_r2=np.full((4, k), 0.5))
+    cka = np.eye(3)
+    output_pck = np.full(k, 0.6)
+    late = probes_section(_pixel_probes(np.repeat([[0.2], [0.1], [0.58]], k, 1)), output_pck, pooled, cka, 1.0)
+    early = probes_section(_pixel_probes(np.repeat([[0.4], [0.1], [0.2]], k, 1)), output_pck, pooled, cka, 1.0)
+    opening = "A linear read-out of {} places the joints best (held-out PCK {}"
+    assert late.intro.startswith(opening.format("up1", "0.58"))
+    assert f"for {k} of the {k} joints some stage closes" in late.intro  # 0.58 closes 80% of 0.1 -> 0.6
+    assert early.intro.startswith(opening.format("down1", "0.40"))
+    assert f"for 0 of the {k} joints" in early.intro  # 0.40 falls short of 0.1 + 0.8 * 0.5
+
+
+def test_saliency_section_opens_with_the_share_near_the_joint_and_its_interval():
+    import torch
+
+    from hgpose.explore.sections import saliency_section
+
+    n, k, side = 3, len(KEYPOINT_NAMES), 16
+    crops, maps = torch.zeros(n, 3, side, side), np.zeros((n, k, side, side))
+    coords = np.full((n, k, 2), side / 2)
+    near = saliency_section(crops, maps, coords, np.full((n, k), 0.5), 0.05)
+    spread = saliency_section(crops, maps, coords, np.array([[0.05], [0.1], [0.15]]).repeat(k, 1), 0.05)
+    assert near.intro.startswith("50% of each joint's saliency lies near the predicted joint, 10.0 times")
+    assert "interval over the 3 samples 10.0-10.0 times" in near.intro  # every sample alike
+    assert spread.intro.startswith("10% of each joint's saliency lies near the predicted joint, 2.0 times")
+    low, high = spread.intro.split("samples ")[1].split(" times")[0].split("-")
+    assert 1.0 <= float(low) < 2.0 < float(high) <= 3.0
+
+
+def test_skip_vs_low_opening_names_a_loss_only_when_its_interval_shows_one():
+    from types import SimpleNamespace
+
+    from hgpose.explore.sections import branch_finding
+
+    study = SimpleNamespace(overall=np.array([0.5, 0.45, 0.2]), branch=["", "skip", "low"], level=[0, 1, 1])
+    clear = branch_finding(study, SimpleNamespace(low=[0, -0.1, -0.4], high=[0, 0.0, -0.2]))
+    assert clear == ("Zeroing the low branch of level 1 costs the most PCK (-0.300, 95% paired interval -0.400 to "
+                     "-0.200).")
+    unclear = branch_finding(study, SimpleNamespace(low=[0, -0.1, -0.5], high=[0, 0.0, 0.01]))
+    assert unclear.endswith("the interval reaches zero, so no branch is shown to matter.")
+    none = branch_finding(SimpleNamespace(overall=np.array([0.5, 0.55, 0.6]), branch=["", "skip", "low"],
+                                          level=[0, 1, 1]), SimpleNamespace(low=[0, -0.1, 0], high=[0, 0.2, 0.2]))
+    assert none.startswith("Zeroing no branch lowers PCK on these samples (the smallest change, the skip branch")

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from hgpose.cli import main
@@ -173,6 +174,13 @@ def test_explore_compare_of_two_epochs_has_every_section_and_renders_in_chromium
     assert all(v is None or -1 <= v <= 1 for v in correlations.values())
     assert len(summary["probes"]["pixel_pck"]["a"]) == len(summary["probes"]["stages"])
     assert len(summary["worst"]["a"]) == len(summary["worst"]["b"]) == 8
+    # the third edition's instruments, side by side: each model's stacks scored as its PCK, its fields measured
+    for label in ("a", "b"):
+        assert summary["stacks"][label]["pck"] == [pytest.approx(summary["pck"][label])]
+        assert summary["receptive_fields"][label]["names"][:17] == list(KEYPOINT_NAMES)
+        assert summary["receptive_fields"][label]["samples"] == 8
+    assert "A has one hourglass" in html and "B has one hourglass" in html
+    assert "A&#x27;s joints draw 90% of their input gradient" in html or "A's joints draw 90%" in html
     if BROWSER is None:
         pytest.skip("no headless Chromium installed (apt-get install chromium)")
     assert_renders(out / "index.html", list(COMPARE_TITLES), tmp_path)
@@ -183,3 +191,22 @@ def test_compare_says_what_the_run_has_to_do_with_the_two_models():
     assert _run_sentence("RUN", {"A": 1}).endswith("with A at epoch 1 marked on it (B is not one of its epoch "
                                                    "checkpoints).")
     assert _run_sentence("RUN", {"A": 1, "B": 3}).endswith("with A at epoch 1 and B at epoch 3 marked on it.")
+
+
+def test_compare_names_a_joint_whose_reach_differs_only_beyond_both_intervals():
+    from hgpose.explore.compare_instruments import erf_finding
+    from hgpose.explore.receptive_field import ReceptiveFields
+
+    def fields(wrist_rings):
+        profiles = np.zeros((6, 17, 20))
+        profiles[:, :, 4] = 1.0  # every joint's mass at radius 4
+        profiles[:, 9] = 0
+        profiles[np.arange(6), 9, wrist_rings] = 1.0  # the left wrist's at one radius per sample
+        return ReceptiveFields(list(KEYPOINT_NAMES), np.zeros((17, 3, 3)), profiles, np.full(17, 64.0), 64)
+
+    apart = erf_finding({"A": fields([4] * 6), "B": fields([12] * 6)})
+    assert "the left_wrist differs most (A 4 px, 4-4; B 12 px, 12-12), beyond both intervals." in apart
+    assert "A's joints draw 90% of their input gradient from within 4-4 px; B's joints" in apart
+    # the wrist's reach spread over samples: B's 90% radius is one more than A's, inside both intervals
+    overlapping = erf_finding({"A": fields([4, 6, 8, 10, 12, 14]), "B": fields([5, 7, 9, 11, 13, 15])})
+    assert "the left_wrist differs most" in overlapping and "no joint's reach is shown to differ" in overlapping

@@ -91,7 +91,7 @@ def run(args):
                   batch_size=args.batch_size, probe_samples=args.probe_samples,
                   dependency_samples=args.dependency_samples, show=args.show,
                   attribution_samples=args.attribution_samples, ig_steps=args.ig_steps, run=args.run,
-                  every=args.every)
+                  every=args.every, erf_samples=args.erf_samples)
     if args.compare is not None:
         from hgpose.explore.compare import write_compare_report
 
@@ -100,5 +100,5 @@ def run(args):
         from hgpose.explore.report import write_explore_report
 
         path = write_explore_report(checkpoint, data, occlusion_samples=args.occlusion_samples,
-                                    dissection_samples=args.dissection_samples, erf_samples=args.erf_samples, **common)
+                                    dissection_samples=args.dissection_samples, **common)
     print(f"wrote {path}")

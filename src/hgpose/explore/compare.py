@@ -1,6 +1,7 @@
 """`hgpose explore --checkpoint A --compare B`: the explore report's sections for two models on the same
-samples, side by side, with B - A: accuracy (paired bootstrap intervals), heatmaps, activations, the per-pixel
-probes and CKA, with --run the run's history with A and B placed on it, skip vs low and lesions, saliency and
+samples, side by side, with B - A: accuracy (paired bootstrap intervals), what each stack fixes, heatmaps,
+activations, the per-pixel probes and CKA, with --run the run's history with A and B placed on it, skip vs low
+and lesions, how far each stage sees (effective receptive fields), saliency and
 Integrated Gradients (with the rank correlation of A's and B's maps), joint dependency, calibration and the
 worst samples of each. The figures are the single-model report's (hgpose.explore.sections, .figures)."""
 
@@ -16,8 +17,10 @@ import torch
 
 from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
 from hgpose.explore import analyses, attribution, calibration, figures, sections
+from hgpose.explore import compare_instruments as instruments
 from hgpose.explore.dependency import JointDependency, joint_dependency
 from hgpose.explore.html import Section, esc, gallery, image, page, paragraph, table
+from hgpose.explore.instrument_sections import ERF_TITLE, STACKS_TITLE
 from hgpose.explore.probes import cka_matrix, model_pixel_probes, pooled_stages
 from hgpose.explore.report import MIN_RELIABLE_SAMPLES, jsonable, load_explore_model, load_samples, shown_samples
 from hgpose.explore.sections import fmt
@@ -26,9 +29,9 @@ from hgpose.keypoints import KEYPOINT_NAMES
 from hgpose.runtime.files import UserError, atomic_write_json, atomic_write_text
 from hgpose.runtime.progress import progress_bar
 
-COMPARE_TITLES = ("Accuracy", "Heatmaps", "Activations", "Where joint information lives", "Over training",
-                  "Skip vs low branch and lesions", "Saliency and Integrated Gradients", "Joint dependency",
-                  "Calibration", "Where it fails")
+COMPARE_TITLES = ("Accuracy", STACKS_TITLE, "Heatmaps", "Activations", "Where joint information lives",
+                  "Over training", "Skip vs low branch and lesions", ERF_TITLE, "Saliency and Integrated Gradients",
+                  "Joint dependency", "Calibration", "Where it fails")
 ACTIVATION_SAMPLES = 2  # shown samples whose activations are drawn (every stage, both models)
 WORST = 8  # worst samples shown per model
 
@@ -119,7 +122,7 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
                          out="explore-compare", device="cpu", seed: int = 0, batch_size: int = 16,
                          probe_samples: int = 256, dependency_samples: int = 16, progress: bool = True,
                          show: int = 4, attribution_samples: int = 2, ig_steps: int = 20, run=None,
-                         every: int = 5) -> Path:
+                         every: int = 5, erf_samples: int = 8) -> Path:
     """Write OUT/index.html and OUT/explore.json comparing model B with model A on the same samples.
     run: a training run directory; its history (the over-training section) is shown once, with A and B
     marked at their epochs when they are among its per-epoch checkpoints."""
@@ -130,10 +133,11 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
     if run is not None:  # a bad --run is one clean line, before any work
         marks = {label: epoch for label, checkpoint in (("A", checkpoint_a), ("B", checkpoint_b))
                  if (epoch := checkpoint_epoch(checkpoint, run)) is not None}
-    largest = 0 if 0 in (samples, probe_samples) else max(samples, probe_samples, dependency_samples)
+    largest = 0 if 0 in (samples, probe_samples) else max(samples, probe_samples, dependency_samples, erf_samples)
     path_a = None if isinstance(checkpoint_a, torch.nn.Module) else checkpoint_a
     loaded = load_samples(data, split, model_a.config.input_size, largest, seed, path_a)
-    sets = SampleSets(loaded.first(samples), loaded.first(probe_samples), loaded.first(dependency_samples))
+    sets = SampleSets(loaded.first(samples), loaded.first(probe_samples), loaded.first(dependency_samples),
+                      loaded.first(erf_samples))
     shown = shown_samples(sets.main, show)
     options = dict(batch_size=batch_size, seed=seed, attribution_samples=min(attribution_samples, len(shown)),
                    ig_steps=ig_steps)
@@ -141,6 +145,10 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
     measured = {}
     for name, model in progress_bar((("A", model_a), ("B", model_b)), desc="explore compare", disable=not progress):
         measured[name] = _measure(model, sets.main, sets.probe, sets.dependency, shown, options, seconds)
+        with _clock(seconds, "stacks"):
+            measured[name]["stacks"] = instruments.measure_stacks(model, sets.main, batch_size, seed)
+        with _clock(seconds, "receptive fields"):
+            measured[name]["fields"] = instruments.measure_fields(model, sets.erf)
     a, b = measured["A"], measured["B"]
     difference, pooled_difference = calibration.paired_difference_intervals(a["correct"], b["correct"],
                                                                             a["counted"], seed=seed)
@@ -153,6 +161,7 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
                                              every, device=device, batch_size=batch_size)
     page_sections = [
         _accuracy_section(a, b, difference, pooled_difference, len(sets.main), seconds["accuracy"]),
+        instruments.stacks_compare_section({k: m["stacks"] for k, m in measured.items()}, seconds["stacks"]),
         _heatmaps_section(a, b, sets.main, shown, model_a.config, seconds["heatmaps"]),
         _activations_section(a, b, sets.main.images[shown[:ACTIVATION_SAMPLES]], cross, len(sets.main),
                              seconds["activations"]),
@@ -163,6 +172,8 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
                                                          _run_sentence(run, marks)))
     page_sections += [
         _branches_section(a, b, len(sets.main), seconds["accuracy"] + seconds["branches"]),
+        instruments.erf_compare_section({k: m["fields"] for k, m in measured.items()}, len(sets.erf),
+                                        seconds["receptive fields"]),
         _attributions_section(a, b, sets.main, shown, model_a.config, correlations, options, seconds["attributions"]),
         _dependency_section(a, b, len(sets.dependency), seconds["dependency"]),
         _calibration_section(a, b, len(sets.probe), seconds["calibration"]),
@@ -175,7 +186,8 @@ def write_compare_report(checkpoint_a, checkpoint_b, data, split: str = "val2017
     html_path = atomic_write_text(Path(out) / "index.html", page("Two hourglasses compared", header, page_sections))
     summary = {"a": names["A"], "b": names["B"], "data": str(data), "split": split, "samples": len(sets.main),
                "seconds": round(total, 1), "section_seconds": seconds,
-               **_compare_numbers(measured, difference, pooled_difference, cross, correlations, shown, options)}
+               **_compare_numbers(measured, difference, pooled_difference, cross, correlations, shown, options),
+               **instruments.instrument_numbers(measured)}
     if trajectory is not None:
         summary["over_training"] = {"run": str(run), "epochs": trajectory.epochs, "marks": marks}
     atomic_write_json(Path(out) / "explore.json", jsonable(summary))
@@ -187,6 +199,7 @@ class SampleSets:
     main: object  # accuracy, lesions, the worst samples
     probe: object  # probes and calibration
     dependency: object  # the dependency matrix
+    erf: object  # the effective receptive fields
 
 
 def _load_pair(checkpoint_a, checkpoint_b, device):

@@ -35,8 +35,9 @@ def _with_finding(finding: str, intro: str) -> str:
 # --- what each stack fixes ----------------------------------------------------------------------------
 
 
-def stacks_section(study, crops, maps, truth, visibility, config, seconds: float) -> Section:
-    """study: stacks.StackStudy on the main samples; maps (T, n, K, h, h) of the crops drawn."""
+def stacks_section(study, crops, maps, truth, visibility, config, seconds: float, pixel=None) -> Section:
+    """study: stacks.StackStudy on the main samples; maps (T, n, K, h, h) of the crops drawn; pixel: the
+    per-pixel probe over every stack's stages (stacks.stacks_pixel_probes) or None."""
     stacks = len(study.pck)
     rows = []
     for t in range(stacks):
@@ -76,13 +77,46 @@ def stacks_section(study, crops, maps, truth, visibility, config, seconds: float
         "the PCK radius, 0.5 c), inversion (not good, and within 0.5 c of its left/right twin's true position, "
         "closer to it than to its own), jitter (not good, within 1.5 c of its own joint), miss (the rest). "
         "The figure draws each stack's heatmaps (maximum over joints) on the same crops.")
-    return report_section(STACKS_TITLE, _with_finding(finding, intro), [
-        table(headers, rows), image(figure, "heatmaps of each stack"),
-    ], f"{study.samples} samples, one forward pass, {seconds:.1f} s.")
+    body = [table(headers, rows), image(figure, "heatmaps of each stack")]
+    cost = f"{study.samples} samples, one forward pass"
+    if pixel is not None:
+        body += stack_probe_body(pixel)
+        cost += (f"; the per-pixel probe over {len(pixel.stages)} stages of all stacks on {pixel.samples} samples, "
+                 f"two forward passes per stack")
+    return report_section(STACKS_TITLE, _with_finding(finding, intro), body, f"{cost}, {seconds:.1f} s.")
 
 
-def stacks_numbers(study) -> dict:
-    return {"pck": study.pck, "low": study.low, "high": study.high, "change_low": study.change_low,
+def stack_probe_note(pixel) -> str:
+    """Per stack, its best-read stage and its head's read-out (mean held-out PCK over joints), so that a reader
+    sees whether a later stack's features hold the joints more readably than the first's."""
+    mean = np.nanmean(np.where(np.isfinite(pixel.pck), pixel.pck, np.nan), axis=1)
+    stacks: dict[str, list[int]] = {}
+    for i, name in enumerate(pixel.stages):
+        stacks.setdefault(name.rsplit(" ", 1)[0], []).append(i)
+    parts = []
+    for stack, rows in stacks.items():
+        best = max(rows, key=lambda i: np.nan_to_num(mean[i], nan=-1))
+        parts.append(f"{stack}: best {pixel.stages[best].rsplit(' ', 1)[1]} {fmt(mean[best], 2)}, head "
+                     f"{fmt(mean[rows[-1]], 2)}")
+    return ("Per-pixel probe, held-out PCK averaged over joints, per stack: " + "; ".join(parts)
+            + f" (chance {fmt(np.nanmean(pixel.chance), 2)}).")
+
+
+def stack_probe_body(pixel) -> list[str]:
+    return [
+        "<h3>the per-pixel probe across the stacks' stages</h3>",
+        image(figures.matrix_figure(pixel.pck, pixel.stages, figures.SHORT_NAMES,
+                                    "per-pixel read-out: held-out PCK of each joint from each stage of each stack "
+                                    "(the probe of 'Where joint information lives', same samples and folds)",
+                                    vmin=0, vmax=1, label="PCK"), "per-pixel probe PCK per stack's stage and joint"),
+        paragraph(stack_probe_note(pixel), "note"),
+    ]
+
+
+def stacks_numbers(study, pixel=None) -> dict:
+    probes = {} if pixel is None else {"probe_stages": pixel.stages, "probe_pck": pixel.pck,
+                                       "probe_samples": pixel.samples}
+    return probes | {"pck": study.pck, "low": study.low, "high": study.high, "change_low": study.change_low,
             "change_high": study.change_high, "samples": study.samples,
             "errors": {name: study.errors[:, i] for i, name in enumerate(ERROR_CLASSES)},
             "error_change_low": dict(zip(ERROR_CLASSES, study.error_change_low)),

@@ -21,7 +21,7 @@ from hgpose.explore.facing import (
     sample_inversions,
     wrong_side_share,
 )
-from hgpose.explore.stacks import stack_heatmaps, stack_study
+from hgpose.explore.stacks import stack_heatmaps, stack_study, stacks_pixel_probes
 from hgpose.keypoints import twin_of
 
 
@@ -29,11 +29,18 @@ from hgpose.keypoints import twin_of
 class Stacked:
     study: object  # stacks.StackStudy
     maps: np.ndarray  # (T, n, K, h, h) of the first two drawn samples
+    pixel: object = None  # probes.PixelProbes over every stack's stages; None for a single hourglass
 
 
-def stacks(model, main, shown, batch_size: int, seed: int) -> Stacked:
+def stacks(model, main, shown, batch_size: int, seed: int, probe_set=None) -> Stacked:
+    """Every stack scored on the main samples; with several stacks, the per-pixel probe over each stack's
+    stages on the probe samples (the probes section's samples and folds)."""
     study = stack_study(model, main.images, main.keypoints, main.visibility, batch_size=batch_size, seed=seed)
-    return Stacked(study, stack_heatmaps(model, main.images[shown[:2]], batch_size))
+    pixel = None
+    if probe_set is not None and model.config.num_stacks > 1:
+        pixel = stacks_pixel_probes(model, probe_set.images, probe_set.keypoints, probe_set.visibility, seed=seed,
+                                    batch_size=batch_size)
+    return Stacked(study, stack_heatmaps(model, main.images[shown[:2]], batch_size), pixel)
 
 
 def dissection(model, samples, batch_size: int, seed: int, timer):

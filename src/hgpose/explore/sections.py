@@ -22,6 +22,7 @@ SECTION_TITLES = (
 SALIENCY_RADIUS = 0.1  # of the crop side: "near the joint"
 PROBE_SHARE = 0.8  # a stage "encodes" a joint once its read-out closes this much of the chance-to-network gap
 ATTRIBUTED_JOINTS = (9, 16, 0, 8, 14, 5)  # preferred joints drawn in the attribution figure (wrist first)
+RANDOMISATION_PASS = 0.5  # a map "passes" when its rank correlation with the randomised model's is below this
 OUTPUT_STAGE = "output"  # a probe matrix's reference row: the network's own answer, not a stage
 
 
@@ -39,6 +40,11 @@ def report_section(title: str, intro: str, body, cost: str = "") -> Section:
     section = _title(title)
     section.intro, section.body, section.cost = intro, list(body), cost
     return section
+
+
+def opening(finding: str, intro: str) -> str:
+    """A section's intro led by its computed finding, so that a reader learns the result before the method."""
+    return f"{finding} {intro}" if finding else intro
 
 
 def _cost(samples: int, seconds: float | None = None, what: str = "samples") -> str:
@@ -67,18 +73,36 @@ def heatmaps_section(crops, predicted, targets, coords, confidence, data_set, sh
         body += [f"<h3>sample {i + 1} (annotation {int(data_set.ann_ids[position])})</h3>",
                  image(figure, f"heatmaps of sample {i + 1}")]
     share = twins["swapped"] / twins["considered"] if twins["considered"] else float("nan")
+    finding = heatmaps_finding(confidence, twins)
     body.append(paragraph(
         f"Left/right swaps over all {len(data_set.images)} samples: {twins['swapped']} of the "
         f"{twins['considered']} predicted left or right keypoints whose twin is labelled too ({fmt(100 * share, 1)}%) "
         "lie within the PCK radius of the twin's true position and closer to it than to their own.", "note"))
-    return report_section("Heatmaps", (
+    return report_section("Heatmaps", opening(finding, (
         f"The network answers with one {config.heatmap_size}x{config.heatmap_size} map per joint (each "
         f"heatmap pixel covers {scale:g}x{scale:g} input pixels). Training pulls each map towards a small "
         "Gaussian at the true joint; the predicted keypoint is the map's highest point and its height is the "
         "confidence shown after the joint's name. Rows 1 and 3: the predicted map of each joint over the "
         "crop (cyan cross: the decoded keypoint); rows 2 and 4: the training target (white ring: the true "
         "keypoint). The first column draws the whole predicted skeleton (orange: left limbs, blue: right, "
-        "green: head and trunk) and the labelled truth."), body, _cost(len(shown), what="samples drawn"))
+        "green: head and trunk) and the labelled truth.")), body, _cost(len(shown), what="samples drawn"))
+
+
+def heatmaps_finding(confidence, twins) -> str:
+    """The drawn samples' most and least confident joints and the share of left/right keypoints that land on
+    their twin: the two things a reader checks first in the maps."""
+    mean = np.nanmean(np.asarray(confidence, np.float64).reshape(-1, len(KEYPOINT_NAMES)), axis=0)
+    text = ""
+    if np.isfinite(mean).any():
+        high, low = int(np.nanargmax(mean)), int(np.nanargmin(mean))
+        text = (f"On the samples drawn the network is most confident of the {KEYPOINT_NAMES[high]} (mean peak "
+                f"{fmt(mean[high], 2)}) and least of the {KEYPOINT_NAMES[low]} ({fmt(mean[low], 2)}). ")
+    if twins["considered"]:
+        text += (f"{100 * twins['swapped'] / twins['considered']:.1f}% of the left or right keypoints whose twin is "
+                 "labelled land on the twin instead.")
+    else:
+        text += "No left or right keypoint has its twin labelled, so no swap is counted."
+    return text
 
 
 def activations_section(crops, stages: dict) -> Section:
@@ -92,15 +116,40 @@ def activations_section(crops, stages: dict) -> Section:
         side = figures.SMALL_STAGE
         body.append(paragraph(f"Stages of {side}x{side} pixels or fewer ({', '.join(small)}) "
                               "are printed as numbers: as colours each would be a flat tile.", "note"))
-    return report_section("Activations", (
+    return report_section("Activations", opening(activations_finding(stages), (
         "The feature maps the hourglass computes, one row per stage, on the way down and back up: the stem's "
         "output; down i, level i after max-pooling and its first residual (half the resolution each time); "
         "the bottleneck at the lowest resolution; then up i, the output of level i, where the upsampled "
         "coarse features are added to that level's skip branch. The first map of a row is the mean over all "
         "channels, the others are the channels with the largest mean activation on this sample. Each tile is "
         "scaled to its own range, so compare shapes, not brightness between tiles. What each stage encodes "
-        "about the joints is measured, not eyeballed, in the next section."), body,
+        "about the joints is measured, not eyeballed, in the next section.")), body,
         _cost(len(crops), what="samples drawn"))
+
+
+def activations_finding(stages: dict) -> str:
+    """Where the drawn activations are largest and most concentrated: the mean activation per stage, and the
+    stage whose channel-mean map puts the largest share of its mass in its brightest tenth of pixels."""
+    if not stages:
+        return ""
+    names = list(stages)
+    means = [float(np.mean(np.asarray(maps, np.float64))) for maps in stages.values()]
+    concentration = []
+    for maps in stages.values():
+        if np.asarray(maps).shape[-1] <= figures.SMALL_STAGE:  # a few pixels are concentrated by construction
+            concentration.append(float("nan"))
+            continue
+        mean_map = np.abs(np.asarray(maps, np.float64).mean(axis=1)).reshape(len(maps), -1)
+        top = max(1, mean_map.shape[1] // 10)
+        mass = mean_map.sum(1)
+        concentration.append(float(np.mean(np.sort(mean_map, 1)[:, -top:].sum(1) / np.maximum(mass, 1e-12))))
+    largest = int(np.argmax(means))
+    text = f"On the samples drawn the mean activation is largest at {names[largest]} ({fmt(means[largest], 2)})"
+    if not np.isfinite(concentration).any():
+        return text + "."
+    focused = int(np.nanargmax(concentration))
+    return text + (f"; of the stages drawn as colours, the channel-mean map is most concentrated at {names[focused]} "
+                   f"(its brightest tenth of pixels holds {concentration[focused]:.0%} of the map, 10% if flat).")
 
 
 # --- 3, 4: probes and CKA, over training --------------------------------------------------------------
@@ -168,6 +217,20 @@ def pixel_notes(pixel, output_pck, cka) -> str:
     return text
 
 
+def probes_finding(pixel, output_pck) -> str:
+    """The per-pixel probe's headline: the stage read best, against the network and chance, and how many
+    joints some stage already reads nearly as well as the network."""
+    if not np.isfinite(pixel.pck).any():
+        return "No stage's read-out could be scored on these samples."
+    mean = np.nanmean(np.where(np.isfinite(pixel.pck), pixel.pck, np.nan), axis=1)
+    best = int(np.nanargmax(mean))
+    encoded = sum(first is not None for first in encoding_stage(pixel, output_pck))
+    return (f"A linear read-out of {pixel.stages[best]} places the joints best (held-out PCK {fmt(mean[best], 2)} "
+            f"averaged over joints, against the network's {fmt(np.nanmean(output_pck), 2)} and chance "
+            f"{fmt(np.nanmean(pixel.chance), 2)}); for {encoded} of the {len(output_pck)} joints some stage closes "
+            f"{PROBE_SHARE:.0%} of the gap from chance to the network.")
+
+
 def ceiling_note(pixel) -> str:
     """Where a read-out exceeds its row's mean ceiling but not its joint's own: the per-joint ceilings explain it."""
     mean = np.nanmean(pixel.ceiling, axis=1, keepdims=True)
@@ -214,7 +277,7 @@ def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
     body.append(image(figures.matrix_figure(cka, pixel.stages, pixel.stages, "linear CKA between stages (1: the same "
                                        "representation up to rotation and scale)", vmin=0, vmax=1, label="CKA",
                                        cell=0.6), "CKA between stages"))
-    return report_section("Where joint information lives", (
+    return report_section("Where joint information lives", opening(probes_finding(pixel, output_pck), (
         "The per-pixel probe asks of every stage what the network's head does with its last features: at each "
         "location a linear map from the stage's channels (ridge regression in closed form, "
         f"{pixel.folds}-fold cross-validated with whole samples held out, its penalty chosen inside the training "
@@ -226,7 +289,7 @@ def probes_section(pixel, output_pck, pooled, cka, seconds: float) -> Section:
         "second matrix scores the read-out's peak height as a sign that the joint is labelled visible (AUROC). "
         "Below: the pooled probe (ridge regression of each joint's (x, y) from activations average-pooled to at "
         "most 4x4 cells, held-out R², 'output' probing the network's decoded keypoints the same way), the one "
-        "that can find position coded in the channels of the coarsest stages, and linear CKA between stages."),
+        "that can find position coded in the channels of the coarsest stages, and linear CKA between stages.")),
         body,
         f"{pixel.samples} samples ({int(pixel.counted.min())}-{int(pixel.counted.max())} labelled keypoints per "
         f"joint), {len(pixel.stages)} stages x 17 joints; the per-pixel probe takes two forward passes, its ridge "
@@ -352,7 +415,8 @@ def branch_section(contributions, study, changes, config) -> Section:
     lesions = study.overall[1:] - study.overall[0]
     worst = int(np.argmin(lesions)) + 1
     longest = 2 * config.depth * config.residuals_per_level + config.innermost_residuals
-    return report_section("Skip vs low branch", (
+    finding = branch_finding(study, changes)
+    return report_section("Skip vs low branch", opening(finding, (
         "Every level of the hourglass outputs the sum of two branches: the skip branch, a residual at the "
         "level's own resolution, and the low branch, everything computed at coarser resolutions, upsampled. "
         "The bars are the root-mean-square size of each branch's contribution. That size grows with the depth "
@@ -361,7 +425,7 @@ def branch_section(contributions, study, changes, config) -> Section:
         f"{config.residuals_per_level}, so a larger "
         "low RMS at the outer levels is expected of any such network, trained or not. The size-independent "
         "measure is in the last two columns: the change in PCK when that branch is zeroed (the lesion study, "
-        "with its 95% paired bootstrap interval)."), [
+        "with its 95% paired bootstrap interval).")), [
         image(figures.branch_figure(contributions), "skip and low branch sizes per level"),
         table(("level", "resolution", "skip RMS", "low RMS", "skip share", "PCK change, skip zeroed",
                "PCK change, low zeroed"), rows),
@@ -370,6 +434,19 @@ def branch_section(contributions, study, changes, config) -> Section:
                   f"the {study.branch[worst]} branch of level {study.level[worst]} costs the most PCK "
                   f"({lesions[worst - 1]:+.3f}).", "note"),
     ], _cost(contributions.samples))
+
+
+def branch_finding(study, changes) -> str:
+    """The branch whose removal costs the most PCK, and whether its paired interval shows a loss at all."""
+    lesions = study.overall[1:] - study.overall[0]
+    worst = int(np.argmin(lesions)) + 1
+    where = f"the {study.branch[worst]} branch of level {study.level[worst]}"
+    interval = f"95% paired interval {changes.low[worst]:+.3f} to {changes.high[worst]:+.3f}"
+    if lesions[worst - 1] >= 0:
+        return (f"Zeroing no branch lowers PCK on these samples (the smallest change, {where}: "
+                f"{lesions[worst - 1]:+.3f}, {interval}).")
+    return (f"Zeroing {where} costs the most PCK ({lesions[worst - 1]:+.3f}, {interval})"
+            + ("." if changes.high[worst] < 0 else "; the interval reaches zero, so no branch is shown to matter."))
 
 
 def people_interval(values, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
@@ -394,14 +471,18 @@ def saliency_section(crops, maps, coords, shares, uniform) -> Section:
         figure = figures.saliency_figure(crops[i].numpy(), maps[i], coords[i], shares[i])
         body += [f"<h3>sample {i + 1}</h3>", image(figure, f"saliency of sample {i + 1}")]
     mean, low, high = people_interval(shares)
-    return report_section("Saliency", (
+    finding = (f"{mean:.0%} of each joint's saliency lies near the predicted joint, {mean / uniform:.1f} times what "
+               "a map spread evenly would put there"
+               + (f" (95% interval over the {len(crops)} samples {low / uniform:.1f}-{high / uniform:.1f} times)."
+                  if np.isfinite(low) else "; one sample gives no interval."))
+    return report_section("Saliency", opening(finding, (
         "For each joint: the gradient of that joint's heatmap peak with respect to every input pixel (the "
         "largest absolute value over the three colour channels), drawn over the greyed crop, each map scaled "
         "to its own maximum; the cross is the predicted joint. Bright pixels are those whose slightest "
         "change would move the joint's confidence most. The percentage after each name is the share of the "
         f"saliency within {SALIENCY_RADIUS:.0%} of the crop side of the predicted joint; a map spread evenly "
         f"over the crop would put {uniform:.0%} there. The next section checks whether such maps depend on "
-        "the trained weights at all."), body + [paragraph(
+        "the trained weights at all.")), body + [paragraph(
         f"Over these {len(crops)} samples x {maps.shape[1]} joints, {mean:.0%} of the saliency lies that close to "
         f"the predicted joint (95% interval over the {len(crops)} samples {fmt(100 * low, 0)}-{fmt(100 * high, 0)}%), "
         f"{mean / uniform:.1f} times the uniform share"
@@ -479,6 +560,7 @@ def attribution_section(crops, gradients, coords, result: AttributionResult | No
             ("input gradient", fmt(grad_rho), fmt(areas["input gradient"])),
             ("random order", "-", fmt(areas["random order"]))]
     count = int(pairs.sum())
+    finding = attribution_finding(ig_rho, grad_rho, verdict, areas)
     body += [
         image(figures.deletion_figure(DELETION_FRACTIONS, result.deletion, count), "deletion curves"),
         table(("map", "rank correlation, trained vs randomised model", "deletion: mean confidence"), rows),
@@ -489,9 +571,23 @@ def attribution_section(crops, gradients, coords, result: AttributionResult | No
             f"IG's order gives a mean confidence of {areas['Integrated Gradients']:.3f}, in the gradient's "
             f"{areas['input gradient']:.3f}, in random order {areas['random order']:.3f}.", "note"),
     ]
-    return report_section("Attributions, checked", intro, body,
+    return report_section("Attributions, checked", opening(finding, intro), body,
                     f"{len(crops)} samples x 17 joints, IG with {result.steps} steps; the randomised model's maps "
                     f"and {len(DELETION_FRACTIONS)}-point deletion curves in 3 orders; {seconds:.1f} s.")
+
+
+def attribution_finding(ig_rho: float, grad_rho: float, verdict: str, areas: dict) -> str:
+    """Whether the maps pass the randomisation check (rank correlation with the randomised model's maps under
+    RANDOMISATION_PASS) and whether IG's deletion order beats a random one."""
+    passing = [name for name, rho in (("Integrated Gradients", ig_rho), ("the input gradient", grad_rho))
+               if np.isfinite(rho) and rho < RANDOMISATION_PASS]
+    checked = (f"{' and '.join(passing)} {'pass' if len(passing) > 1 else 'passes'} the randomisation check"
+               if passing else "Neither map passes the randomisation check")
+    faster = areas["Integrated Gradients"] < areas["random order"]
+    return (f"{checked} (rank correlation with the randomised model's maps {fmt(ig_rho, 2)} for IG, "
+            f"{fmt(grad_rho, 2)} for the gradient; {verdict}), and deleting pixels in IG's order lowers the "
+            f"confidence {'more' if faster else 'no more'} than a random order "
+            f"({areas['Integrated Gradients']:.3f} against {areas['random order']:.3f}).")
 
 
 # --- 8, 9: occlusion, joint dependency ------------------------------------------------------------------
@@ -511,21 +607,21 @@ def occlusion_section(crops, results, input_size: int) -> Section:
             distance = np.hypot(centres[x] - result.coords[j, 0], centres[y] - result.coords[j, 1])
             local += int(distance <= result.patch)
             considered += 1
+    finding = ""
     if not results:
         body.append(paragraph("No sample was chosen for occlusion maps (--occlusion-samples 0).", "note"))
     else:
-        body.append(paragraph(
-            f"For {local} of these {considered} sample-joint maps the largest confidence drop comes from a patch "
-            "centred within one patch width of the joint's own predicted position; for the others the most "
-            "damaging patch lies elsewhere on the crop.", "note"))
+        finding = (f"For {local} of the {considered} sample-joint maps ({local / considered:.0%}) the most damaging "
+                   "patch covers the joint's own predicted position (centred within one patch width of it); for "
+                   f"the other {considered - local} it lies elsewhere on the crop.")
     patch, stride = analyses.occlusion_defaults(input_size)
-    return report_section("Occlusion sensitivity", (
+    return report_section("Occlusion sensitivity", opening(finding, (
         f"A grey square of {patch}x{patch} input pixels is slid over the crop in steps of {stride} "
         "pixels and the network is run again at every position. Each joint's first map shows how much its "
         "confidence falls when the square covers that spot (red: falls, blue: rises), the second how far "
         "its predicted location moves. Every map has its own colour scale, shown by its colour bar, so a joint "
         "that barely reacts is as visible as one that reacts strongly: read the bar before comparing joints. "
-        "Unlike saliency, which asks about infinitesimal changes, this asks about hiding a whole region."), body,
+        "Unlike saliency, which asks about infinitesimal changes, this asks about hiding a whole region.")), body,
         _cost(len(results), what="samples") if results else "0 samples.")
 
 

@@ -19,6 +19,7 @@ import torch
 from hgpose.evaluation.pck import counted_mask, normalized_distances, pck, seed_normalizer
 from hgpose.explore.analyses import as_crops, decode, evaluating, in_batches
 from hgpose.explore.calibration import pooled_pck_intervals
+from hgpose.explore.probes import PixelProbes, model_pixel_probes
 from hgpose.keypoints import twin_of
 from hgpose.model.hourglass import to_model_input
 
@@ -109,3 +110,19 @@ def stack_study(model, images, keypoints, visibility, batch_size: int = 16, seed
     return StackStudy(np.array([r.overall for r in results]), values.low, values.high, change_low, change_high,
                       np.stack([r.per_joint for r in results]), shares, counts, coords, confidence, len(counted),
                       error_low, error_high)
+
+
+def stacks_pixel_probes(model, images, keypoints, visibility, folds: int = 5, seed: int = 0,
+                        batch_size: int = 16) -> PixelProbes:
+    """The per-pixel probe over every stack's stages, first stack first, as one PixelProbes whose stage names
+    carry their stack ('stack 1 up1'): does a later stack's hourglass hold the joints more readably than the
+    same stage of the first? Each stack costs the probe's two forward passes; the same folds for every stack."""
+    per_stack = [model_pixel_probes(model, images, keypoints, visibility, folds, seed, batch_size, stack=t)
+                 for t in range(model.config.num_stacks)]
+    first = per_stack[0]
+    return PixelProbes(
+        [f"stack {t + 1} {s}" for t, p in enumerate(per_stack) for s in p.stages],
+        [side for p in per_stack for side in p.sides],
+        *(np.concatenate([getattr(p, name) for p in per_stack]) for name in ("pck", "visible_auroc", "ceiling")),
+        first.chance, first.counted, first.samples, first.folds,
+        np.concatenate([p.coords for p in per_stack]))

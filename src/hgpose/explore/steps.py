@@ -81,11 +81,12 @@ def heatmaps(a: Analysis) -> Section:
 
 
 def stacks(a: Analysis) -> Section:
-    stacked = instruments.stacks(a.model, a.main, a.shown, a.batch_size, a.seed)
+    stacked = instruments.stacks(a.model, a.main, a.shown, a.batch_size, a.seed, a.probe_set)
     first = a.shown[:2]
-    a.numbers["stacks"] = instrument_sections.stacks_numbers(stacked.study) | {"seconds": a.timer.elapsed()}
+    a.numbers["stacks"] = (instrument_sections.stacks_numbers(stacked.study, stacked.pixel)
+                           | {"seconds": a.timer.elapsed()})
     return instrument_sections.stacks_section(stacked.study, a.crops[:2], stacked.maps, a.main.keypoints[first],
-                                              a.main.visibility[first], a.config, a.timer.elapsed())
+                                              a.main.visibility[first], a.config, a.timer.elapsed(), stacked.pixel)
 
 
 def activations(a: Analysis) -> Section:
