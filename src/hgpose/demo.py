@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from hgpose.data.coco import annotation_path
 from hgpose.data.person_boxes import demo_detections
 from hgpose.data.prepare import prepare_cache
@@ -53,12 +55,14 @@ STEPS_FILE = "demo_steps.json"
 
 # The figures docs/demo.md lists for the default demo, per precision (test split, quarter decoding;
 # plain and with the flip test), measured with this version: the one place they live; the demo prints
-# them beside its own. fp32 was measured on the same AVX-512 CPU with --precision fp32; no AVX2-only CPU
-# was at hand.
+# them beside its own. Torch's thread count changes the bits (docs/commands/train.md, "Same machine, same
+# numbers"): bf16 is `make demo` as it runs by default here (2 threads); fp32 was measured on the same
+# CPU with --precision fp32 and one thread. No AVX2-only CPU was at hand.
 EXPECTED: dict[str, dict] = {
-    "bf16": {"cpu": "Intel Xeon with AVX512-BF16 and AMX", "test PCK": 0.556, "AP (ground-truth boxes)": 0.177,
-             "AP (detected boxes)": 0.067, "test PCK, flip test": 0.573, "AP (ground-truth), flip test": 0.199},
-    "fp32": {"cpu": "Intel Xeon with AVX512-BF16 and AMX, --precision fp32", "test PCK": 0.564,
+    "bf16": {"cpu": "Intel Xeon with AVX512-BF16 and AMX", "threads": 2, "test PCK": 0.507,
+             "AP (ground-truth boxes)": 0.142, "AP (detected boxes)": 0.051, "test PCK, flip test": 0.541,
+             "AP (ground-truth), flip test": 0.162},
+    "fp32": {"cpu": "Intel Xeon with AVX512-BF16 and AMX, --precision fp32", "threads": 1, "test PCK": 0.564,
              "AP (ground-truth boxes)": 0.198, "AP (detected boxes)": 0.066, "test PCK, flip test": 0.592,
              "AP (ground-truth), flip test": 0.229},
 }
@@ -222,8 +226,11 @@ def measured_figures(result: dict) -> dict:
 def format_figures(precision: str, measured: dict, default_sizes: bool) -> str:
     """Measured figures beside the documented ones for this precision, or why there are none to compare."""
     expected = EXPECTED.get(precision, {})
-    where = f"docs/demo.md, {expected['cpu']}" if expected else "docs/demo.md lists none for this precision"
+    where = f"docs/demo.md, {expected['cpu']}, {expected['threads']} torch thread(s)" if expected \
+        else "docs/demo.md lists none for this precision"
     lines = [f"figures ({precision})          this run   {where}"]
+    if expected and expected["threads"] != torch.get_num_threads():
+        lines.append(f"  (this run used {torch.get_num_threads()} torch threads: other sums, so other bits)")
     for name, value in measured.items():
         documented = expected.get(name) if default_sizes else None
         shown = f"{documented:.3f}" if documented is not None else "-"
