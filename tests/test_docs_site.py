@@ -71,8 +71,9 @@ def test_the_readme_links_to_every_docs_page_and_only_to_anchors_that_exist(site
 
 def test_the_api_page_documents_the_public_functions_from_their_docstrings(site):
     html = (site / "api" / "index.html").read_text(encoding="utf-8")
-    for name in ("hgpose.load", "hgpose.predict.Predictor", "hgpose.train.TrainConfig", "hgpose.train.train",
-                 "hgpose.evaluate.evaluate_checkpoint", "hgpose.explore", "hgpose.model.export.export_onnx"):
+    for name in ("hgpose.load", "hgpose.predict.Predictor", "hgpose.train.config.TrainConfig",
+                 "hgpose.train.loop.train", "hgpose.evaluate.evaluate_checkpoint", "hgpose.explore",
+                 "hgpose.model.export.export_onnx"):
         assert f'id="{name}"' in html, f"no API entry for {name}"
     from hgpose.evaluate import evaluate_checkpoint
 

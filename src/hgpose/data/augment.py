@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from hgpose.data.loader import epoch_seed
 from hgpose.keypoints import flip_permutation
 from hgpose.runtime.files import UserError
+from hgpose.runtime.seeds import epoch_seed
 
 UPPER_BODY_JOINTS = 11  # COCO's first 11: nose .. wrists; the rest: hips .. ankles
 HALF_BODY_PADDING = 1.5  # the half-body crop side = 1.5 x the chosen joints' extent (as in HRNet)

@@ -18,10 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from hgpose.data.cache import open_cache
 from hgpose.data.images import single_threaded_opencv
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch)) % (1 << 63)
+from hgpose.runtime.seeds import epoch_seed
 
 
 class EpochSampler(Sampler[int]):
