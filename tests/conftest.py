@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -129,3 +131,35 @@ def reference_run(synth_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "run"
     assert start_training(synth_dataset, out, 8, stdout=subprocess.DEVNULL).wait() == 0
     return out
+
+
+@contextmanager
+def mounted_tmpfs(where: Path, size: str):
+    """A real tmpfs of `size` (e.g. "1m") mounted at `where`, unmounted afterwards; skips the test where
+    mounting is not allowed. The full-disk tests fill it."""
+    where.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def random_jpeg(path: Path, seed: int = 0, size=(100, 80)) -> Path:
+    """A real JPEG of random pixels (height, width = size) at `path`, folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny model saved as a checkpoint (depth 2, 32 features, 64 px input)."""
+    from hgpose.model.hourglass import ModelConfig, build_model
+    from hgpose.model.weights import save_model
+
+    return save_model(build_model(ModelConfig(depth=2, features=32, input_size=64)),
+                      tmp_path_factory.mktemp("tiny") / "tiny.safetensors")

@@ -11,23 +11,17 @@ import numpy as np
 import pytest
 
 import hgpose
+from conftest import random_jpeg
 from hgpose.cli import main
-from hgpose.model.hourglass import ModelConfig, build_model
-from hgpose.model.weights import save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_model(build_model(ModelConfig(depth=2, features=32, input_size=64)),
-                      tmp_path_factory.mktemp("boxes") / "tiny.safetensors")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
-def _jpeg(path, seed: int = 0, size=(100, 80)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
-    return path
 
 
 def _predict(capsys, checkpoint, out, *args) -> tuple[int, str, list[dict]]:
@@ -53,7 +47,7 @@ def _coco(path, images: list[tuple], boxes=((10, 10, 50, 70),)):
 
 def test_a_csv_base_name_matching_several_given_files_is_an_error_naming_them(checkpoint, tmp_path, capsys):
     for i, folder in enumerate(("seqA", "seqB")):
-        _jpeg(tmp_path / folder / "000000.jpg", seed=i)
+        random_jpeg(tmp_path / folder / "000000.jpg", seed=i)
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("file_name,x,y,w,h\n000000.jpg,10,10,50,70\n")
     for given in ([tmp_path / "seqA", tmp_path / "seqB"],  # two image roots
@@ -67,7 +61,7 @@ def test_a_csv_base_name_matching_several_given_files_is_an_error_naming_them(ch
 
 def test_csv_rows_may_name_paths_relative_to_the_image_root(checkpoint, tmp_path, capsys):
     for i, folder in enumerate(("seqA", "seqB")):
-        _jpeg(tmp_path / "root" / folder / "000000.jpg", seed=i)
+        random_jpeg(tmp_path / "root" / folder / "000000.jpg", seed=i)
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("file_name,x,y,w,h\nseqB/000000.jpg,5,5,40,60\nseqA/000000.jpg,10,10,50,70\n"
                      "seqA/000000.jpg,20,20,30,30\n")
@@ -92,8 +86,8 @@ def test_csv_rows_may_name_paths_relative_to_the_image_root(checkpoint, tmp_path
 
 def test_listed_images_missing_from_the_folder_are_listed_as_skipped_at_the_end(checkpoint, tmp_path, capsys):
     root = tmp_path / "root"
-    _jpeg(root / "a.jpg")
-    _jpeg(root / "sub" / "c.jpg", seed=2)
+    random_jpeg(root / "a.jpg")
+    random_jpeg(root / "sub" / "c.jpg", seed=2)
     boxes = _coco(tmp_path / "boxes.json", [(1, "a.jpg", 80, 100), (2, "b.jpg", 80, 100), (3, "sub/c.jpg", 80, 100),
                                             (4, "sub/d.jpg", 80, 100)])
     code, err, results = _predict(capsys, checkpoint, tmp_path / "out", root, "--boxes", boxes)
@@ -106,15 +100,15 @@ def test_listed_images_missing_from_the_folder_are_listed_as_skipped_at_the_end(
 
 def test_a_listed_file_is_never_called_not_listed(checkpoint, tmp_path, capsys):
     # listed under a longer path than the one given: the reason says where it is listed
-    _jpeg(tmp_path / "elsewhere" / "000000.jpg")
+    random_jpeg(tmp_path / "elsewhere" / "000000.jpg")
     boxes = _coco(tmp_path / "boxes.json", [(1, "seqA/000000.jpg", 80, 100)])
     code, err, _ = _predict(capsys, checkpoint, tmp_path / "out", tmp_path / "elsewhere" / "000000.jpg",
                             "--boxes", boxes)
     assert code == 1
     assert f"listed in {boxes} only as 'seqA/000000.jpg'" in err and "not listed" not in err
     # a detection file whose every box of image 7 is dropped (below --min-box-score, not a person)
-    _jpeg(tmp_path / "dets" / "000000000007.jpg")
-    _jpeg(tmp_path / "dets" / "000000000008.jpg", seed=1)
+    random_jpeg(tmp_path / "dets" / "000000000007.jpg")
+    random_jpeg(tmp_path / "dets" / "000000000008.jpg", seed=1)
     detections = tmp_path / "detections.json"
     detections.write_text(json.dumps([
         {"image_id": 7, "category_id": 1, "bbox": [10, 10, 50, 70], "score": 0.1},
@@ -166,9 +160,9 @@ def test_the_help_says_which_pixels_each_kind_of_box_refers_to(capsys):
 
 def test_an_image_whose_size_contradicts_the_coco_file_is_skipped_as_train_does(checkpoint, tmp_path, capsys):
     root = tmp_path / "root"
-    _jpeg(root / "right.jpg", size=(120, 160))
-    _jpeg(root / "wrong.jpg", size=(120, 160))
-    _jpeg(root / "pixel_off.jpg", size=(120, 160))
+    random_jpeg(root / "right.jpg", size=(120, 160))
+    random_jpeg(root / "wrong.jpg", size=(120, 160))
+    random_jpeg(root / "pixel_off.jpg", size=(120, 160))
     boxes = _coco(tmp_path / "boxes.json", [(1, "right.jpg", 160, 120), (2, "wrong.jpg", 200, 150),
                                             (3, "pixel_off.jpg", 161, 120)])
     code, err, results = _predict(capsys, checkpoint, tmp_path / "out", root, "--boxes", boxes)
@@ -183,8 +177,8 @@ def test_an_image_whose_size_contradicts_the_coco_file_is_skipped_as_train_does(
 
 def test_detections_are_matched_through_the_annotation_file_in_sub_folders(checkpoint, tmp_path, capsys):
     root = tmp_path / "root"
-    _jpeg(root / "seqA" / "frame_a.jpg")
-    _jpeg(root / "seqB" / "frame_a.jpg", seed=1)
+    random_jpeg(root / "seqA" / "frame_a.jpg")
+    random_jpeg(root / "seqB" / "frame_a.jpg", seed=1)
     annotations = _coco(tmp_path / "annotations.json", [(11, "seqA/frame_a.jpg", 80, 100),
                                                         (12, "seqB/frame_a.jpg", 80, 100)], boxes=())
     detections = tmp_path / "detections.json"
@@ -205,7 +199,7 @@ def test_detections_are_matched_through_the_annotation_file_in_sub_folders(check
 
 
 def test_numeric_detection_names_are_found_in_sub_folders(checkpoint, tmp_path, capsys):
-    _jpeg(tmp_path / "root" / "part1" / "000000000011.jpg")
+    random_jpeg(tmp_path / "root" / "part1" / "000000000011.jpg")
     detections = tmp_path / "detections.json"
     detections.write_text(json.dumps([{"image_id": 11, "category_id": 1, "bbox": [10, 10, 50, 70], "score": 0.9}]))
     code, err, results = _predict(capsys, checkpoint, tmp_path / "out", tmp_path / "root", "--boxes", detections)

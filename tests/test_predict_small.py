@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import hgpose
+from conftest import random_jpeg
 from hgpose.cli import main
 from hgpose.data.origin import GENERATED, ORIGIN_KEY
 from hgpose.model.hourglass import ModelConfig, build_model
@@ -22,15 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_model(build_model(ModelConfig(depth=2, features=32, input_size=64)),
-                      tmp_path_factory.mktemp("small") / "tiny.safetensors")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
-def _jpeg(path, seed: int = 0, size=(100, 80)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
-    return path
 
 
 def _predict(capsys, checkpoint, *args) -> tuple[int, str]:
@@ -40,7 +36,7 @@ def _predict(capsys, checkpoint, *args) -> tuple[int, str]:
 
 
 def test_no_progress_turns_the_bar_off(checkpoint, tmp_path, capsys):
-    photo = _jpeg(tmp_path / "one.jpg")
+    photo = random_jpeg(tmp_path / "one.jpg")
     code, err = _predict(capsys, checkpoint, photo, "--out", tmp_path / "a", "--box", "1,1,50,50")
     assert code == 0 and "predict:" in err and "1/1" in err  # the bar's lines
     code, err = _predict(capsys, checkpoint, photo, "--out", tmp_path / "b", "--box", "1,1,50,50", "--no-progress")
@@ -48,8 +44,8 @@ def test_no_progress_turns_the_bar_off(checkpoint, tmp_path, capsys):
 
 
 def test_overlays_of_files_with_the_same_base_name_say_which_file_each_is(checkpoint, tmp_path, capsys):
-    first = _jpeg(tmp_path / "cam1" / "frame.jpg", seed=1)
-    second = _jpeg(tmp_path / "cam2" / "frame.jpg", seed=2)
+    first = random_jpeg(tmp_path / "cam1" / "frame.jpg", seed=1)
+    second = random_jpeg(tmp_path / "cam2" / "frame.jpg", seed=2)
     out = tmp_path / "out"
     code, err = _predict(capsys, checkpoint, first, second, "--out", out, "--box", "10,10,50,70", "--no-progress")
     assert code == 0, err
@@ -73,7 +69,7 @@ def test_no_images_found_comes_without_the_no_boxes_note(checkpoint, tmp_path, c
 
 def test_a_missing_checkpoint_is_one_line_without_the_notes(tmp_path, capsys):
     missing = tmp_path / "missing.safetensors"
-    code, err = _predict(capsys, missing, _jpeg(tmp_path / "one.jpg"), "--out", tmp_path / "out")
+    code, err = _predict(capsys, missing, random_jpeg(tmp_path / "one.jpg"), "--out", tmp_path / "out")
     assert code == 2
     assert err.strip().splitlines() == [f"hgpose predict: error: {missing}: checkpoint not found"]
 
@@ -107,7 +103,7 @@ def test_a_model_trained_on_generated_figures_says_so_once_on_other_images(synth
         with safe_open(str(written), framework="pt") as f:
             assert f.metadata()[ORIGIN_KEY] == GENERATED  # recorded by train in the checkpoint itself
     assert checkpoint_origin(best) == GENERATED
-    photos = [_jpeg(tmp_path / "photos" / f"p{i}.jpg", seed=i) for i in range(3)]
+    photos = [random_jpeg(tmp_path / "photos" / f"p{i}.jpg", seed=i) for i in range(3)]
     code, err = _predict(capsys, best, *photos, "--out", tmp_path / "a", "--no-progress", "--no-overlays")
     assert code == 0 and err.count(NOTE) == 1
     # on generated images with their own annotation file it is what the model was made for: no note
@@ -134,6 +130,6 @@ def test_an_older_checkpoint_without_the_record_is_judged_by_its_runs_data(synth
         metadata = {k: v for k, v in f.metadata().items() if k != ORIGIN_KEY}  # as written before the record
     save_file(load_file(str(synth_run / "best.safetensors")), str(run / "best.safetensors"), metadata=metadata)
     assert checkpoint_origin(run / "best.safetensors") == GENERATED
-    code, err = _predict(capsys, run / "best.safetensors", _jpeg(tmp_path / "photo.jpg"), "--out", tmp_path / "out",
-                         "--no-progress", "--no-overlays")
+    code, err = _predict(capsys, run / "best.safetensors", random_jpeg(tmp_path / "photo.jpg"),
+                         "--out", tmp_path / "out", "--no-progress", "--no-overlays")
     assert code == 0 and err.count(NOTE) == 1

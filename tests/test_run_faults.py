@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import hgpose.train.loop as train_module
+from conftest import mounted_tmpfs
 from hgpose.cli import main
 from hgpose.model.weights import load_model
 from hgpose.runtime.files import UserError
@@ -117,14 +118,8 @@ def test_sigterm_saves_mid_epoch_and_the_printed_command_resumes_it(synth_datase
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A real 3 MB file system that fills up; skipped where mounting is not allowed."""
-    mount_point = tmp_path / "small_disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with mounted_tmpfs(tmp_path / "small_disk", "3m") as mount_point:
+        yield mount_point
 
 
 @pytest.mark.slow

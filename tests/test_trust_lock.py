@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import mounted_tmpfs
 from hgpose.cli import main
 from hgpose.runtime.files import UserError, atomic_write_text, exclusive_lock, sweep_temp_files
 from hgpose.train.loop import train
@@ -138,22 +139,16 @@ def test_resume_right_after_sigkill_of_a_train_with_loader_workers(synth_dataset
 @pytest.fixture
 def full_tmpfs(tmp_path):
     """A real 1 MB file system, filled to the last byte; skipped where mounting is not allowed."""
-    mount_point = tmp_path / "full_disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    (mount_point / "run").mkdir()
-    try:
-        with open(mount_point / "filler", "wb") as f:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-    except OSError:
-        pass
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with mounted_tmpfs(tmp_path / "full_disk", "1m") as mount_point:
+        (mount_point / "run").mkdir()
+        try:
+            with open(mount_point / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError:
+            pass
+        yield mount_point
 
 
 def test_train_on_a_full_disk_is_one_line_at_the_lock(synth_dataset, full_tmpfs, capsys):
