@@ -25,6 +25,7 @@ HOMES = {
     "flip_back": "model/heatmaps.py",
     "read_run_yaml": "train/run_dir.py",
     "run_record": "train/run_dir.py",
+    "checkpoint_run_record": "train/run_dir.py",
     "read_detections": "data/person_boxes.py",
     "load_boxes_csv": "data/person_boxes.py",
     "load_boxes_file": "data/person_boxes.py",

@@ -35,7 +35,7 @@ from hgpose.model.weights import load_model, read_model_config
 from hgpose.runtime.device import resolve_device
 from hgpose.runtime.files import UserError, atomic_write_json, json_float
 from hgpose.runtime.precision import resolve_precision
-from hgpose.train.run_dir import RUN_CONFIG, run_record
+from hgpose.train.run_dir import checkpoint_run_record
 
 
 def evaluate_inference(inference: Inference, dataset, thresholds=None, threshold: float = PCK_THRESHOLD,
@@ -94,20 +94,11 @@ def unreadable_images(dataset, inference, limit: int = 5) -> dict:
 HELD_OUT_SPLITS = ("train", "val")  # the seeded parts of train2017 that training uses
 
 
-def _run_config(checkpoint: Path) -> dict:
-    """The options of the run a checkpoint belongs to (RUN/best.safetensors or
-    RUN/checkpoints/epoch_NNN.safetensors), or {} when it is not inside a run directory."""
-    for directory in (checkpoint.parent, checkpoint.parent.parent):
-        if (directory / RUN_CONFIG).is_file():
-            return run_record(directory)
-    return {}
-
-
 def load_eval_index(data_root, split: str, checkpoint: Path):
     """`split` names an annotation file (val2017, ...) or is "train"/"val": the held-out split of
     training, reproduced from the checkpoint's run config (its train split, val split/fraction, seed)."""
     if split in HELD_OUT_SPLITS:
-        run = _run_config(Path(checkpoint))
+        run = checkpoint_run_record(checkpoint)
         options = {k: run[k] for k in ("train_split", "val_split", "val_fraction", "seed") if k in run}
         return build_splits(data_root, verbose=False, **options)[split]
     if not annotation_path(data_root, split).is_file() and Path(data_root).is_dir():

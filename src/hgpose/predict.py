@@ -41,7 +41,7 @@ from hgpose.predict_video import predict_video, split_videos
 from hgpose.runtime.files import UserError, atomic_write_bytes, atomic_write_json
 from hgpose.runtime.precision import PRECISIONS, autocast, resolve_precision
 from hgpose.runtime.progress import progress_bar
-from hgpose.train.run_dir import RUN_CONFIG, run_record
+from hgpose.train.run_dir import checkpoint_run_record
 
 __all__ = ["Predictor", "predict_paths", "read_image", "to_model_input", "PredictSummary"]
 
@@ -285,11 +285,7 @@ def checkpoint_origin(checkpoint) -> str | None:
 
 
 def _run_data_origin(checkpoint: Path) -> str | None:
-    config = {}
-    for directory in (checkpoint.parent, checkpoint.parent.parent):  # RUN/best or RUN/checkpoints/epoch_NNN
-        if (directory / RUN_CONFIG).is_file():
-            config = run_record(directory)
-            break
+    config = checkpoint_run_record(checkpoint)
     data, split = config.get("data"), config.get("train_split", "train2017")
     if not isinstance(data, str) or not isinstance(split, str):
         return None

@@ -100,6 +100,16 @@ def run_record(directory: Path) -> dict:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def checkpoint_run_record(checkpoint) -> dict:
+    """The options of the run a checkpoint belongs to (RUN/best.safetensors or
+    RUN/checkpoints/epoch_NNN.safetensors), or {} when it is not inside a run directory."""
+    checkpoint = Path(checkpoint)
+    for directory in (checkpoint.parent, checkpoint.parent.parent):
+        if (directory / RUN_CONFIG).is_file():
+            return run_record(directory)
+    return {}
+
+
 def read_run_yaml(run_dir: Path) -> dict:
     """A run's config.yaml as a mapping; anything else (no such directory, no config.yaml, not YAML,
     not a mapping) is a one-line error saying which."""
